@@ -1,0 +1,49 @@
+# grood: one command per job. `make help` lists them.
+# Setup makes a virtual environment in .venv with torch 2.14.1 / torchvision 0.29.1, then grood (editable, dev extra).
+
+PYTHON_BOOTSTRAP ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
+SHARED ?= $(abspath ../shared)
+DATA_ROOT ?= $(if $(GROOD_DATA_ROOT),$(GROOD_DATA_ROOT),./data)
+DATASET ?= cifar10
+METHOD ?= grood
+SMOKE ?= 0
+
+.PHONY: help setup test test-slow smoke run data checkpoints bench-method bench-eval train \
+        reproduce-table1 reproduce-table2 reproduce-table3 reproduce-table4 reproduce-table5 \
+        reproduce-table6 reproduce-table7 reproduce-figures reproduce-all clean-cache
+
+help:
+	@echo "make setup             create $(VENV) and install grood with its dev extra"
+	@echo "make test              setup + fast test suite (what CI runs)"
+	@echo "make test-slow         setup + the slow tests"
+	@echo "make smoke             setup + every method on the shared CIFAR-10 smoke benchmark"
+	@echo "make run DATASET=cifar10 METHOD=grood   setup + data + checkpoints + one evaluation"
+	@echo "make data / checkpoints  download OpenOOD v1.5 data / checkpoints (online)"
+	@echo "make reproduce-tableN  (SMOKE=1 for the smoke version)   N in 1..7; reproduce-all"
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON_BOOTSTRAP) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install $(TORCH_PIN)
+	$(PY) -m pip install -e '.[dev]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+test: setup
+	$(PY) -m pytest
+
+test-slow: setup
+	GROOD_SHARED_DIR=$(SHARED) $(PY) -m pytest -m slow
+
+data: setup
+	$(PY) scripts/download.py data --benchmark $(DATASET) --data-root $(DATA_ROOT)
+
+checkpoints: setup
+	$(PY) scripts/download.py checkpoints --benchmark $(DATASET) --dest ./checkpoints
+
+bench-method: setup
+	$(PY) scripts/bench_method.py

@@ -1,0 +1,1 @@
+"""Every OOD detector of the benchmark behind one interface (see :mod:`grood.detectors.base`)."""

@@ -1,0 +1,44 @@
+"""The one detector interface shared by GROOD and every baseline.
+
+Sign convention: :meth:`Detector.score` returns **higher = more in-distribution** (OpenOOD's
+convention). Detectors adapted from pytorch-ood (whose convention is higher = more OOD) convert in
+one place: :func:`grood.detectors.pytorch_ood_adapter` (see there).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import torch
+
+from grood.featureset import FeatureSet, LinearHead
+
+
+class NotFittedError(RuntimeError):
+    """Raised when a detector is used before :meth:`Detector.fit`."""
+
+
+class Detector(ABC):
+    """A post-hoc OOD detector working on cached network outputs.
+
+    Subclasses set ``name`` (the config/method name, lower case) and ``reference`` (the paper).
+    """
+
+    name: ClassVar[str] = ""
+    reference: ClassVar[str] = ""
+    #: True for methods that must run the network again (ODIN's input perturbation).
+    needs_network: ClassVar[bool] = False
+
+    def fit(self, train: FeatureSet, head: LinearHead) -> "Detector":
+        """Fit on the ID training split. Default: nothing to fit."""
+        self._fitted = True
+        return self
+
+    @abstractmethod
+    def score(self, data: FeatureSet) -> torch.Tensor:
+        """``[N]`` float scores, higher = more in-distribution."""
+
+    def _check_fitted(self) -> None:
+        if not getattr(self, "_fitted", False):
+            raise NotFittedError(f"{type(self).__name__}.score() called before fit(); call fit(train, head) first")

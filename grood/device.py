@@ -1,0 +1,17 @@
+"""Device selection: CUDA when present, CPU otherwise. Nothing in grood calls ``.cuda()``."""
+
+from __future__ import annotations
+
+import torch
+
+
+def default_device() -> torch.device:
+    """The device grood computes on when the caller does not say: ``cuda`` if available, else ``cpu``."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """Turn ``None``/``"auto"`` into :func:`default_device`, anything else into ``torch.device``."""
+    if device is None or (isinstance(device, str) and device == "auto"):
+        return default_device()
+    return torch.device(device)

@@ -1,0 +1,45 @@
+"""Shared pytest fixtures. The real smoke data lives outside the repository (never committed)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _shared_dir() -> Path:
+    return Path(os.environ.get("GROOD_SHARED_DIR", REPO_ROOT.parent / "shared")).resolve()
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """``../shared`` (or ``$GROOD_SHARED_DIR``): the smoke data root and the ResNet-20 checkpoint.
+
+    Fails (does not skip) when absent: CI always provides it, and a missing copy is a setup error.
+    """
+    path = _shared_dir()
+    if not (path / "data" / "openood_cifar10_smoke").is_dir():
+        pytest.fail(
+            f"shared data not found at {path}/data/openood_cifar10_smoke; set GROOD_SHARED_DIR to the folder "
+            "holding data/openood_cifar10_smoke and checkpoints/cifar10_resnet20_akamaster.th"
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def smoke_data_root(shared_dir: Path) -> Path:
+    return shared_dir / "data" / "openood_cifar10_smoke"
+
+
+@pytest.fixture(scope="session")
+def resnet20_checkpoint(shared_dir: Path) -> Path:
+    return shared_dir / "checkpoints" / "cifar10_resnet20_akamaster.th"
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
