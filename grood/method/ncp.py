@@ -9,18 +9,15 @@ from __future__ import annotations
 import torch
 
 
-def _distances(h: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
-    """``[N, D], [K, D] -> [N, K]`` Euclidean distances, computed exactly (no ``a²+b²-2ab`` cancellation)."""
-    return torch.linalg.vector_norm(h.unsqueeze(1) - prototypes.unsqueeze(0), dim=2)
-
-
 def ncp_logits(h: torch.Tensor, class_prototypes: torch.Tensor, ood_prototype: torch.Tensor) -> torch.Tensor:
     """Eq. 2: ``L(h) = -[||h - p_1||, ..., ||h - p_C||, ||h - p_ood||]``.
 
-    Returns ``[N, C+1]``; the last column is the OOD logit.
+    Returns ``[N, C+1]``; the last column is the OOD logit. Class distances use ``torch.cdist`` (memory
+    ``[N, C]``, not ``[N, C, D]``); the OOD distance is computed directly from ``h - p_ood``.
     """
-    prototypes = torch.cat([class_prototypes, ood_prototype.view(1, -1)], dim=0).to(h.dtype)
-    return -_distances(h, prototypes)
+    class_distances = torch.cdist(h, class_prototypes.to(h.dtype))
+    ood_distance = torch.linalg.vector_norm(h - ood_prototype.to(h.dtype).view(1, -1), dim=1, keepdim=True)
+    return -torch.cat([class_distances, ood_distance], dim=1)
 
 
 def ncp_log_probabilities(

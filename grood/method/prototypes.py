@@ -1,93 +1,118 @@
-"""Class prototypes (paper eq. 7), the OOD prototype (eq. 8) and the proximity filter (section 5.2)."""
+"""Class and OOD prototypes (paper section 5): eq. 7, eq. 8 and the section-5.2 proximity filter.
+
+Shapes: ``N`` samples, ``C`` classes, ``D`` feature dimension (``*S`` for any feature shape, e.g.
+``[c, h, w]`` early feature maps). Class indices are ``0..C-1`` (the paper's ``1..C``).
+"""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
-
-def _check_labels(labels: torch.Tensor, num_classes: int) -> None:
-    if labels.numel() == 0:
-        return
-    low, high = int(labels.min()), int(labels.max())
-    if low < 0 or high >= num_classes:
-        bad = low if low < 0 else high
-        raise ValueError(f"label {bad} is outside the valid range 0..{num_classes - 1}")
+from grood.method._checks import check_finite, check_labels, check_matrix
 
 
 class ClassMeanAccumulator:
-    """Streaming per-class means (eq. 7): sums and counts, so features never need to be all in memory.
+    """Streaming per-class feature means (eq. 7), fed batch by batch.
 
-    Works for penultimate features (``feature_shape = (D,)``) and for early feature maps
-    (``feature_shape = (c, h, w)``). Sums are kept in float64.
+    ``p_y = (1/|X_y|) sum_{x in X_y} f(x)``. Sums are kept in ``dtype`` (float64 by default) so that
+    the mean over a large training set does not depend on the batch order or size.
+
+    Attributes:
+        sums: ``[C, *S]`` running per-class sums, ``dtype``.
+        counts: ``[C]`` int64, samples seen per class.
     """
 
     def __init__(
         self,
         num_classes: int,
-        feature_shape: Sequence[int] | int,
+        feature_shape: int | Sequence[int],
         device: str | torch.device | None = None,
+        dtype: torch.dtype = torch.float64,
     ) -> None:
-        if num_classes < 1:
+        if int(num_classes) < 1:
             raise ValueError(f"num_classes must be >= 1; got {num_classes}")
-        shape = (feature_shape,) if isinstance(feature_shape, int) else tuple(feature_shape)
-        self.num_classes = num_classes
-        self.feature_shape = shape
-        self.sums = torch.zeros((num_classes, *shape), dtype=torch.float64, device=device)
-        self.counts = torch.zeros(num_classes, dtype=torch.int64, device=device)
+        shape = (int(feature_shape),) if isinstance(feature_shape, int) else tuple(int(s) for s in feature_shape)
+        self.num_classes = int(num_classes)
+        self.feature_shape: tuple[int, ...] = shape
+        self.sums = torch.zeros((self.num_classes, *shape), dtype=dtype, device=device)
+        self.counts = torch.zeros(self.num_classes, dtype=torch.long, device=device)
 
     def update(self, features: torch.Tensor, labels: torch.Tensor) -> None:
-        """Add a batch: ``features [B, *S]``, ``labels [B]`` in ``0..C-1``."""
+        """Add a batch: ``features [B, *S]``, ``labels [B]`` integer classes in ``0..C-1``."""
         if tuple(features.shape[1:]) != self.feature_shape:
             raise ValueError(
-                f"features of shape {tuple(features.shape[1:])} per sample; the accumulator expects "
-                f"{self.feature_shape}"
+                f"features have per-sample shape {tuple(features.shape[1:])} but the accumulator was built "
+                f"for {self.feature_shape}"
             )
-        if labels.shape != features.shape[:1]:
-            raise ValueError(f"{features.shape[0]} feature rows but labels of shape {tuple(labels.shape)}")
-        labels = labels.to(self.sums.device).long()
-        _check_labels(labels, self.num_classes)
-        flat = features.to(self.sums.device, torch.float64).reshape(features.shape[0], -1)
-        self.sums.view(self.num_classes, -1).index_add_(0, labels, flat)
+        check_labels("labels", labels, features.shape[0], self.num_classes)
+        check_finite("features", features)
+        labels = labels.to(device=self.sums.device, dtype=torch.long)
+        self.sums.index_add_(0, labels, features.to(device=self.sums.device, dtype=self.sums.dtype))
         self.counts += torch.bincount(labels, minlength=self.num_classes)
 
-    def means(self) -> torch.Tensor:
-        """``[C, *S]`` float32 class means; a class without samples is an error naming it."""
+    def means(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """``[C, *S]`` class means (eq. 7), in ``dtype`` (default: the sums' dtype).
+
+        Raises:
+            ValueError: when a class has no sample (its mean is undefined), naming the class indices.
+        """
         empty = (self.counts == 0).nonzero().flatten().tolist()
         if empty:
+            shown = empty[:20]
+            more = f" and {len(empty) - 20} more" if len(empty) > 20 else ""
             raise ValueError(
-                f"no training sample for class(es) {empty}: their prototype (eq. 7) is undefined; "
-                "check the training list's labels"
+                f"class(es) {shown}{more} of {self.num_classes} have no sample, so their prototype (eq. 7) is "
+                "undefined; check the labels or num_classes"
             )
-        shape = (-1,) + (1,) * len(self.feature_shape)
-        return (self.sums / self.counts.to(torch.float64).view(shape)).float()
+        counts = self.counts.to(self.sums.dtype).reshape(-1, *([1] * len(self.feature_shape)))
+        means = self.sums / counts
+        return means if dtype is None else means.to(dtype)
 
 
 def class_prototypes(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Eq. 7: ``p_y = mean of f(x) over training samples of class y``.
+    """Eq. 7: ``[N, D]`` features, ``[N]`` labels -> ``[C, D]`` class prototypes (features' dtype).
 
-    Args:
-        features: ``[N, D]`` (or ``[N, *S]``) features of the training samples.
-        labels: ``[N]`` true labels in ``0..C-1``.
-    Returns:
-        ``[C, D]`` (or ``[C, *S]``) float32 prototypes.
+    Accumulated in float64. Raises ``ValueError`` for a class without samples or labels out of range.
     """
-    accumulator = ClassMeanAccumulator(num_classes, tuple(features.shape[1:]), device=features.device)
+    check_matrix("features", features)
+    accumulator = ClassMeanAccumulator(num_classes, features.shape[1], device=features.device)
     accumulator.update(features, labels)
-    return accumulator.means()
+    return accumulator.means(dtype=features.dtype)
 
 
 def ood_prototype(features: torch.Tensor) -> torch.Tensor:
-    """Eq. 8: ``p_ood = mean of f_pen(x) over X_ood``. ``[M, D] -> [D]``."""
-    if features.dim() != 2 or features.shape[0] == 0:
-        raise ValueError(f"the OOD prototype needs a non-empty [M, D] feature set; got shape {tuple(features.shape)}")
-    return features.double().mean(dim=0).float()
+    """Eq. 8: the mean of ``[M, D]`` OOD (candidate) features -> ``[D]`` (features' dtype, float64 sum)."""
+    check_matrix("OOD features", features)
+    if features.shape[0] == 0:
+        raise ValueError("cannot build an OOD prototype (eq. 8) from 0 feature rows; give at least one")
+    check_finite("OOD features", features)
+    return features.to(torch.float64).mean(dim=0).to(features.dtype)
+
+
+def mean_of_class_prototypes(class_prototypes: torch.Tensor) -> torch.Tensor:
+    """Appendix A.2 "Mean of Prototypes": ``[C, D] -> [D]``, the mean of the class prototypes."""
+    check_matrix("class_prototypes", class_prototypes)
+    if class_prototypes.shape[0] == 0:
+        raise ValueError("class_prototypes is empty ([0, D]); need at least one class")
+    return class_prototypes.to(torch.float64).mean(dim=0).to(class_prototypes.dtype)
 
 
 def nearest_prototype_distance(features: torch.Tensor, class_prototypes: torch.Tensor) -> torch.Tensor:
-    """``d_i = min_j ||f(o_i) - p_j||_2`` (section 5.2). ``[M, D], [C, D] -> [M]``."""
-    return torch.cdist(features.float(), class_prototypes.float().to(features.device)).min(dim=1).values
+    """``d_i = min_j ||f_i - p_j||_2``: ``[M, D]``, ``[C, D]`` -> ``[M]`` (Euclidean, not squared).
+
+    Computed exactly (explicit differences, no ``|a|^2 + |b|^2 - 2ab`` expansion), class by class.
+    """
+    check_matrix("features", features)
+    check_matrix("class_prototypes", class_prototypes, dim=features.shape[1])
+    if class_prototypes.shape[0] == 0:
+        raise ValueError("class_prototypes is empty ([0, D]); need at least one class")
+    protos = class_prototypes.to(device=features.device, dtype=features.dtype)
+    best = torch.full((features.shape[0],), float("inf"), dtype=features.dtype, device=features.device)
+    for prototype in protos:
+        best = torch.minimum(best, torch.linalg.vector_norm(features - prototype, dim=1))
+    return best
 
 
 def proximity_filter(
@@ -96,32 +121,26 @@ def proximity_filter(
     quantile: float,
     min_keep: int = 1,
 ) -> torch.Tensor:
-    """Section 5.2's proximity filter: drop candidates closer to the ID prototypes than the ``q``-quantile.
+    """Section 5.2 proximity-based filtering of OOD candidates: ``[M, D] -> [M', D]``.
 
-    A candidate is kept when its distance to its nearest class prototype is at least the ``quantile``
-    of all those distances; at least ``min_keep`` candidates (the farthest) are always kept, or all when
-    there are fewer.
-
-    Args:
-        candidates: ``[M, D]`` candidate OOD features.
-        class_prototypes: ``[C, D]``.
-    Returns:
-        ``[M', D]`` the kept candidates, in their original order.
+    ``d_i = min_j ||f(o_i) - p_j||`` and ``tau = quantile(d, q)`` (linear interpolation). Candidates with
+    ``d_i < tau`` (too close to the ID classes) are dropped; those with ``d_i >= tau`` are kept, in
+    their original order. If fewer than ``min_keep`` remain, the ``min_keep`` candidates farthest from
+    their nearest class prototype are kept instead (all of them when ``M < min_keep``).
     """
-    if not 0.0 <= quantile <= 1.0:
-        raise ValueError(f"the proximity filter's quantile must lie in [0, 1]; got {quantile}")
-    if min_keep < 1:
-        raise ValueError(f"min_keep must be >= 1; got {min_keep}")
-    distances = nearest_prototype_distance(candidates, class_prototypes)
-    threshold = torch.quantile(distances.double(), quantile)
-    keep = distances.double() >= threshold
-    if int(keep.sum()) < min(min_keep, candidates.shape[0]):
-        farthest = distances.argsort(descending=True)[:min_keep]
+    if not 0.0 <= float(quantile) <= 1.0:
+        raise ValueError(f"quantile must be in [0, 1]; got {quantile}")
+    if int(min_keep) < 0:
+        raise ValueError(f"min_keep must be >= 0; got {min_keep}")
+    check_matrix("candidates", candidates)
+    if candidates.shape[0] == 0:
+        raise ValueError("proximity_filter got 0 candidate rows; give at least one OOD candidate")
+    check_finite("candidates", candidates)
+    distances = nearest_prototype_distance(candidates, class_prototypes).to(torch.float64)
+    tau = torch.quantile(distances, float(quantile))
+    keep = distances >= tau
+    if int(keep.sum()) < int(min_keep):
+        farthest = torch.topk(distances, min(int(min_keep), distances.shape[0])).indices
         keep = torch.zeros_like(keep)
         keep[farthest] = True
     return candidates[keep]
-
-
-def mean_of_class_prototypes(class_prototypes: torch.Tensor) -> torch.Tensor:
-    """Appendix A.2 "Mean of Prototypes": ``[C, D] -> [D]``."""
-    return class_prototypes.double().mean(dim=0).float()
