@@ -1,0 +1,66 @@
+"""OpenOOD v1.5's evaluation protocol on cached network outputs.
+
+For one ID benchmark, a method's scores on the ID test split and on every OOD test set give one row
+per OOD set plus the unweighted ``nearood`` and ``farood`` means, as a pandas DataFrame with OpenOOD's
+columns ``FPR@95, AUROC, AUPR_IN, AUPR_OUT, ACC`` (percent), exactly the layout of
+``openood.evaluation_api.Evaluator.eval_ood``. ``ACC`` is the classifier's ID test accuracy (the same
+in every row, as in OpenOOD).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import pandas as pd
+import torch
+
+from grood.metrics import compute_all
+
+METRIC_COLUMNS = ["FPR@95", "AUROC", "AUPR_IN", "AUPR_OUT", "ACC"]
+
+
+def accuracy(logits_or_predictions: torch.Tensor, labels: torch.Tensor) -> float:
+    """Fraction of ``labels [N]`` matched by predictions ``[N]`` or by ``argmax`` of logits ``[N, C]``."""
+    predictions = logits_or_predictions
+    if predictions.dim() == 2:
+        predictions = predictions.argmax(dim=1)
+    if predictions.shape != labels.shape:
+        raise ValueError(f"predictions {tuple(predictions.shape)} and labels {tuple(labels.shape)} differ in shape")
+    return (predictions.cpu() == labels.cpu()).double().mean().item()
+
+
+def metrics_table(
+    id_scores: torch.Tensor,
+    ood_scores: Mapping[str, torch.Tensor],
+    groups: Mapping[str, Sequence[str]],
+    id_accuracy: float,
+) -> pd.DataFrame:
+    """OpenOOD's result table for one method.
+
+    Args:
+        id_scores: ``[N_id]`` scores on the ID test split, higher = more ID.
+        ood_scores: OOD set name -> ``[N_ood]`` scores.
+        groups: ``{"near": [...], "far": [...]}`` OOD set names per group, in display order.
+        id_accuracy: ID test accuracy as a fraction.
+    Returns:
+        DataFrame indexed by OOD set names then ``nearood``/``farood`` (means over the group's rows),
+        columns :data:`METRIC_COLUMNS`, in percent.
+    """
+    rows: dict[str, dict[str, float]] = {}
+    for group, names in groups.items():
+        group_rows = []
+        for name in names:
+            if name not in ood_scores:
+                raise KeyError(f"no scores for OOD set {name!r} of group {group!r}; have {sorted(ood_scores)}")
+            values = compute_all(id_scores, ood_scores[name])
+            row = {column: 100.0 * values[column] for column in METRIC_COLUMNS[:-1]}
+            row["ACC"] = 100.0 * id_accuracy
+            rows[name] = row
+            group_rows.append(row)
+        if group_rows:
+            rows[f"{group}ood"] = {
+                column: sum(r[column] for r in group_rows) / len(group_rows) for column in METRIC_COLUMNS
+            }
+    table = pd.DataFrame.from_dict(rows, orient="index", columns=METRIC_COLUMNS)
+    table.index.name = "dataset"
+    return table
