@@ -30,7 +30,7 @@ def accuracy(logits_or_predictions: torch.Tensor, labels: torch.Tensor) -> float
 
 
 def metrics_table(
-    id_scores: torch.Tensor,
+    id_scores: torch.Tensor | Mapping[str, torch.Tensor],
     ood_scores: Mapping[str, torch.Tensor],
     groups: Mapping[str, Sequence[str]],
     id_accuracy: float,
@@ -38,7 +38,8 @@ def metrics_table(
     """OpenOOD's result table for one method.
 
     Args:
-        id_scores: ``[N_id]`` scores on the ID test split, higher = more ID.
+        id_scores: ``[N_id]`` scores on the ID test split, higher = more ID; or, where the detector differs
+            per OOD set (GROOD's oracle prototypes, Table 1), OOD set name -> ``[N_id]`` scores.
         ood_scores: OOD set name -> ``[N_ood]`` scores.
         groups: ``{"near": [...], "far": [...]}`` OOD set names per group, in display order.
         id_accuracy: ID test accuracy as a fraction.
@@ -52,7 +53,8 @@ def metrics_table(
         for name in names:
             if name not in ood_scores:
                 raise KeyError(f"no scores for OOD set {name!r} of group {group!r}; have {sorted(ood_scores)}")
-            values = compute_all(id_scores, ood_scores[name])
+            id_for_name = id_scores[name] if isinstance(id_scores, Mapping) else id_scores
+            values = compute_all(id_for_name, ood_scores[name])
             row = {column: 100.0 * values[column] for column in METRIC_COLUMNS[:-1]}
             row["ACC"] = 100.0 * id_accuracy
             rows[name] = row
