@@ -19,16 +19,6 @@ from grood.metrics import compute_all
 METRIC_COLUMNS = ["FPR@95", "AUROC", "AUPR_IN", "AUPR_OUT", "ACC"]
 
 
-def accuracy(logits_or_predictions: torch.Tensor, labels: torch.Tensor) -> float:
-    """Fraction of ``labels [N]`` matched by predictions ``[N]`` or by ``argmax`` of logits ``[N, C]``."""
-    predictions = logits_or_predictions
-    if predictions.dim() == 2:
-        predictions = predictions.argmax(dim=1)
-    if predictions.shape != labels.shape:
-        raise ValueError(f"predictions {tuple(predictions.shape)} and labels {tuple(labels.shape)} differ in shape")
-    return (predictions.cpu() == labels.cpu()).double().mean().item()
-
-
 def metrics_table(
     id_scores: torch.Tensor | Mapping[str, torch.Tensor],
     ood_scores: Mapping[str, torch.Tensor],

@@ -18,10 +18,11 @@ import pandas as pd
 import torch
 
 from grood.backbones import build_backbone
-from grood.data import Benchmark, ImageListDataset, benchmark_from_dict, get_benchmark, test_transform
+from grood.data import Benchmark, benchmark_from_dict, get_benchmark, resolve_spec, test_transform
 from grood.detectors.grood_detector import GROODDetector
-from grood.detectors.registry import build_detector
-from grood.evaluation import accuracy, metrics_table
+from grood.detectors.registry import build_detector, detector_parameters
+from grood.evaluation import metrics_table
+from grood.metrics import accuracy
 from grood.features import FeatureCache, SplitOutputs, extract_split
 from grood.featureset import FeatureSet
 from grood.io import atomic_write, write_json
@@ -46,8 +47,9 @@ class BenchmarkRun:
     network: torch.nn.Module
     checkpoint_sha256: str | None
     transform: Any
+    transform_spec: dict[str, Any]
     cache: FeatureCache
-    datasets: dict[str, ImageListDataset] = field(default_factory=dict)
+    datasets: dict[str, Any] = field(default_factory=dict)
     outputs: dict[str, SplitOutputs] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -55,16 +57,11 @@ class BenchmarkRun:
     def device(self) -> str:
         return str(self.config.get("device", "auto"))
 
-    def dataset(self, split: str) -> ImageListDataset:
+    def dataset(self, split: str):
         """The image-list dataset of ``split`` ("train", "test", "val", an OOD name or "val_ood:<name>")."""
         if split not in self.datasets:
-            list_path, is_id = self.benchmark.list_for(split)
-            self.datasets[split] = ImageListDataset(
-                self.data_root / self.benchmark.images_dir,
-                self.data_root / list_path,
-                self.transform,
-                num_classes=self.benchmark.num_classes if is_id else None,
-                check_files=bool(self.config.get("check_files", True)),
+            self.datasets[split] = self.benchmark.dataset(
+                split, self.data_root, self.transform, check_files=bool(self.config.get("check_files", True))
             )
         return self.datasets[split]
 
@@ -141,8 +138,11 @@ def prepare_run(config: Mapping[str, Any]) -> BenchmarkRun:
         split_block=backbone_cfg.get("split_block"),
         weights=backbone_cfg.get("weights"),
     )
-    transform_spec = dict(benchmark.transform)
-    transform_spec.update({k: v for k, v in dict(dataset_cfg.get("transform") or {}).items() if v is not None})
+    transform_spec = resolve_spec({
+        **dict(benchmark.transform),
+        **dict(backbone_cfg.get("transform") or {}),  # e.g. Swin-T's own resize
+        **dict(dataset_cfg.get("transform") or {}),
+    })
     return BenchmarkRun(
         config=config,
         benchmark=benchmark,
@@ -150,6 +150,7 @@ def prepare_run(config: Mapping[str, Any]) -> BenchmarkRun:
         network=network,
         checkpoint_sha256=sha256_of_file(checkpoint_path) if checkpoint_path else None,
         transform=test_transform(transform_spec),
+        transform_spec=transform_spec,
         cache=FeatureCache(Path(str(paths["cache_dir"]))),
     )
 
@@ -160,7 +161,7 @@ def grood_prototype(run: BenchmarkRun, prototype_cfg: Mapping[str, Any], class_p
     strategy = str(prototype_cfg.get("strategy", "mixup"))
     seed = int(run.config.get("seed", 0))
     common = dict(batch_size=int(run.config.get("batch_size", 128)), device=run.device)
-    spec = run.benchmark.transform
+    spec = run.transform_spec
     if strategy == "mixup":
         train = run.split_outputs("train", accumulate_early=True)
         candidates = ood_prototypes.mixup_features(
@@ -272,7 +273,10 @@ def score_grood(run: BenchmarkRun, params: Mapping[str, Any]) -> MethodScores:
 
 def score_baseline(run: BenchmarkRun, name: str, params: Mapping[str, Any]) -> MethodScores:
     """A baseline of :mod:`grood.detectors` on the cache (ODIN re-runs the network on the images)."""
-    detector = build_detector(name, **dict(params))
+    params = dict(params)
+    if "input_std" in detector_parameters(name) and params.get("input_std") is None:
+        params["input_std"] = tuple(run.transform_spec["std"])  # ODIN scales its gradient by the input std
+    detector = build_detector(name, **params)
     ood_names = [n for names in _groups(run).values() for n in names]
     started = time.perf_counter()
     if detector.needs_network:
@@ -286,8 +290,7 @@ def score_baseline(run: BenchmarkRun, name: str, params: Mapping[str, Any]) -> M
         detector.fit(run.features("train"), run.network.linear_head())
         scores = MethodScores(images_score("test"), {n: images_score(n) for n in ood_names})
     else:
-        fit_split = getattr(detector, "fit_split", "train")
-        detector.fit(run.features(fit_split), run.network.linear_head())
+        detector.fit(run.features(detector.fit_split), run.network.linear_head())
         scores = MethodScores(detector.score(run.features("test")),
                               {n: detector.score(run.features(n)) for n in ood_names})
     run.timings[f"method:{name}"] = time.perf_counter() - started

@@ -13,10 +13,9 @@ from typing import ClassVar
 import torch
 
 from grood.featureset import FeatureSet, LinearHead
+from grood.method.detector import NotFittedError  # one exception for GROOD and every baseline
 
-
-class NotFittedError(RuntimeError):
-    """Raised when a detector is used before :meth:`Detector.fit`."""
+__all__ = ["Detector", "NotFittedError"]
 
 
 class Detector(ABC):
@@ -29,9 +28,11 @@ class Detector(ABC):
     reference: ClassVar[str] = ""
     #: True for methods that must run the network again (ODIN's input perturbation).
     needs_network: ClassVar[bool] = False
+    #: The ID split :meth:`fit` must receive: "train" for almost all; "val" for ReAct (as in OpenOOD).
+    fit_split: ClassVar[str] = "train"
 
     def fit(self, train: FeatureSet, head: LinearHead) -> "Detector":
-        """Fit on the ID training split. Default: nothing to fit."""
+        """Fit on the ID split named by :attr:`fit_split` (training, or validation for ReAct)."""
         self._fitted = True
         return self
 

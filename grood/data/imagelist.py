@@ -1,0 +1,218 @@
+"""OpenOOD image lists: a text file of ``relative/path label`` lines, read as a torch ``Dataset``.
+
+A line names one image, relative to the images folder (``<data_root>/images_classic`` or
+``images_largescale``), and its integer label: the class index ``0..C-1`` in an ID list, ``-1`` in an OOD
+list. The list is parsed and checked when the dataset is built, so a bad list fails before any network
+runs, with the list file, line number and offending path or value in the message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile
+from torch.utils.data import DataLoader, Dataset
+
+
+class ImageListError(ValueError):
+    """An image list that cannot be used: malformed line, missing image, label out of range."""
+
+
+class ImageLoadError(RuntimeError):
+    """An image named by a list that exists but cannot be decoded."""
+
+
+def parse_image_list(imglist_path: str | os.PathLike, num_classes: int | None = None) -> tuple[list[str], list[int], list[int]]:
+    """Parse an OpenOOD image list.
+
+    Args:
+        imglist_path: the list file.
+        num_classes: for an ID list, ``C``: every label must lie in ``0..C-1``. ``None`` for OOD lists
+            (labels are kept as written; OpenOOD writes ``-1``).
+
+    Returns:
+        ``(relative_paths, labels, line_numbers)``, one entry per non-blank line, in file order.
+
+    Raises:
+        ImageListError: naming the list, the 1-based line number and the offending text.
+    """
+    imglist_path = Path(imglist_path)
+    if not imglist_path.is_file():
+        raise ImageListError(f"image list {imglist_path} does not exist; check the data root and the list name")
+    paths: list[str] = []
+    labels: list[int] = []
+    line_numbers: list[int] = []
+    with open(imglist_path, encoding="utf-8") as handle:
+        for number, raw in enumerate(handle, start=1):
+            line = raw.strip()
+            if not line:
+                continue
+            tokens = line.split(maxsplit=1)
+            where = f"{imglist_path}, line {number}"
+            if len(tokens) != 2:
+                raise ImageListError(
+                    f"{where}: malformed line {line!r}; expected '<relative/image/path> <integer label>' "
+                    "(fix or delete the line)"
+                )
+            path, label_text = tokens
+            try:
+                label = int(label_text)
+            except ValueError:
+                raise ImageListError(
+                    f"{where}: label {label_text!r} of {path!r} is not an integer; expected "
+                    "'<relative/image/path> <integer label>' (-1 for OOD lists)"
+                ) from None
+            if os.path.isabs(path) or path.startswith(("/", "\\")):
+                raise ImageListError(
+                    f"{where}: path {path!r} is absolute; list paths must be relative to the images folder"
+                )
+            if num_classes is not None and not 0 <= label < num_classes:
+                raise ImageListError(
+                    f"{where}: label {label} of {path!r} is outside 0..{num_classes - 1} for an ID list of "
+                    f"{num_classes} classes; fix the label, or check that this list belongs to this benchmark"
+                )
+            paths.append(path)
+            labels.append(label)
+            line_numbers.append(number)
+    if not paths:
+        raise ImageListError(f"image list {imglist_path} holds no entries; expected '<relative/path> <label>' lines")
+    return paths, labels, line_numbers
+
+
+@contextmanager
+def _truncated_images_allowed(allowed: bool) -> Iterator[None]:
+    previous = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = allowed
+    try:
+        yield
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = previous
+
+
+class ImageListDataset(Dataset):
+    """Images of an OpenOOD image list: item ``i`` is ``(transform(RGB image), label)``.
+
+    Args:
+        images_dir: folder the list's paths are relative to (``<data_root>/images_classic`` ...).
+        imglist_path: the list file.
+        transform: PIL image -> tensor (e.g. :func:`grood.data.test_transform`); ``None`` returns the PIL image.
+        num_classes: ``C`` for an ID list (labels checked against ``0..C-1``); ``None`` for an OOD list.
+        check_files: check at construction that every image file exists (one ``os.path.exists`` per line).
+        allow_truncated: decode truncated images as far as they go (OpenOOD's setting) instead of failing.
+
+    Attributes:
+        labels: ``[N]`` int64 labels (-1 = OOD).
+        list_sha256: sha256 of the parsed entries (``"path label\\n"`` per entry), a stable cache key that
+            ignores blank lines, line endings and surrounding spaces.
+    """
+
+    def __init__(
+        self,
+        images_dir: str | os.PathLike,
+        imglist_path: str | os.PathLike,
+        transform: Callable | None = None,
+        num_classes: int | None = None,
+        check_files: bool = True,
+        allow_truncated: bool = False,
+    ) -> None:
+        self.images_dir = Path(images_dir)
+        self.imglist_path = Path(imglist_path)
+        self.transform = transform
+        self.num_classes = num_classes
+        self.allow_truncated = allow_truncated
+        paths, labels, line_numbers = parse_image_list(self.imglist_path, num_classes)
+        if not self.images_dir.is_dir():
+            raise ImageListError(
+                f"images folder {self.images_dir} (for list {self.imglist_path}) does not exist; "
+                "check the data root or fetch the images (scripts/download.py data)"
+            )
+        digest = hashlib.sha256()
+        for path, label in zip(paths, labels):
+            digest.update(f"{path} {label}\n".encode())
+        self.list_sha256 = digest.hexdigest()
+        # numpy byte arrays instead of lists of str: DataLoader workers fork without copying them.
+        self._relative = np.array([p.encode() for p in paths], dtype=np.bytes_)
+        self._line_numbers = np.asarray(line_numbers, dtype=np.int64)
+        self.labels = torch.tensor(labels, dtype=torch.int64)
+        if check_files:
+            self._check_files()
+
+    def _check_files(self) -> None:
+        root = str(self.images_dir)
+        missing = [i for i, rel in enumerate(self._relative) if not os.path.exists(os.path.join(root, rel.decode()))]
+        if not missing:
+            return
+        shown = "\n".join(f"  line {self._line_numbers[i]}: {self.path(i)}" for i in missing[:5])
+        more = f"\n  ... and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise ImageListError(
+            f"{self.imglist_path}: {len(missing)} of {len(self)} image file(s) missing under {self.images_dir}, "
+            f"first at line {self._line_numbers[missing[0]]}: {self.path(missing[0])}\n{shown}{more}\n"
+            "fetch the images (scripts/download.py data) or fix the list / data root"
+        )
+
+    def __len__(self) -> int:
+        return len(self._relative)
+
+    def relative_path(self, index: int) -> str:
+        """The list's path of item ``index`` (relative to ``images_dir``)."""
+        return self._relative[index].decode()
+
+    def path(self, index: int) -> str:
+        """The full image path of item ``index``."""
+        return os.path.join(str(self.images_dir), self.relative_path(index))
+
+    @property
+    def paths(self) -> list[str]:
+        """Full image paths, in list order."""
+        return [self.path(i) for i in range(len(self))]
+
+    def line_number(self, index: int) -> int:
+        """1-based line of item ``index`` in the list file."""
+        return int(self._line_numbers[index])
+
+    def load_image(self, index: int) -> Image.Image:
+        """Item ``index`` as an RGB PIL image; an unreadable file raises :class:`ImageLoadError`."""
+        path = self.path(index)
+        try:
+            with _truncated_images_allowed(self.allow_truncated), Image.open(path) as image:
+                return image.convert("RGB")
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:  # PIL's corrupt-data errors
+            raise ImageLoadError(
+                f"{self.imglist_path}, line {self.line_number(index)}: cannot read image {path} "
+                f"({type(error).__name__}: {error}); replace the file (re-download it) or remove the line"
+            ) from error
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor | Image.Image, int]:
+        image = self.load_image(index)
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, int(self.labels[index])
+
+    def __repr__(self) -> str:
+        return f"ImageListDataset({self.imglist_path}, n={len(self)}, images_dir={self.images_dir})"
+
+
+def build_loader(
+    dataset: Dataset, batch_size: int, num_workers: int = 0, shuffle: bool = False, seed: int = 0,
+) -> DataLoader:
+    """A ``DataLoader`` in list order (``shuffle=False``) or in a seeded, reproducible shuffled order.
+
+    Pins memory when CUDA is available; never drops the last partial batch.
+    """
+    generator = torch.Generator().manual_seed(seed) if shuffle else None
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=num_workers,
+        generator=generator,
+        pin_memory=torch.cuda.is_available(),
+        drop_last=False,
+        persistent_workers=False,
+    )

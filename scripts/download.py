@@ -1,0 +1,122 @@
+#!/usr/bin/env python
+"""Download OpenOOD v1.5 benchmark data and checkpoints (needs the internet; see grood/data/download.py).
+
+    python scripts/download.py data --benchmark cifar10 --data-root ./data          # `make data`
+    python scripts/download.py checkpoints --benchmark cifar10 --dest ./checkpoints  # `make checkpoints`
+    python scripts/download.py plan --benchmark imagenet200 --data-root ./data --dest ./checkpoints
+
+What is already in place is skipped; interrupted downloads resume; archives placed by hand at the printed
+path are used without network. Offline, it stops at once and lists every file needed and where to put it.
+Exit status: 0 done, 1 download/checksum failure, 2 offline, 3 bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from grood.data.download import (  # noqa: E402
+    DOWNLOADABLE,
+    DownloadError,
+    OfflineError,
+    Resource,
+    checkpoint_resources,
+    data_resources,
+    install,
+    manual_notes,
+)
+
+
+def _benchmarks(names: list[str]) -> list[str]:
+    out: list[str] = []
+    for name in names:
+        for one in (DOWNLOADABLE if name == "all" else [name]):
+            if one not in DOWNLOADABLE:
+                raise ValueError(f"unknown benchmark {one!r}; valid: {list(DOWNLOADABLE)} or 'all'")
+            if one not in out:
+                out.append(one)
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--benchmark", nargs="+", default=["cifar10"],
+                        help=f"one or more of {list(DOWNLOADABLE)}, or 'all' (default: cifar10)")
+    common.add_argument("--timeout", type=float, default=5.0, help="seconds for the connectivity probe (default 5)")
+    common.add_argument("--keep-archives", action="store_true", help="keep downloaded archives after extraction")
+    common.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    data = sub.add_parser("data", parents=[common], help="image lists and images into an OpenOOD data root")
+    data.add_argument("--data-root", default="./data", help="OpenOOD v1.5 data root (default ./data)")
+    data.add_argument("--torchvision-cifar", action="store_true",
+                      help="also fetch torchvision's CIFAR archive into the data root (for training scripts)")
+
+    ckpt = sub.add_parser("checkpoints", parents=[common], help="OpenOOD v1.5 checkpoints / torchvision weights")
+    ckpt.add_argument("--dest", default="./checkpoints", help="checkpoint root (default ./checkpoints)")
+    ckpt.add_argument("--torch-hub-dir", default=None,
+                      help="where torchvision weights go (default: torch.hub.get_dir(), where torchvision looks)")
+
+    plan = sub.add_parser("plan", parents=[common], help="print what would be fetched and where; fetch nothing")
+    plan.add_argument("--data-root", default="./data")
+    plan.add_argument("--dest", default="./checkpoints")
+    plan.add_argument("--torch-hub-dir", default=None)
+    plan.add_argument("--torchvision-cifar", action="store_true")
+    return parser
+
+
+def resources_for(args: argparse.Namespace) -> list[Resource]:
+    resources: list[Resource] = []
+    for benchmark in _benchmarks(args.benchmark):
+        if args.command in ("data", "plan"):
+            resources += data_resources(benchmark, args.data_root, torchvision_cifar=args.torchvision_cifar)
+        if args.command in ("checkpoints", "plan"):
+            resources += checkpoint_resources(benchmark, args.dest, args.torch_hub_dir)
+    unique: dict[Path, Resource] = {}
+    for resource in resources:  # e.g. 'texture' is shared by imagenet and imagenet200
+        if resource.archive in unique:  # one archive for several benchmarks: it must provide all their files
+            first = unique[resource.archive]
+            markers = tuple(dict.fromkeys(first.markers + resource.markers))
+            unique[resource.archive] = dataclasses.replace(first, markers=markers)
+        else:
+            unique[resource.archive] = resource
+    return list(unique.values())
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        resources = resources_for(args)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 3
+    if args.command == "plan":
+        for r in resources:
+            state = "present" if r.present() else "missing"
+            print(f"{state:8s} {r.name}: {r.page or r.url}\n         -> {r.archive}"
+                  + (f" -> extracted into {r.install_dir}" if r.install_dir else ""))
+        return 0
+    try:
+        install(resources, check_timeout=args.timeout, keep_archives=args.keep_archives,
+                progress=not args.no_progress)
+    except OfflineError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except DownloadError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    if args.command == "data":
+        for benchmark in _benchmarks(args.benchmark):
+            for note in manual_notes(benchmark, args.data_root):
+                print(f"WARNING (manual step): {note}", file=sys.stderr)
+    print("done")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
