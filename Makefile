@@ -47,3 +47,16 @@ checkpoints: setup
 
 bench-method: setup
 	$(PY) scripts/bench_method.py
+
+# Every method on the shared CIFAR-10 smoke benchmark (../shared or $GROOD_SHARED_DIR), CPU, minutes.
+smoke: setup
+	GROOD_SHARED_DIR=$(SHARED) $(PY) scripts/run.py experiment=smoke progress=false
+
+# The main job: OpenOOD v1.5 data and checkpoints (online), then one evaluation.
+run: setup data checkpoints
+	$(PY) scripts/run.py dataset=$(DATASET) method=$(METHOD)
+
+bench-eval: setup
+	GROOD_SHARED_DIR=$(SHARED) $(PY) scripts/bench_eval.py
+
+# ---- paper tables and figures (see scripts/reproduce.py) ----
