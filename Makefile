@@ -50,7 +50,8 @@ bench-method: setup
 
 # Every method on the shared CIFAR-10 smoke benchmark (../shared or $GROOD_SHARED_DIR), CPU, minutes.
 smoke: setup
-	GROOD_SHARED_DIR=$(SHARED) $(PY) scripts/run.py experiment=smoke progress=false
+	GROOD_SHARED_DIR=$(SHARED) $(PY) scripts/run.py experiment=smoke progress=false paths.results_dir=results/smoke
+	GROOD_SHARED_DIR=$(SHARED) GROOD_SMOKE_RESULTS=results/smoke/smoke $(PY) -m pytest -m smoke tests/test_smoke.py
 
 # The main job: OpenOOD v1.5 data and checkpoints (online), then one evaluation.
 run: setup data checkpoints

@@ -1,0 +1,161 @@
+"""Reading checkpoint files into networks, with errors that say what does not fit and why.
+
+Accepted layouts: a plain state dict (OpenOOD's ``best.ckpt``), or a dict holding one under
+``'state_dict'`` (akamaster's ``.th``), ``'model'`` or ``'net'``; keys may carry ``module.``
+(``DataParallel``) or ``_orig_mod.`` (``torch.compile``) prefixes. Files are read with
+``torch.load(weights_only=True)``: tensors and plain containers only, no arbitrary pickled code.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from grood.provenance import sha256_of_file
+
+__all__ = ["CheckpointMismatchError", "load_checkpoint", "load_state_dict_checked", "read_state_dict",
+           "extract_state_dict", "strip_prefixes", "sha256_of_file"]
+
+log = logging.getLogger(__name__)
+
+STATE_DICT_KEYS = ("state_dict", "model", "net")
+PREFIXES = ("module.", "_orig_mod.")
+SHOWN_KEYS = 20  # keys listed per category in a mismatch error
+
+
+class CheckpointMismatchError(ValueError):
+    """A state dict whose keys or shapes do not fit the network it is loaded into."""
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and len(obj) > 0 and all(
+        isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in obj.items()
+    )
+
+
+def extract_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """The state dict inside a loaded checkpoint object (plain, or under ``state_dict``/``model``/``net``).
+
+    Raises:
+        ValueError: naming ``source`` and the top-level keys found, when no state dict is there.
+    """
+    current = obj
+    for _ in range(3):  # e.g. {'model': {'state_dict': {...}}}
+        if _is_state_dict(current):
+            return dict(current)
+        if not isinstance(current, Mapping):
+            break
+        inner = next((current[key] for key in STATE_DICT_KEYS if key in current), None)
+        if inner is None:
+            break
+        current = inner
+    found = list(obj.keys())[:SHOWN_KEYS] if isinstance(obj, Mapping) else type(obj).__name__
+    raise ValueError(
+        f"{source} holds no state dict: expected a mapping of parameter names to tensors, or one under "
+        f"{'/'.join(repr(k) for k in STATE_DICT_KEYS)}; found {found}"
+    )
+
+
+def strip_prefixes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Remove a ``module.``/``_orig_mod.`` prefix carried by *every* key (repeatedly, e.g. both)."""
+    result = dict(state_dict)
+    changed = True
+    while changed and result:
+        changed = False
+        for prefix in PREFIXES:
+            if all(key.startswith(prefix) for key in result):
+                result = {key[len(prefix):]: value for key, value in result.items()}
+                changed = True
+    return result
+
+
+def _missing_checkpoint_message(path: Path) -> str:
+    return (
+        f"checkpoint {path} not found. Download the OpenOOD v1.5 checkpoints with `make checkpoints "
+        f"DATASET=<benchmark>` (= `python scripts/download.py checkpoints --benchmark <benchmark> --dest "
+        f"./checkpoints`), or point the config key dataset.checkpoint at an existing file"
+    )
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Load ``path`` on the CPU and return its state dict, prefixes stripped.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist (the message says how to get it).
+        ValueError: the file is not a readable tensor checkpoint, or holds no state dict.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(_missing_checkpoint_message(path))
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
+        raise ValueError(
+            f"cannot read checkpoint {path} as tensors-only (torch.load weights_only=True): {error}. "
+            "If it holds Python objects besides tensors, re-save only the weights: "
+            "torch.save(model.state_dict(), path)"
+        ) from error
+    return strip_prefixes(extract_state_dict(obj, source=f"checkpoint {path}"))
+
+
+def _listing(keys: list[str]) -> str:
+    shown = ", ".join(keys[:SHOWN_KEYS])
+    more = f", ... and {len(keys) - SHOWN_KEYS} more" if len(keys) > SHOWN_KEYS else ""
+    return f"[{shown}{more}]"
+
+
+def load_state_dict_checked(
+    network: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str, strict: bool = True
+) -> nn.Module:
+    """Copy ``state_dict`` into ``network``; on a mismatch raise one error listing every problem.
+
+    Missing ``*.num_batches_tracked`` buffers are accepted (checkpoints from old PyTorch versions lack
+    them; BatchNorm fills them in). Shape mismatches are always an error; missing and unexpected keys
+    are an error with ``strict`` and a logged warning without it.
+
+    Raises:
+        CheckpointMismatchError: naming ``source``, listing missing keys, unexpected keys and shape mismatches.
+    """
+    expected = network.state_dict()
+    missing = [k for k in expected if k not in state_dict and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state_dict if k not in expected]
+    shapes = [f"{k}: given {tuple(state_dict[k].shape)} vs network {tuple(expected[k].shape)}"
+              for k in state_dict if k in expected and state_dict[k].shape != expected[k].shape]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys {_listing(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys {_listing(unexpected)}")
+    if shapes:
+        problems.append(f"{len(shapes)} shape mismatches {_listing(shapes)}")
+    if shapes or (strict and problems):
+        raise CheckpointMismatchError(
+            f"{source} does not fit {type(network).__name__} "
+            f"(num_classes={getattr(network, 'num_classes', '?')}): " + "; ".join(problems)
+            + ". Check the backbone name and num_classes match the checkpoint."
+        )
+    if problems:
+        log.warning("loading %s into %s non-strictly: %s", source, type(network).__name__, "; ".join(problems))
+    network.load_state_dict(dict(state_dict), strict=strict)
+    return network
+
+
+def load_checkpoint(network: nn.Module, path: str | os.PathLike, strict: bool = True) -> nn.Module:
+    """Load the checkpoint file ``path`` into ``network`` (in place) and return ``network``.
+
+    Raises:
+        FileNotFoundError: no file at ``path`` (the message says how to download it).
+        ValueError: the file holds no readable state dict.
+        CheckpointMismatchError: the state dict does not fit the architecture (lists missing/unexpected
+            keys and shape mismatches, names the file).
+    """
+    state_dict = read_state_dict(path)
+    return load_state_dict_checked(network, state_dict, source=f"checkpoint {Path(path).expanduser()}",
+                                   strict=strict)
