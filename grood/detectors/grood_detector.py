@@ -57,7 +57,8 @@ class GROODDetector(Detector):
 
     def score(self, data: FeatureSet) -> torch.Tensor:
         self._check_fitted()
-        return self.model.score(data.features)
+        # the class_gradient variant differentiates w.r.t. the prototype of the classifier's prediction
+        return self.model.score(data.features, predictions=data.logits.argmax(dim=1))
 
     def predict(self, data: FeatureSet) -> torch.Tensor:
         """``[N]`` nearest-class-prototype predictions (the paper's "NCP Acc.")."""

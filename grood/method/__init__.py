@@ -1,18 +1,57 @@
-"""GROOD's maths on tensors, one function per paper equation. Imports nothing from the rest of grood
-except the device and atomic-write helpers.
+"""GROOD's maths on tensors, one function per paper equation; no network, no files except the
+detector's and index's own save/load. Imports nothing from the rest of grood except the leaf modules
+:mod:`grood.device` and :mod:`grood.io`.
 
-- :mod:`grood.method.prototypes`: eq. 7 (class prototypes), eq. 8 (OOD prototype), section 5.2 filter.
-- :mod:`grood.method.ncp`: eq. 2 (NCP logits), eq. 3 (probabilities), eq. 4 (loss), eq. 5 (gradient).
-- :mod:`grood.method.neighbours`: eq. 6 (nearest-neighbour distance), exact / IVF / torch indexes.
+- :mod:`grood.method.prototypes`: eq. 7 (class prototypes), eq. 8 (OOD prototype), the section 5.2
+  proximity filter, appendix A.2 mean of prototypes.
+- :mod:`grood.method.ncp`: eq. 2 (NCP logits), eq. 3 (probabilities), eq. 4 (loss), eq. 5 (gradient)
+  and the Table 4 ablation quantities.
+- :mod:`grood.method.neighbours`: eq. 6 (nearest-neighbour distance); exact / IVF / torch indexes.
 - :mod:`grood.method.detector`: the :class:`GROOD` detector (Algorithms 1 and 2).
+- :mod:`grood.method.synthetic`: clustered synthetic features for tests and benchmarks.
 """
 
 from grood.method.detector import GROOD, NotFittedError
-from grood.method.ncp import grood_gradient, ncp_logits, ncp_loss, ncp_probabilities
-from grood.method.neighbours import build_index, kth_neighbour_distance
-from grood.method.prototypes import ClassMeanAccumulator, class_prototypes, ood_prototype, proximity_filter
+from grood.method.ncp import (
+    class_prototype_gradient,
+    gradient_l1_norm,
+    grood_gradient,
+    ncp_log_probabilities,
+    ncp_logits,
+    ncp_loss,
+    ncp_predict,
+    ncp_probabilities,
+    ood_prototype_distance,
+)
+from grood.method.neighbours import build_index, kth_neighbour_distance, load_index
+from grood.method.prototypes import (
+    ClassMeanAccumulator,
+    class_prototypes,
+    mean_of_class_prototypes,
+    nearest_prototype_distance,
+    ood_prototype,
+    proximity_filter,
+)
 
 __all__ = [
-    "GROOD", "NotFittedError", "grood_gradient", "ncp_logits", "ncp_loss", "ncp_probabilities", "build_index",
-    "kth_neighbour_distance", "ClassMeanAccumulator", "class_prototypes", "ood_prototype", "proximity_filter",
+    "GROOD",
+    "NotFittedError",
+    "ClassMeanAccumulator",
+    "build_index",
+    "class_prototype_gradient",
+    "class_prototypes",
+    "gradient_l1_norm",
+    "grood_gradient",
+    "kth_neighbour_distance",
+    "load_index",
+    "mean_of_class_prototypes",
+    "ncp_log_probabilities",
+    "ncp_logits",
+    "ncp_loss",
+    "ncp_predict",
+    "ncp_probabilities",
+    "nearest_prototype_distance",
+    "ood_prototype",
+    "ood_prototype_distance",
+    "proximity_filter",
 ]

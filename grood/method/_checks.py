@@ -14,7 +14,7 @@ def check_matrix(name: str, x: torch.Tensor, dim: int | None = None) -> None:
     if not x.is_floating_point():
         raise ValueError(f"{name} must be a floating-point tensor; got dtype {x.dtype}")
     if dim is not None and x.shape[1] != dim:
-        raise ValueError(f"{name} has feature dimension {x.shape[1]} but {dim} was expected (the dimension seen at fit)")
+        raise ValueError(f"{name} has feature dimension {x.shape[1]} but {dim} was expected")
 
 
 def check_vector(name: str, x: torch.Tensor, dim: int) -> None:

@@ -1,14 +1,16 @@
-"""The GROOD detector on penultimate features (paper Algorithms 1 and 2).
+"""The GROOD detector on penultimate features, no network involved (paper Algorithms 1 and 2).
 
 ``GROOD().fit(train_features, train_labels, ood_prototype=p_ood)`` computes the class prototypes
-(eq. 7) and the training gradients (eq. 5) and indexes them; ``.score(features)`` returns
-**minus** the eq. 6 distance, so that **higher = more in-distribution** (OpenOOD's convention).
+(eq. 7), the gradient (eq. 5) of every training sample and indexes those gradients;
+``.score(features)`` returns **minus** the eq. 6 distance to the nearest training gradient, so that
+**higher = more in-distribution** (OpenOOD's convention, the one of every grood detector).
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,42 +18,52 @@ import torch
 from tqdm.auto import tqdm
 
 from grood.device import resolve_device
-from grood.io import atomic_write
+from grood.io import atomic_directory, atomic_file
+from grood.method._checks import check_finite, check_labels, check_matrix, check_vector
 from grood.method.ncp import (
     class_prototype_gradient,
     gradient_l1_norm,
     grood_gradient,
+    ncp_predict,
     ood_prototype_distance,
 )
-from grood.method.neighbours import build_index, kth_neighbour_distance, load_index, save_index
-from grood.method.prototypes import class_prototypes as compute_class_prototypes
-from grood.method.prototypes import mean_of_class_prototypes
+from grood.method.neighbours import INDEX_KINDS, NeighbourIndex, build_index, kth_neighbour_distance, load_index
+from grood.method.prototypes import ClassMeanAccumulator, mean_of_class_prototypes
 
-#: Scoring variants: the full method and the ablations of the paper's Table 4.
+#: The full method and the ablations of the paper's Table 4.
 VARIANTS = ("grood", "ood_distance", "gradient_l1", "class_gradient")
+#: Variants that score by a nearest-neighbour search (eq. 6) and so build an index.
+INDEXED_VARIANTS = ("grood", "class_gradient")
 FIT_ON = ("all", "correct")
+SAVE_FORMAT = "grood.method.GROOD"
+SAVE_VERSION = 1
+_CONFIG_FILE = "grood.json"
+_TENSORS_FILE = "tensors.pt"
 
 
 class NotFittedError(RuntimeError):
-    """A detector was used before ``fit``."""
+    """A GROOD detector was used (score, predict, save) before :meth:`GROOD.fit`."""
 
 
 class GROOD:
-    """GROOD on features.
+    """GROOD on features: eq. 7 prototypes, eq. 5 gradients, eq. 6 nearest-neighbour score.
 
     Args:
-        index: nearest-neighbour index kind for eq. 6: "exact" (FAISS flat, default), "ivf", "torch".
-        k: score with the distance to the ``k``-th nearest training gradient (1 = eq. 6; Fig. 5).
-        index_params: e.g. ``{"nlist": 100, "nprobe": 10}`` for "ivf".
-        fit_on: index the gradients of "all" training samples (eq. 6) or only the "correct"ly classified.
-        variant: "grood" (eq. 6 on eq.-5 gradients) or a Table 4 ablation: "ood_distance" (score =
-            ``||h - p_ood||``), "gradient_l1" (score = -L1 norm of eq. 5), "class_gradient" (eq. 6 on
-            gradients w.r.t. the predicted class prototype instead of ``p_ood``).
-        batch_size: rows per chunk when computing gradients and searching.
+        index: nearest-neighbour index kind for eq. 6: ``"exact"`` (FAISS flat, default), ``"ivf"``
+            (FAISS IVF, appendix A.4) or ``"torch"`` (no FAISS); see :mod:`grood.method.neighbours`.
+        k: score with the distance to the ``k``-th nearest training gradient (``1`` = eq. 6; Fig. 5).
+        index_params: keyword arguments of the index, e.g. ``{"nlist": 256, "nprobe": 8}`` for "ivf".
+        fit_on: index the gradients of ``"all"`` training samples (eq. 6, default) or only of those the
+            classifier gets right (``"correct"``, as the author's OpenOOD port does; needs
+            ``train_predictions`` at :meth:`fit`).
+        variant: ``"grood"`` (the method) or a Table 4 ablation: ``"ood_distance"``, ``"gradient_l1"``,
+            ``"class_gradient"`` (see :meth:`score`).
+        batch_size: rows per chunk for prototypes, gradients and searches (bounds the memory).
+        device: where prototypes and gradients are computed (None: CUDA if available, else CPU).
+        progress: show tqdm progress bars.
 
-    Score signs (all: higher = more ID): "grood"/"class_gradient": ``-distance``; "gradient_l1":
-    ``-||∇H(h)||_1`` (ID samples have a small ``p_ood(h)``, the gradient's norm); "ood_distance":
-    ``+||h - p_ood||`` (ID samples sit far from the OOD prototype).
+    Attributes (after :meth:`fit`): ``class_prototypes [C, D]`` and ``ood_prototype [D]`` (float32, on
+    ``device``), ``index`` (None for the variants without a search), ``num_indexed``.
     """
 
     def __init__(
@@ -61,61 +73,93 @@ class GROOD:
         index_params: dict[str, Any] | None = None,
         fit_on: str = "all",
         variant: str = "grood",
-        batch_size: int = 65536,
+        batch_size: int = 8192,
         device: str | torch.device | None = None,
         progress: bool = False,
     ) -> None:
+        if index not in INDEX_KINDS:
+            raise ValueError(f"unknown index kind {index!r}; valid kinds: {', '.join(INDEX_KINDS)}")
         if variant not in VARIANTS:
-            raise ValueError(f"unknown GROOD variant {variant!r}; valid: {list(VARIANTS)}")
+            raise ValueError(f"unknown GROOD variant {variant!r}; valid variants: {', '.join(VARIANTS)}")
         if fit_on not in FIT_ON:
-            raise ValueError(f"fit_on must be one of {list(FIT_ON)}; got {fit_on!r}")
-        if k < 1:
-            raise ValueError(f"k must be >= 1; got {k}")
+            raise ValueError(f"fit_on must be one of {', '.join(FIT_ON)}; got {fit_on!r}")
+        if isinstance(k, bool) or int(k) != k or k < 1:
+            raise ValueError(f"k must be an integer >= 1; got {k}")
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1; got {batch_size}")
         self.index_kind = index
+        self.k = int(k)
         self.index_params = dict(index_params or {})
-        self.k = k
         self.fit_on = fit_on
         self.variant = variant
-        self.batch_size = batch_size
+        self.batch_size = int(batch_size)
         self.device = resolve_device(device)
         self.progress = progress
         self.class_prototypes: torch.Tensor | None = None
         self.ood_prototype: torch.Tensor | None = None
-        self.index = None
-        self.num_train_indexed = 0
+        self.index: NeighbourIndex | None = None
+        self.num_indexed = 0
+        #: class_gradient only: "network" when fit used train_predictions as the label y, else "ncp".
+        self.class_labels_from = "ncp"
 
-    # ----------------------------------------------------------------- checks
-    @staticmethod
-    def _check_finite(features: torch.Tensor, what: str) -> None:
-        finite = torch.isfinite(features)
-        if not bool(finite.all()):
-            bad_rows = int((~finite).any(dim=1).sum())
-            raise ValueError(f"{what}: {bad_rows} row(s) contain NaN or inf; fix the features before GROOD")
+    # ------------------------------------------------------------------------------------ helpers
+    @property
+    def is_fitted(self) -> bool:
+        return self.class_prototypes is not None
 
-    def _check_features(self, features: torch.Tensor, what: str) -> None:
+    @property
+    def dim(self) -> int:
+        self._check_fitted()
+        return int(self.class_prototypes.shape[1])
+
+    @property
+    def num_classes(self) -> int:
+        self._check_fitted()
+        return int(self.class_prototypes.shape[0])
+
+    def _check_fitted(self) -> None:
         if self.class_prototypes is None:
-            raise NotFittedError("GROOD is not fitted: call fit(train_features, train_labels, ...) first")
-        if features.dim() != 2:
-            raise ValueError(f"{what} must be [N, D]; got shape {tuple(features.shape)}")
-        if features.shape[1] != self.class_prototypes.shape[1]:
+            raise NotFittedError("this GROOD detector is not fitted: call fit(train_features, train_labels, ...) first")
+
+    def _batches(self, count: int, description: str) -> Iterator[slice]:
+        starts = range(0, count, self.batch_size)
+        for start in tqdm(starts, desc=description, disable=not self.progress, leave=False):
+            yield slice(start, min(start + self.batch_size, count))
+
+    def _check_features(self, features: torch.Tensor, name: str = "features") -> None:
+        self._check_fitted()
+        check_matrix(name, features)
+        if features.shape[1] != self.dim:
             raise ValueError(
-                f"{what} have dimension {features.shape[1]} but GROOD was fitted on dimension "
-                f"{self.class_prototypes.shape[1]}"
+                f"{name} have dimension {features.shape[1]} but this GROOD detector was fitted on dimension "
+                f"{self.dim}; use features from the same layer and network"
             )
-        self._check_finite(features, what)
+        check_finite(name, features)
 
-    # ------------------------------------------------------------- the maths
-    def gradients(self, features: torch.Tensor) -> torch.Tensor:
-        """``[N, D]`` eq.-5 gradients (or class-prototype gradients for variant "class_gradient")."""
-        function = class_prototype_gradient if self.variant == "class_gradient" else grood_gradient
-        prototypes = self.class_prototypes.to(self.device)
-        p_ood = self.ood_prototype.to(self.device)
-        chunks = []
-        for start in range(0, features.shape[0], self.batch_size):
-            chunk = features[start : start + self.batch_size].to(self.device, torch.float32)
-            chunks.append(function(chunk, prototypes, p_ood))
-        return torch.cat(chunks) if chunks else torch.empty(0, features.shape[1], device=self.device)
+    def _gradient(self, h: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """``[B, D]`` eq. 5 gradient, or the class-prototype gradient for the "class_gradient" variant."""
+        if self.variant == "class_gradient":
+            return class_prototype_gradient(h, self.class_prototypes, self.ood_prototype, labels=labels)
+        return grood_gradient(h, self.class_prototypes, self.ood_prototype)
 
+    def _class_labels_for_scoring(self, predictions: torch.Tensor | None, count: int) -> torch.Tensor | None:
+        if self.variant != "class_gradient":
+            return None  # ignored: the other variants need no class label
+        if self.class_labels_from == "network" and predictions is None:
+            raise ValueError(
+                "variant 'class_gradient' was fitted with train_predictions (the network's predicted classes are "
+                "the label y of the class-prototype gradient); pass predictions=logits.argmax(1) to score() too"
+            )
+        if self.class_labels_from == "ncp" and predictions is not None:
+            raise ValueError(
+                "variant 'class_gradient' was fitted without train_predictions (y = nearest class prototype); "
+                "score() without predictions, or refit with train_predictions"
+            )
+        if predictions is not None:
+            check_labels("predictions", predictions, count, self.num_classes)
+        return predictions
+
+    # ---------------------------------------------------------------------------------------- fit
     def fit(
         self,
         train_features: torch.Tensor,
@@ -124,104 +168,227 @@ class GROOD:
         num_classes: int | None = None,
         train_predictions: torch.Tensor | None = None,
     ) -> "GROOD":
-        """Algorithm 1: class prototypes (eq. 7), training gradients (eq. 5), their index.
+        """Algorithm 1: class prototypes (eq. 7), training gradients (eq. 5) and their index.
 
         Args:
             train_features: ``[N, D]`` penultimate features of the ID training set.
-            train_labels: ``[N]`` labels in ``0..C-1``.
-            ood_prototype: ``[D]`` ``p_ood`` (eq. 8); None = the mean of the class prototypes.
-            num_classes: ``C`` (default ``max(label) + 1``).
-            train_predictions: ``[N]`` the classifier's predictions, needed for ``fit_on="correct"``.
+            train_labels: ``[N]`` integer labels in ``0..C-1``.
+            ood_prototype: ``[D]`` the OOD prototype ``p_ood`` (eq. 8). None: the **mean of the class
+                prototypes** (appendix A.2 "Mean of Prototypes"), the only choice that needs no data
+                beyond the training features; the paper's default (mixup, eq. 9) needs the network and is
+                built in :mod:`grood.ood_prototypes`.
+            num_classes: ``C``; default ``max(train_labels) + 1``. Every class needs a training sample.
+            train_predictions: ``[N]`` the classifier's predicted classes. Required by
+                ``fit_on="correct"`` (rows with ``prediction == label`` are indexed); for the
+                ``"class_gradient"`` variant they are the label ``y`` of the gradient (as in the author's
+                port), and :meth:`score` then needs ``predictions`` too.
+        Returns:
+            ``self``.
         """
-        if train_features.dim() != 2:
-            raise ValueError(f"train_features must be [N, D]; got shape {tuple(train_features.shape)}")
-        if train_labels.shape != train_features.shape[:1]:
-            raise ValueError(
-                f"{train_features.shape[0]} training features but labels of shape {tuple(train_labels.shape)}"
-            )
-        self._check_finite(train_features, "training features")
+        check_matrix("train_features", train_features)
+        count, dim = train_features.shape
+        if count == 0:
+            raise ValueError("train_features has 0 rows; GROOD needs ID training features to fit")
+        if not isinstance(train_labels, torch.Tensor) or train_labels.dim() != 1:
+            raise ValueError(f"train_labels must be a 1-D tensor [N]; got {getattr(train_labels, 'shape', train_labels)!r}")
+        if train_labels.shape[0] != count:
+            raise ValueError(f"train_labels has {train_labels.shape[0]} entries but train_features has {count} rows")
         if num_classes is None:
+            if train_labels.is_floating_point():
+                raise ValueError(f"train_labels must hold integer class indices; got dtype {train_labels.dtype}")
             num_classes = int(train_labels.max()) + 1
-        self.class_prototypes = compute_class_prototypes(train_features.float(), train_labels, num_classes).cpu()
-        if ood_prototype is None:
-            ood_prototype = mean_of_class_prototypes(self.class_prototypes)
-        ood_prototype = ood_prototype.detach().float().cpu().flatten()
-        if ood_prototype.shape[0] != train_features.shape[1]:
+        if int(num_classes) < 1:
+            raise ValueError(f"num_classes must be >= 1; got {num_classes}")
+        check_labels("train_labels", train_labels, count, int(num_classes))
+        check_finite("train_features", train_features)
+        if train_predictions is not None:
+            check_labels("train_predictions", train_predictions, count, int(num_classes))
+        elif self.fit_on == "correct":
             raise ValueError(
-                f"ood_prototype has dimension {ood_prototype.shape[0]}, the features {train_features.shape[1]}"
+                "fit_on='correct' needs train_predictions (the classifier's predicted class of each training row)"
             )
-        if not bool(torch.isfinite(ood_prototype).all()):
-            raise ValueError("ood_prototype contains NaN or inf")
-        self.ood_prototype = ood_prototype
 
-        selected = train_features
-        if self.fit_on == "correct":
-            if train_predictions is None:
-                raise ValueError("fit_on='correct' needs train_predictions (the classifier's predicted labels)")
-            correct = train_predictions.to(train_labels.device) == train_labels
-            if not bool(correct.any()):
-                raise ValueError("fit_on='correct': no training sample is classified correctly")
-            selected = train_features[correct]
-        if self.variant in ("grood", "class_gradient"):
-            gradients = self.gradients(selected)
-            self.index = build_index(self.index_kind, gradients.shape[1], **self.index_params)
-            self.index.add(gradients)
-            self.num_train_indexed = gradients.shape[0]
+        # Eq. 7: class prototypes, streamed in float64.
+        accumulator = ClassMeanAccumulator(int(num_classes), dim, device=self.device)
+        for rows in self._batches(count, "GROOD class prototypes"):
+            accumulator.update(train_features[rows].to(self.device), train_labels[rows].to(self.device))
+        self.class_prototypes = accumulator.means(dtype=torch.float32)
+
+        # Eq. 8 (computed outside) or the mean of the class prototypes.
+        if ood_prototype is None:
+            self.ood_prototype = mean_of_class_prototypes(self.class_prototypes)
+        else:
+            check_vector("ood_prototype", ood_prototype, dim)
+            check_finite("ood_prototype", ood_prototype)
+            self.ood_prototype = ood_prototype.detach().to(device=self.device, dtype=torch.float32)
+
+        self.index = None
+        self.num_indexed = 0
+        self.class_labels_from = "network" if train_predictions is not None else "ncp"
+        if self.variant in INDEXED_VARIANTS:
+            self._build_index(train_features, train_labels, train_predictions)
         return self
 
-    def score(self, features: torch.Tensor) -> torch.Tensor:
-        """Algorithm 2: ``[N, D] -> [N]`` scores, **higher = more in-distribution** (minus eq. 6)."""
-        self._check_features(features, "features")
-        if self.variant == "ood_distance":
-            return ood_prototype_distance(features.float().cpu(), self.ood_prototype)
-        gradients = self.gradients(features)
-        if self.variant == "gradient_l1":
-            return -gradient_l1_norm(gradients).cpu()
-        distances = kth_neighbour_distance(self.index, gradients, self.k, self.batch_size, self.progress)
-        return -distances
+    def _build_index(
+        self, features: torch.Tensor, labels: torch.Tensor, predictions: torch.Tensor | None
+    ) -> None:
+        """Eq. 5 gradients of the selected training rows, added to a new index."""
+        keep = None
+        if self.fit_on == "correct":
+            keep = predictions.to(labels.device) == labels
+            self.num_indexed = int(keep.sum())
+            if self.num_indexed == 0:
+                raise ValueError("fit_on='correct': no training row has train_predictions == train_labels")
+        else:
+            self.num_indexed = features.shape[0]
+        if self.k > self.num_indexed:
+            raise ValueError(f"k={self.k} exceeds the {self.num_indexed} training gradients to index; lower k")
+
+        gradients = torch.empty((self.num_indexed, features.shape[1]), dtype=torch.float32, device=self.device)
+        filled = 0
+        for rows in self._batches(features.shape[0], "GROOD training gradients"):
+            h = features[rows]
+            y = predictions[rows] if (self.variant == "class_gradient" and predictions is not None) else None
+            if keep is not None:
+                mask = keep[rows].to(h.device)
+                h = h[mask]
+                y = None if y is None else y[mask.to(y.device)]
+            h = h.to(device=self.device, dtype=torch.float32)
+            gradients[filled : filled + h.shape[0]] = self._gradient(h, None if y is None else y.to(self.device))
+            filled += h.shape[0]
+        index = build_index(self.index_kind, features.shape[1], **self.index_params)
+        index.add(gradients)
+        self.index = index
+
+    # -------------------------------------------------------------------------------------- score
+    def gradients(self, features: torch.Tensor, predictions: torch.Tensor | None = None) -> torch.Tensor:
+        """``[N, D]`` the vectors this detector searches: eq. 5 gradients (class-prototype gradients for
+        the "class_gradient" variant), on ``device``."""
+        self._check_features(features)
+        labels = self._class_labels_for_scoring(predictions, features.shape[0])
+        out = torch.empty((features.shape[0], self.dim), dtype=torch.float32, device=self.device)
+        for rows in self._batches(features.shape[0], "GROOD gradients"):
+            y = None if labels is None else labels[rows].to(self.device)
+            out[rows] = self._gradient(features[rows].to(device=self.device, dtype=torch.float32), y)
+        return out
+
+    def score(self, features: torch.Tensor, predictions: torch.Tensor | None = None) -> torch.Tensor:
+        """Algorithm 2: ``[N, D]`` features -> ``[N]`` float32 scores, **higher = more in-distribution**.
+
+        By variant:
+
+        - ``"grood"``: ``-S`` with ``S`` the eq. 6 distance from the eq. 5 gradient to its (``k``-th)
+          nearest training gradient: OOD gradients lie far from all training gradients.
+        - ``"class_gradient"`` (Table 4 (3)): the same with the class-prototype gradients of
+          :func:`~grood.method.ncp.class_prototype_gradient`.
+        - ``"gradient_l1"`` (Table 4 (2)): ``-||∇H(h)||_1``: the gradient's size is ``p_ood(h)``
+          (eq. 5), small for ID samples near a class prototype, so minus the norm ranks ID higher.
+        - ``"ood_distance"`` (Table 4 (1)): ``+||h - p_ood||``: ``p_ood`` stands for OOD data, so being
+          far from it means ID (the sign of the author's port, ``-1 * (-||h - p_ood||)``).
+
+        Args:
+            features: ``[N, D]`` finite features, ``D`` as at fit.
+            predictions: ``[N]`` the network's predicted classes; used (and then required) only by the
+                "class_gradient" variant fitted with ``train_predictions``; ignored by the others.
+        Returns:
+            ``[N]`` float32 on the device of ``features``.
+        """
+        self._check_features(features)
+        labels = self._class_labels_for_scoring(predictions, features.shape[0])
+        scores = torch.empty(features.shape[0], dtype=torch.float32, device=self.device)
+        for rows in self._batches(features.shape[0], f"GROOD {self.variant} scores"):
+            h = features[rows].to(device=self.device, dtype=torch.float32)
+            if self.variant == "ood_distance":
+                scores[rows] = ood_prototype_distance(h, self.ood_prototype)
+                continue
+            gradient = self._gradient(h, None if labels is None else labels[rows].to(self.device))
+            if self.variant == "gradient_l1":
+                scores[rows] = -gradient_l1_norm(gradient)
+            else:
+                distances = kth_neighbour_distance(self.index, gradient, self.k, batch_size=gradient.shape[0])
+                scores[rows] = -distances.to(self.device)
+        return scores.to(features.device)
 
     def predict(self, features: torch.Tensor) -> torch.Tensor:
-        """``[N]`` index of the nearest class prototype (the paper's "NCP Acc." classifier)."""
-        self._check_features(features, "features")
-        chunks = [
-            torch.cdist(features[start : start + self.batch_size].float().cpu(), self.class_prototypes).argmin(1)
-            for start in range(0, features.shape[0], self.batch_size)
-        ]
-        return torch.cat(chunks)
+        """``[N]`` int64: the class of the nearest class prototype (the paper's "NCP Acc." classifier)."""
+        self._check_features(features)
+        out = torch.empty(features.shape[0], dtype=torch.long, device=self.device)
+        for rows in self._batches(features.shape[0], "GROOD NCP predictions"):
+            out[rows] = ncp_predict(features[rows].to(device=self.device, dtype=torch.float32), self.class_prototypes)
+        return out.to(features.device)
 
-    # ------------------------------------------------------------ persistence
+    # -------------------------------------------------------------------------------- persistence
     def config(self) -> dict[str, Any]:
+        """The constructor arguments (without ``device`` and ``progress``, which belong to the run)."""
         return {
-            "index": self.index_kind, "k": self.k, "index_params": self.index_params, "fit_on": self.fit_on,
-            "variant": self.variant, "batch_size": self.batch_size,
+            "index": self.index_kind,
+            "k": self.k,
+            "index_params": self.index_params,
+            "fit_on": self.fit_on,
+            "variant": self.variant,
+            "batch_size": self.batch_size,
         }
 
-    def save(self, directory: str | os.PathLike) -> None:
-        """Write prototypes, config and the index into ``directory`` (each file atomically)."""
-        if self.class_prototypes is None:
-            raise NotFittedError("nothing to save: GROOD is not fitted")
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        with atomic_write(directory / "prototypes.pt", "wb") as handle:
-            torch.save({"class_prototypes": self.class_prototypes, "ood_prototype": self.ood_prototype,
-                        "num_train_indexed": self.num_train_indexed}, handle)
-        if self.index is not None:
-            save_index(self.index, directory / "index")
-        with atomic_write(directory / "grood.json") as handle:
-            json.dump(self.config(), handle, indent=2)
+    def save(self, directory: str | os.PathLike[str]) -> None:
+        """Write the fitted detector to ``directory``: ``grood.json`` (config), ``tensors.pt`` (prototypes)
+        and ``index.faiss`` / ``index.pt`` (the index, indexed variants only).
+
+        The directory is written beside its target and swapped into place, so a reader sees the old or
+        the new save, never a mix. An existing directory is replaced only if it holds a GROOD save (or
+        nothing).
+        """
+        self._check_fitted()
+        target = Path(directory)
+        if target.exists():
+            if not target.is_dir():
+                raise FileExistsError(f"{target} exists and is not a directory")
+            if any(target.iterdir()) and not (target / _CONFIG_FILE).is_file():
+                raise FileExistsError(f"{target} is a non-empty directory without {_CONFIG_FILE}: not a GROOD save, "
+                                      "refusing to replace it")
+        meta = {
+            "format": SAVE_FORMAT,
+            "version": SAVE_VERSION,
+            "config": self.config(),
+            "dim": self.dim,
+            "num_classes": self.num_classes,
+            "num_indexed": self.num_indexed,
+            "class_labels_from": self.class_labels_from,
+            "index_file": None if self.index is None else self._index_file_name(),
+        }
+        with atomic_directory(target) as tmp:
+            torch.save(
+                {"class_prototypes": self.class_prototypes.cpu(), "ood_prototype": self.ood_prototype.cpu()},
+                tmp / _TENSORS_FILE,
+            )
+            if self.index is not None:
+                self.index.save(tmp / self._index_file_name())
+            with atomic_file(tmp / _CONFIG_FILE) as config_path:
+                config_path.write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
+
+    def _index_file_name(self) -> str:
+        return "index.pt" if self.index_kind == "torch" else "index.faiss"
 
     @classmethod
-    def load(cls, directory: str | os.PathLike, device: str | torch.device | None = None) -> "GROOD":
-        """A detector saved by :meth:`save`; it gives identical scores."""
+    def load(
+        cls, directory: str | os.PathLike[str], device: str | torch.device | None = None, progress: bool = False
+    ) -> "GROOD":
+        """A detector written by :meth:`save`; on the same device it gives bit-identical scores."""
         directory = Path(directory)
-        config_path = directory / "grood.json"
-        if not config_path.exists():
-            raise FileNotFoundError(f"{config_path} not found: not a directory written by GROOD.save()")
-        detector = cls(**json.loads(config_path.read_text()), device=device)
-        blob = torch.load(directory / "prototypes.pt", map_location="cpu", weights_only=True)
-        detector.class_prototypes = blob["class_prototypes"]
-        detector.ood_prototype = blob["ood_prototype"]
-        detector.num_train_indexed = blob["num_train_indexed"]
-        if (directory / "index").exists():
-            detector.index = load_index(directory / "index")
+        config_path = directory / _CONFIG_FILE
+        if not config_path.is_file():
+            raise FileNotFoundError(f"{config_path} not found: {directory} is not a directory written by GROOD.save()")
+        meta = json.loads(config_path.read_text())
+        if meta.get("format") != SAVE_FORMAT or meta.get("version") != SAVE_VERSION:
+            raise ValueError(
+                f"{config_path}: format {meta.get('format')!r} version {meta.get('version')!r}; this code reads "
+                f"{SAVE_FORMAT!r} version {SAVE_VERSION}"
+            )
+        detector = cls(**meta["config"], device=device, progress=progress)
+        tensors = torch.load(directory / _TENSORS_FILE, map_location="cpu", weights_only=True)
+        detector.class_prototypes = tensors["class_prototypes"].to(detector.device)
+        detector.ood_prototype = tensors["ood_prototype"].to(detector.device)
+        detector.num_indexed = int(meta["num_indexed"])
+        detector.class_labels_from = meta["class_labels_from"]
+        if meta["index_file"] is not None:
+            detector.index = load_index(directory / meta["index_file"], detector.index_kind, device=detector.device)
         return detector

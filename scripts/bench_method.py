@@ -1,0 +1,261 @@
+#!/usr/bin/env python
+"""Speed and memory of the GROOD method library on synthetic clustered features (prints a table).
+
+Not a test: it prints figures. For each scale it times, on the same features:
+
+- ``faiss-flat``: a bare FAISS ``IndexFlatL2`` add + k=1 search of the same sizes (the floor for exact);
+- ``grood-exact``, ``grood-ivf``, ``grood-torch``: ``GROOD(index=...)`` fit + score;
+- ``knn``: pytorch-ood's ``KNN`` detector (``fit_features`` + ``predict_features``, its default k=50,
+  normalised features, scikit-learn brute-force search).
+
+Each measurement runs in its own subprocess (``--child``) that loads the features from ``.npy`` files
+written once by the parent, so each gets a fresh process. Memory: ``peak RSS`` is the child's
+``ru_maxrss`` (peak resident set size, features and torch/faiss libraries included); ``extra`` is that
+peak minus the resident size right after loading the features (VmRSS), i.e. about the memory the
+method itself added at its peak (transient copies made while loading can hide part of it).
+IVF recall@1 is measured (untimed) on a random subset of the queries: the fraction whose nearest
+training gradient under IVF is the exact one, or one at the same distance (relative 1e-4: a tie).
+It is printed for all, ID and OOD queries: an OOD query's gradient lies far from every training
+gradient, among many near-equidistant ones, so IVF often returns another of them (the relative
+distance excess of the misses is printed too).
+
+Usage::
+
+    python scripts/bench_method.py --quick            # CIFAR scale only
+    python scripts/bench_method.py                    # CIFAR and ImageNet-like scales
+    python scripts/bench_method.py --scales cifar --cifar-queries 20000 --skip knn
+
+Timings are wall-clock seconds on whatever cores the machine gives (shared machines give noisy numbers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+METHODS = ("faiss-flat", "grood-exact", "grood-ivf", "grood-torch", "knn")
+
+
+def _peak_rss_mb() -> float:
+    """High-water mark of this process's resident set size (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _current_rss_mb() -> float:
+    """This process's resident set size now (from /proc; the peak where /proc is missing)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return float(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return _peak_rss_mb()
+
+
+# --------------------------------------------------------------------------------------- data
+def make_features(train: int, queries: int, dim: int, classes: int, seed: int) -> dict[str, np.ndarray]:
+    """Clustered ID features (neural-collapse-like) plus queries: 2/3 ID, 1/3 OOD."""
+    from grood.method.synthetic import clustered_vectors
+
+    subspace = min(dim, max(16, min(128, classes // 8 + 16)))
+    shape = {"subspace_dim": subspace, "centre_scale": 3.0, "cluster_std": 1.0, "noise_std": 0.1}
+    x, y, centres, basis = clustered_vectors(train, dim, num_clusters=classes, seed=seed, **shape)
+    num_id = (2 * queries) // 3
+    q_id, _, _, _ = clustered_vectors(num_id, dim, seed=seed + 1, centres=centres, basis=basis, **shape)
+    generator = torch.Generator().manual_seed(seed + 2)
+    q_ood = x.mean(dim=0) + 2.0 * torch.randn(queries - num_id, dim, generator=generator)
+    return {
+        "train": x.numpy(),
+        "labels": y.numpy(),
+        "queries": torch.cat([q_id, q_ood]).numpy(),
+        "is_id": np.concatenate([np.ones(num_id, bool), np.zeros(queries - num_id, bool)]),
+    }
+
+
+# ---------------------------------------------------------------------------------- children
+def run_child(spec: dict) -> dict:
+    """One measurement in this (fresh) process; returns times, memory and where the scores went."""
+    import faiss  # imported (and torch's thread pool started) before any timing, for every method
+    import sklearn.neighbors  # noqa: F401
+
+    torch.ones(64, 64) @ torch.ones(64, 64)
+    folder = Path(spec["folder"])
+    train = torch.from_numpy(np.load(folder / "train.npy"))
+    labels = torch.from_numpy(np.load(folder / "labels.npy")).long()
+    queries = torch.from_numpy(np.load(folder / "queries.npy"))
+    rss_loaded = _current_rss_mb()
+    method = spec["method"]
+    result: dict = {"method": method}
+    scores = None
+    if method == "faiss-flat":
+        start = time.perf_counter()
+        index = faiss.IndexFlatL2(train.shape[1])
+        index.add(train.numpy())
+        result["fit_s"] = time.perf_counter() - start
+        start = time.perf_counter()
+        index.search(queries.numpy(), 1)
+        result["score_s"] = time.perf_counter() - start
+    elif method.startswith("grood-"):
+        from grood.method import GROOD
+
+        kind = method.split("-", 1)[1]
+        params = {}
+        if kind == "ivf":
+            params = {k: v for k, v in (("nlist", spec["nlist"]), ("nprobe", spec["nprobe"])) if v is not None}
+        detector = GROOD(index=kind, index_params=params, device=spec["device"])
+        start = time.perf_counter()
+        detector.fit(train, labels, num_classes=spec["classes"])
+        result["fit_s"] = time.perf_counter() - start
+        start = time.perf_counter()
+        scores = detector.score(queries)
+        result["score_s"] = time.perf_counter() - start
+        if kind == "ivf":
+            result["nlist"], result["nprobe"] = detector.index.nlist, detector.index.nprobe
+        if kind in ("exact", "ivf"):  # untimed: the nearest training gradient of a subset of queries
+            subset = torch.from_numpy(np.load(folder / "recall_rows.npy"))
+            distances, neighbours = detector.index.search(detector.gradients(queries[subset]), 1)
+            np.save(folder / f"neighbours-{method}.npy", neighbours[:, 0].cpu().numpy())
+            np.save(folder / f"distances-{method}.npy", distances[:, 0].cpu().numpy())
+    elif method == "knn":
+        from pytorch_ood.detector import KNN
+
+        detector = KNN(None, k=spec["knn_k"])
+        start = time.perf_counter()
+        detector.fit_features(train, labels)
+        result["fit_s"] = time.perf_counter() - start
+        start = time.perf_counter()
+        scores = -detector.predict_features(queries).float()  # pytorch-ood: higher = OOD
+        result["score_s"] = time.perf_counter() - start
+    else:
+        raise ValueError(f"unknown method {method!r}; valid: {METHODS}")
+    result["total_s"] = result["fit_s"] + result["score_s"]
+    result["peak_rss_mb"] = _peak_rss_mb()
+    result["extra_rss_mb"] = result["peak_rss_mb"] - rss_loaded
+    if scores is not None:
+        np.save(folder / f"scores-{method}.npy", scores.cpu().numpy())
+    return result
+
+
+def measure(method: str, folder: Path, args: argparse.Namespace, classes: int) -> dict:
+    spec = {"method": method, "folder": str(folder), "classes": classes, "nlist": args.nlist,
+            "nprobe": args.nprobe, "knn_k": args.knn_k, "device": args.device}
+    completed = subprocess.run(
+        [sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True, check=False
+    )
+    if completed.returncode != 0:
+        raise RuntimeError(f"{method} failed:\n{completed.stderr[-3000:]}")
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+# ------------------------------------------------------------------------------------- table
+def auroc(scores: np.ndarray, is_id: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(is_id, scores))
+
+
+def bench_scale(name: str, train: int, queries: int, dim: int, classes: int, args: argparse.Namespace) -> None:
+    print(f"\n== {name}: {train} train x {dim} dims, {classes} classes, {queries} queries ==", flush=True)
+    with tempfile.TemporaryDirectory(prefix="grood-bench-") as tmp:
+        folder = Path(tmp)
+        start = time.perf_counter()
+        data = make_features(train, queries, dim, classes, seed=args.seed)
+        for key, value in data.items():
+            np.save(folder / f"{key}.npy", value)
+        recall_rows = np.sort(np.random.default_rng(args.seed).permutation(queries)[: min(queries, args.recall_queries)])
+        np.save(folder / "recall_rows.npy", recall_rows)
+        features_mb = (data["train"].nbytes + data["queries"].nbytes) / 2**20
+        print(f"(features generated in {time.perf_counter() - start:.1f} s; train + queries = {features_mb:.0f} MB)")
+        results = {}
+        for method in METHODS:
+            if method in args.skip:
+                continue
+            results[method] = measure(method, folder, args, classes)
+            r = results[method]
+            print(f"  {method:<12} fit {r['fit_s']:8.2f} s  score {r['score_s']:8.2f} s  total {r['total_s']:8.2f} s  "
+                  f"peak RSS {r['peak_rss_mb']:7.0f} MB  extra {r['extra_rss_mb']:7.0f} MB", flush=True)
+        scores = {m: np.load(folder / f"scores-{m}.npy") for m in results if (folder / f"scores-{m}.npy").exists()}
+        neighbours = {m: np.load(folder / f"neighbours-{m}.npy") for m in results if (folder / f"neighbours-{m}.npy").exists()}
+        distances = {m: np.load(folder / f"distances-{m}.npy") for m in results if (folder / f"distances-{m}.npy").exists()}
+
+    print(f"\n| {name} | fit (s) | score (s) | total (s) | peak RSS (MB) | extra RSS (MB) | AUROC |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for method, r in results.items():
+        quality = f"{auroc(scores[method], data['is_id']):.4f}" if method in scores else "-"
+        print(f"| {method} | {r['fit_s']:.2f} | {r['score_s']:.2f} | {r['total_s']:.2f} | {r['peak_rss_mb']:.0f} | "
+              f"{r['extra_rss_mb']:.0f} | {quality} |")
+
+    def ratio(a: str, b: str) -> str:
+        return f"{results[a]['total_s'] / results[b]['total_s']:.2f}" if a in results and b in results else "n/a"
+
+    print()
+    print(f"GROOD exact / bare FAISS flat (target <= 1.25): {ratio('grood-exact', 'faiss-flat')}")
+    print(f"GROOD exact / GROOD IVF       (target >= 5)   : {ratio('grood-exact', 'grood-ivf')}")
+    print(f"KNN / GROOD exact             (target > 1)    : {ratio('knn', 'grood-exact')}")
+    print(f"KNN / GROOD IVF               (target > 1)    : {ratio('knn', 'grood-ivf')}")
+    print(f"GROOD exact / GROOD torch                     : {ratio('grood-exact', 'grood-torch')}")
+    if "grood-ivf" in neighbours and "grood-exact" in neighbours:
+        # recall@1: IVF returned the exact nearest training gradient, or one at the same distance (a tie)
+        same = neighbours["grood-ivf"] == neighbours["grood-exact"]
+        exact_d, ivf_d = distances["grood-exact"], distances["grood-ivf"]
+        tie = np.abs(ivf_d - exact_d) <= 1e-4 * exact_d
+        found = same | tie
+        is_id = data["is_id"][recall_rows]
+        r = results["grood-ivf"]
+        print(f"IVF recall@1 (target >= 0.95) on {len(found)} queries: {found.mean():.4f} all, "
+              f"{found[is_id].mean():.4f} ID, {found[~is_id].mean():.4f} OOD   (nlist={r['nlist']}, nprobe={r['nprobe']})")
+        if (~found).any():
+            excess = (ivf_d - exact_d)[~found] / exact_d[~found]
+            print(f"  where IVF missed, its distance exceeds the exact one by {np.median(excess):.2e} (median, relative)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--quick", action="store_true", help="CIFAR scale only")
+    parser.add_argument("--scales", nargs="+", choices=("cifar", "imagenet"), default=None)
+    parser.add_argument("--cifar-train", type=int, default=50_000)
+    parser.add_argument("--cifar-queries", type=int, default=60_000)
+    parser.add_argument("--cifar-dim", type=int, default=512)
+    parser.add_argument("--cifar-classes", type=int, default=10)
+    parser.add_argument("--imagenet-train", type=int, default=200_000)
+    parser.add_argument("--imagenet-queries", type=int, default=5_000)
+    parser.add_argument("--imagenet-dim", type=int, default=2048)
+    parser.add_argument("--imagenet-classes", type=int, default=1000)
+    parser.add_argument("--nlist", type=int, default=None, help="IVF cells (default: the library's)")
+    parser.add_argument("--nprobe", type=int, default=None, help="IVF cells probed (default: the library's)")
+    parser.add_argument("--knn-k", type=int, default=50, help="k of pytorch-ood's KNN (its default: 50)")
+    parser.add_argument("--skip", nargs="*", default=[], choices=METHODS, help="methods to leave out")
+    parser.add_argument("--recall-queries", type=int, default=5000, help="queries used for IVF recall@1")
+    parser.add_argument("--device", default="cpu", help="device of GROOD's gradients / torch index (cpu, cuda)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(run_child(json.loads(args.child))))
+        return
+    scales = args.scales or (["cifar"] if args.quick else ["cifar", "imagenet"])
+    import faiss
+
+    print(f"torch {torch.__version__}, faiss {faiss.__version__}, {torch.get_num_threads()} torch threads, "
+          f"{faiss.omp_get_max_threads()} faiss threads; GROOD device {args.device}; python {sys.version.split()[0]}")
+    if "cifar" in scales:
+        bench_scale("CIFAR", args.cifar_train, args.cifar_queries, args.cifar_dim, args.cifar_classes, args)
+    if "imagenet" in scales:
+        bench_scale("ImageNet-like", args.imagenet_train, args.imagenet_queries, args.imagenet_dim,
+                    args.imagenet_classes, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,226 @@
+"""Nearest-neighbour indexes (eq. 6): exactness, IVF recall, errors, save/load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from grood.method.neighbours import (
+    DEFAULT_NPROBE,
+    INDEX_KINDS,
+    IVFIndex,
+    build_index,
+    default_nlist,
+    kth_neighbour_distance,
+    load_index,
+)
+from grood.method.synthetic import clustered_vectors
+
+
+def _brute_force(database: torch.Tensor, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact float64 reference: distances (not squared) and indices of the k nearest."""
+    distances = torch.cdist(queries.double(), database.double(), compute_mode="donot_use_mm_for_euclid_dist")
+    values, indices = distances.topk(k, dim=1, largest=False)
+    return values, indices
+
+
+def _assert_matches_brute_force(index_kind: str, database: torch.Tensor, queries: torch.Tensor, k: int) -> None:
+    index = build_index(index_kind, database.shape[1])
+    index.add(database)
+    distances, indices = index.search(queries, k)
+    expected_distances, expected_indices = _brute_force(database, queries, k)
+    assert distances.shape == indices.shape == (queries.shape[0], k)
+    assert distances.dtype == torch.float32 and indices.dtype == torch.int64
+    torch.testing.assert_close(distances.double(), expected_distances, rtol=1e-4, atol=1e-4)
+    # neighbours equal wherever the reference is not a near-tie (float32 rounding may swap near-ties)
+    gaps = torch.diff(torch.cat([expected_distances, expected_distances[:, -1:] + 1], dim=1), dim=1)
+    clear = gaps > 1e-3
+    assert clear.float().mean() > 0.99
+    assert torch.equal(indices[clear], expected_indices[clear])
+
+
+@pytest.mark.parametrize("kind", ["exact", "torch"])
+def test_exact_kinds_equal_brute_force_cdist(kind: str) -> None:
+    database, queries = torch.randn(2000, 24), torch.randn(300, 24)
+    _assert_matches_brute_force(kind, database, queries, k=5)
+
+
+def test_torch_index_equals_exact_index() -> None:
+    database, queries = torch.randn(1500, 16), torch.randn(200, 16)
+    results = {}
+    for kind in ("exact", "torch"):
+        index = build_index(kind, 16)
+        index.add(database[:700])
+        index.add(database[700:])  # several adds keep the global row numbering
+        results[kind] = index.search(queries, 3)
+    torch.testing.assert_close(results["torch"][0], results["exact"][0], rtol=1e-4, atol=1e-4)
+    assert (results["torch"][1] == results["exact"][1]).float().mean() > 0.99
+
+
+@pytest.mark.parametrize("kind", list(INDEX_KINDS))
+def test_distances_are_not_squared(kind: str) -> None:
+    database = torch.zeros(50, 2)
+    database[:, 0] = torch.arange(50.0) + 100.0  # far away, so that the origin neighbour is the nearest
+    database[7] = torch.tensor([3.0, 4.0])
+    params = {"nlist": 1} if kind == "ivf" else {}
+    index = build_index(kind, 2, **params)
+    index.add(database)
+    distances, indices = index.search(torch.zeros(1, 2), 1)
+    assert indices.item() == 7
+    assert distances.item() == pytest.approx(5.0, abs=1e-5)
+    assert kth_neighbour_distance(index, torch.zeros(1, 2), k=2).item() == pytest.approx(100.0, abs=1e-3)
+
+
+def test_kth_neighbour_distance_takes_column_k_and_chunks() -> None:
+    database, queries = torch.randn(500, 8), torch.randn(130, 8)
+    index = build_index("exact", 8)
+    index.add(database)
+    distances, _ = index.search(queries, 4)
+    for k in (1, 4):
+        torch.testing.assert_close(kth_neighbour_distance(index, queries, k=k), distances[:, k - 1])
+        torch.testing.assert_close(kth_neighbour_distance(index, queries, k=k, batch_size=17), distances[:, k - 1])
+    assert kth_neighbour_distance(index, torch.empty(0, 8)).shape == (0,)
+
+
+def _recall_at_1(num_vectors: int, dim: int, num_queries: int, **ivf_params) -> float:
+    """IVF recall@1 against exact search on clustered GROOD-gradient-like data.
+
+    A query counts as found when IVF returns the exact nearest neighbour or one at the same distance.
+    """
+    database, _, centres, basis = clustered_vectors(num_vectors, dim, seed=0)
+    queries, _, _, _ = clustered_vectors(num_queries, dim, seed=1, centres=centres, basis=basis)
+    exact = build_index("exact", dim)
+    exact.add(database)
+    exact_distances, exact_indices = exact.search(queries, 1)
+    ivf = build_index("ivf", dim, **ivf_params)
+    ivf.add(database)
+    if "nlist" not in ivf_params:
+        assert ivf.nlist == default_nlist(num_vectors)
+    ivf_distances, ivf_indices = ivf.search(queries, 1)
+    found = (ivf_indices == exact_indices) | (ivf_distances <= exact_distances * (1 + 1e-6))
+    return found.float().mean().item()
+
+
+def test_ivf_recall_default_parameters_small() -> None:
+    assert _recall_at_1(8000, 128, 400) >= 0.95
+
+
+@pytest.mark.slow
+def test_ivf_recall_default_parameters_50k_x_512() -> None:
+    """CIFAR's training-set size and ResNet-18's feature dimension: 5 to 20 s on 2 shared cores, so slow;
+    ``test_ivf_recall_default_parameters_small`` is the fast version (recall@1 here: 0.99)."""
+    assert _recall_at_1(50_000, 512, 1000) >= 0.95
+
+
+def test_ivf_recall_is_not_trivial() -> None:
+    """With a single probed cell the same data gives a clearly lower recall: the check above can fail."""
+    assert _recall_at_1(8000, 128, 400, nprobe=1) < 0.9
+
+
+def test_ivf_defaults() -> None:
+    assert default_nlist(50_000) == 224 and default_nlist(1_000) == 25 and default_nlist(10) == 1
+    assert IVFIndex(8).nprobe == DEFAULT_NPROBE
+
+
+def test_ivf_with_too_few_training_vectors_is_a_clear_error() -> None:
+    index = build_index("ivf", 4, nlist=100)
+    with pytest.raises(ValueError, match=r"nlist=100 needs at least 3900 vectors .* got 1000\. Lower nlist to at most 25"):
+        index.add(torch.randn(1000, 4))
+    assert index.ntotal == 0
+
+
+def test_ivf_missing_neighbours_is_a_clear_error() -> None:
+    # two far-apart groups, one cell each, one probed cell: the k=60 nearest cannot all be found
+    database = torch.cat([torch.randn(50, 3), torch.randn(50, 3) + 1000.0])
+    index = build_index("ivf", 3, nlist=2, nprobe=1)
+    index.add(database)
+    with pytest.raises(RuntimeError, match=r"fewer than k=60 neighbours .* raise nprobe"):
+        index.search(torch.zeros(1, 3), 60)
+
+
+@pytest.mark.parametrize("kind", list(INDEX_KINDS))
+def test_search_errors(kind: str) -> None:
+    index = build_index(kind, 4, **({"nlist": 2} if kind == "ivf" else {}))
+    with pytest.raises(ValueError, match="cannot search an empty"):
+        index.search(torch.randn(2, 4), 1)
+    index.add(torch.randn(100, 4))
+    with pytest.raises(ValueError, match=r"k must be an integer in 1\.\.100 .* got 101"):
+        index.search(torch.randn(2, 4), 101)
+    with pytest.raises(ValueError, match="queries has feature dimension 3 but 4 was expected"):
+        index.search(torch.randn(2, 3), 1)
+    queries = torch.randn(5, 4)
+    queries[[1, 3], 2] = float("inf")
+    with pytest.raises(ValueError, match=r"NaN or inf in 2 of 5 row\(s\)"):
+        index.search(queries, 1)
+    with pytest.raises(ValueError, match="vectors has feature dimension 5 but 4"):
+        index.add(torch.randn(3, 5))
+
+
+def test_build_index_errors() -> None:
+    with pytest.raises(ValueError, match="unknown index kind 'hnsw'; valid kinds: exact, ivf, torch"):
+        build_index("hnsw", 8)
+    with pytest.raises(ValueError, match=r"bad parameter\(s\) \['nlist'\] for index kind 'exact'"):
+        build_index("exact", 8, nlist=4)
+    with pytest.raises(ValueError, match="nprobe must be >= 1"):
+        build_index("ivf", 8, nprobe=0)
+
+
+@pytest.mark.parametrize("kind", list(INDEX_KINDS))
+def test_save_load_round_trip(kind: str, tmp_path: Path) -> None:
+    database, queries = torch.randn(800, 6), torch.randn(50, 6)
+    index = build_index(kind, 6, **({"nlist": 8, "nprobe": 3} if kind == "ivf" else {}))
+    index.add(database)
+    path = tmp_path / "sub" / f"index.{kind}"
+    index.save(path)
+    loaded = load_index(path, kind)
+    assert type(loaded) is type(index) and loaded.ntotal == 800 and loaded.dim == 6
+    if kind == "ivf":
+        assert loaded.nlist == 8 and loaded.nprobe == 3
+    for original, reloaded in zip(index.search(queries, 3), loaded.search(queries, 3)):
+        assert torch.equal(original, reloaded)
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left behind
+
+
+def test_load_errors(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no index file"):
+        load_index(tmp_path / "missing.faiss", "exact")
+    index = build_index("exact", 3)
+    index.add(torch.randn(10, 3))
+    index.save(tmp_path / "flat.faiss")
+    with pytest.raises(ValueError, match="holds a FAISS IndexFlatL2, not the IndexIVFFlat"):
+        load_index(tmp_path / "flat.faiss", "ivf")
+    with pytest.raises(ValueError, match="nothing to save"):
+        build_index("torch", 3).save(tmp_path / "empty.pt")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("kind", list(INDEX_KINDS))
+def test_cuda_inputs(kind: str) -> None:
+    database, queries = torch.randn(2000, 16), torch.randn(100, 16)
+    reference = build_index("torch", 16)
+    reference.add(database)
+    index = build_index(kind, 16, **({"nlist": 4, "nprobe": 4} if kind == "ivf" else {}))
+    index.add(database.cuda())
+    distances, indices = index.search(queries.cuda(), 2)
+    assert distances.is_cuda and indices.is_cuda
+    expected_distances, expected_indices = reference.search(queries, 2)
+    torch.testing.assert_close(distances.cpu(), expected_distances, rtol=1e-4, atol=1e-4)
+    assert (indices.cpu() == expected_indices).float().mean() > 0.99
+
+
+def test_ivf_warns_when_one_cell_holds_most_vectors(caplog: pytest.LogCaptureFixture) -> None:
+    """Most vectors at (almost) one point, like GROOD gradients of ~0 norm: k-means cannot split them."""
+    vectors = torch.randn(4000, 16)
+    vectors[:3000] = 1e-9  # 3000 identical, tiny vectors
+    index = build_index("ivf", 16, nlist=20)
+    with caplog.at_level("WARNING", logger="grood.method.neighbours"):
+        index.add(vectors)
+    assert index.largest_list_fraction() > 0.7
+    assert "holds" in caplog.text and "use the 'exact' or 'torch' index" in caplog.text
+    caplog.clear()
+    balanced = build_index("ivf", 16, nlist=20)
+    with caplog.at_level("WARNING", logger="grood.method.neighbours"):
+        balanced.add(torch.randn(4000, 16))
+    assert balanced.largest_list_fraction() < 0.1 and caplog.text == ""
