@@ -336,14 +336,21 @@ def method_list(method_cfg: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]
 
     name = str(method_cfg.get("name", "grood"))
     params = dict(method_cfg.get("params") or {})
+    valid = ["grood", *DETECTORS]
+    # params may hold per-method dicts ({vim: {dim: 32}}), as method=all and experiments use
+    per_method = {key: dict(value) for key, value in params.items() if key in valid and isinstance(value, Mapping)}
+    plain = {key: value for key, value in params.items() if key not in per_method}
     if name == "all":
-        return [("grood", params.get("grood", {}))] + [
-            (baseline, dict(params.get(baseline, {}))) for baseline in DETECTORS if baseline != "grood"
+        if plain:
+            raise ConfigError(
+                f"method=all takes per-method params (method.params.<method>.<key>); got {sorted(plain)}"
+            )
+        return [("grood", per_method.get("grood", {}))] + [
+            (baseline, per_method.get(baseline, {})) for baseline in DETECTORS if baseline != "grood"
         ]
-    valid = ["grood", "all", *DETECTORS]
     if name not in valid:
-        raise ConfigError(f"unknown method {name!r} (config key method.name); valid: {sorted(set(valid))}")
-    return [(name, params)]
+        raise ConfigError(f"unknown method {name!r} (config key method.name); valid: {sorted(set(valid + ['all']))}")
+    return [(name, {**plain, **per_method.get(name, {})})]
 
 
 def run_evaluation(config: Mapping[str, Any], output_dir: str | Path) -> dict[str, pd.DataFrame]:
