@@ -22,6 +22,7 @@ help:
 	@echo "make smoke             setup + every method on the shared CIFAR-10 smoke benchmark"
 	@echo "make run DATASET=cifar10 METHOD=grood   setup + data + checkpoints + one evaluation"
 	@echo "make data / checkpoints  download OpenOOD v1.5 data / checkpoints (online)"
+	@echo "make train DATASET=cifar100 SEEDS=0,1,2 [MIXUP=1]  train ResNet-18 (paper recipe); re-running resumes"
 	@echo "make reproduce-tableN  (SMOKE=1 for the smoke version)   N in 1..7; reproduce-all"
 
 $(VENV)/.installed: pyproject.toml
@@ -60,4 +61,27 @@ run: setup data checkpoints
 bench-eval: setup
 	GROOD_SHARED_DIR=$(SHARED) $(PY) scripts/bench_eval.py
 
+SEEDS ?= 0
+MIXUP ?= 0
+TRAIN_ARGS ?=
+
+# Train ResNet-18 with the paper's recipe (section 6) into checkpoints/trained/<dataset>_<backbone>[_mixup]/s<seed>/.
+# SEEDS=0,1,2: one model per seed (Hydra multirun); MIXUP=1: manifold mixup (Table 7); re-running resumes.
+# DATASET=cifar10_smoke: the CPU smoke recipe (seconds). More overrides: TRAIN_ARGS="train.keep_epoch_checkpoints=15".
+train: setup
+	GROOD_SHARED_DIR=$(SHARED) $(PY) scripts/train.py -m dataset=$(DATASET) seed=$(SEEDS) \
+		manifold_mixup=$(if $(filter 1,$(MIXUP)),true,false) paths.data_root=$(DATA_ROOT) $(TRAIN_ARGS)
+
 # ---- paper tables and figures (see scripts/reproduce.py) ----
+# `make reproduce-tableN` runs what paper table N needs (finished runs are kept) and writes results/tableN/
+# (CSV, LaTeX, paper_vs_ours.csv, report.md); reproduce-figures: figures 2-5 and the appendix A.4 timing
+# table; reproduce-all: everything, Table 2 before Table 1. SMOKE=1: the smoke version on the shared smoke
+# benchmark (CPU, minutes), written to results/smoke/. More options in REPRODUCE_ARGS, e.g.
+# REPRODUCE_ARGS=--force (re-run), --tables-only (merge existing results), "-o device=cuda".
+REPRODUCE_ARGS ?=
+REPRODUCE_TARGETS := reproduce-table1 reproduce-table2 reproduce-table3 reproduce-table4 reproduce-table5 \
+                     reproduce-table6 reproduce-table7 reproduce-figures reproduce-all
+
+$(REPRODUCE_TARGETS): reproduce-%: setup
+	GROOD_SHARED_DIR=$(SHARED) GROOD_DATA_ROOT=$(DATA_ROOT) $(PY) scripts/reproduce.py $* \
+		$(if $(filter 1,$(SMOKE)),--smoke) $(REPRODUCE_ARGS)
