@@ -87,8 +87,11 @@ def make_features(train: int, queries: int, dim: int, classes: int, seed: int) -
 # ---------------------------------------------------------------------------------- children
 def run_child(spec: dict) -> dict:
     """One measurement in this (fresh) process; returns times, memory and where the scores went."""
-    import faiss  # imported (and torch's thread pool started) before any timing, for every method
     import sklearn.neighbors  # noqa: F401
+
+    from grood.method.faiss_loader import import_faiss
+
+    faiss = import_faiss()  # imported (and torch's thread pool started) before any timing, for every method
 
     torch.ones(64, 64) @ torch.ones(64, 64)
     folder = Path(spec["folder"])
@@ -246,9 +249,12 @@ def main() -> None:
         print(json.dumps(run_child(json.loads(args.child))))
         return
     scales = args.scales or (["cifar"] if args.quick else ["cifar", "imagenet"])
-    import faiss
+    from grood.method.faiss_loader import bundled_openblas, import_faiss, openblas_core
 
-    print(f"torch {torch.__version__}, faiss {faiss.__version__}, {torch.get_num_threads()} torch threads, "
+    faiss = import_faiss()
+    library = bundled_openblas()
+    blas = f"bundled OpenBLAS on {openblas_core(library)!r} kernels" if library else "no bundled OpenBLAS"
+    print(f"torch {torch.__version__}, faiss {faiss.__version__} ({blas}), {torch.get_num_threads()} torch threads, "
           f"{faiss.omp_get_max_threads()} faiss threads; GROOD device {args.device}; python {sys.version.split()[0]}")
     if "cifar" in scales:
         bench_scale("CIFAR", args.cifar_train, args.cifar_queries, args.cifar_dim, args.cifar_classes, args)

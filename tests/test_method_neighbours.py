@@ -189,8 +189,13 @@ def test_load_errors(tmp_path: Path) -> None:
     index = build_index("exact", 3)
     index.add(torch.randn(10, 3))
     index.save(tmp_path / "flat.faiss")
-    with pytest.raises(ValueError, match="holds a FAISS IndexFlatL2, not the IndexIVFFlat"):
+    with pytest.raises(ValueError, match="flat.faiss is not an index file written by grood's 'ivf' index"):
         load_index(tmp_path / "flat.faiss", "ivf")
+    torch_index = build_index("torch", 3)
+    torch_index.add(torch.randn(10, 3))
+    torch_index.save(tmp_path / "torch.pt")
+    with pytest.raises(ValueError, match="torch.pt holds a 'torch' index, not the 'ivf' index"):
+        load_index(tmp_path / "torch.pt", "ivf")
     with pytest.raises(ValueError, match="nothing to save"):
         build_index("torch", 3).save(tmp_path / "empty.pt")
 

@@ -50,7 +50,7 @@ class GROOD:
 
     Args:
         index: nearest-neighbour index kind for eq. 6: ``"exact"`` (FAISS flat, default), ``"ivf"``
-            (FAISS IVF, appendix A.4) or ``"torch"`` (no FAISS); see :mod:`grood.method.neighbours`.
+            (inverted file, appendix A.4) or ``"torch"`` (no FAISS); see :mod:`grood.method.neighbours`.
         k: score with the distance to the ``k``-th nearest training gradient (``1`` = eq. 6; Fig. 5).
         index_params: keyword arguments of the index, e.g. ``{"nlist": 256, "nprobe": 8}`` for "ivf".
         fit_on: index the gradients of ``"all"`` training samples (eq. 6, default) or only of those the
@@ -366,7 +366,7 @@ class GROOD:
                 config_path.write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
 
     def _index_file_name(self) -> str:
-        return "index.pt" if self.index_kind == "torch" else "index.faiss"
+        return "index.faiss" if self.index_kind == "exact" else "index.pt"
 
     @classmethod
     def load(

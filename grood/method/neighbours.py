@@ -4,23 +4,20 @@ Three index kinds behind one small interface (:class:`NeighbourIndex`: ``add``, 
 ``ntotal``, ``dim``, ``save``, ``load``), made by :func:`build_index`:
 
 - ``"exact"`` (default): FAISS ``IndexFlatL2``, exact search.
-- ``"ivf"``: FAISS ``IndexIVFFlat`` (appendix A.4): the vectors are split into ``nlist`` k-means cells
-  and a query scans only the ``nprobe`` cells nearest to it. Defaults (see :class:`IVFIndex`):
-  ``nlist = round(sqrt(N))`` (at most ``N // 39``), ``nprobe = 12``. On 50,000 x 512 clustered
-  GROOD-like vectors they give recall@1 0.99 against exact search (``tests/test_method_neighbours.py``
-  asserts >= 0.95; nprobe 8 gives 0.945, 16 gives 0.995); at CIFAR scale (50,000 x 512 training
-  gradients, 60,000 queries) GROOD fit + score ran 8x faster than with the exact index on 16 CPU cores
-  (``scripts/bench_method.py``). Caveat: when most gradients have a near-zero norm (many classes,
-  well-separated features) k-means puts them all in one cell and IVF is no faster than exact search
-  (see :class:`IVFIndex`, which warns).
+- ``"ivf"``: an inverted-file index (appendix A.4) in torch: the vectors are split into k-means cells
+  and a query scans only the ``nprobe`` cells nearest to it, the cells regrouped so that each is
+  compared with all the queries that probe it in one matrix product, and cells balanced for vectors
+  whose norms span orders of magnitude (see :class:`IVFIndex`). Defaults: ``nlist = round(sqrt(N))``
+  (at most ``N // 39``), ``nprobe`` :data:`DEFAULT_NPROBE`. Runs on the vectors' device, CUDA included.
 - ``"torch"``: exact search in pure torch (one matrix product per chunk of queries), no FAISS
-  needed; runs on the vectors' device, CUDA included. On CPUs where torch uses MKL it was 2.6-2.9x
-  faster than faiss-cpu's ``IndexFlatL2`` in ``scripts/bench_method.py``.
+  needed; runs on the vectors' device, CUDA included.
 
 Distances are Euclidean and **not squared** everywhere: FAISS's ``METRIC_L2`` returns squared
 distances, which are clamped at 0 and square-rooted here.
 
-FAISS runs on the GPU when the vectors added first are CUDA tensors and the installed faiss has GPU
+faiss is imported through :func:`grood.method.faiss_loader.import_faiss`, which puts the OpenBLAS
+bundled in faiss-cpu wheels on the CPU's AVX2/AVX-512 kernels (5x faster exact search where its own
+detection fails). FAISS runs on the GPU when the vectors added first are CUDA tensors and the installed faiss has GPU
 support (``faiss.StandardGpuResources`` and ``faiss.get_num_gpus() > 0``); on the CPU otherwise.
 Inputs may live on any device; they are converted to contiguous float32 numpy for FAISS (no copy
 when they already are CPU float32 contiguous tensors).
@@ -40,6 +37,8 @@ from tqdm.auto import tqdm
 
 from grood.io import atomic_file
 from grood.method._checks import check_finite, check_matrix
+from grood.method.faiss_loader import import_faiss
+from grood.method.kmeans import balanced_centroids, nearest_centroids
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +51,9 @@ DEFAULT_KMEANS_ITERATIONS = 10
 
 
 def _faiss() -> Any:
-    """Import faiss lazily, so that the "torch" index works where faiss is not installed."""
-    try:
-        import faiss
-    except ImportError as error:  # pragma: no cover - faiss is a dependency of grood
-        raise ImportError(
-            "this index kind needs faiss (pip install faiss-cpu, or faiss-gpu); use kind='torch' to search without it"
-        ) from error
-    return faiss
+    """Import faiss lazily (so that the "torch" index works where faiss is not installed), on this CPU's
+    fast BLAS kernels (:mod:`grood.method.faiss_loader`)."""
+    return import_faiss()
 
 
 def _faiss_gpu_available() -> bool:
@@ -223,28 +217,38 @@ def default_nlist(num_vectors: int) -> int:
     return max(1, min(round(math.sqrt(num_vectors)), num_vectors // MIN_TRAIN_POINTS_PER_LIST))
 
 
-class IVFIndex(_FaissIndex):
-    """``"ivf"``: FAISS ``IndexIVFFlat`` (appendix A.4), approximate search.
+class IVFIndex(NeighbourIndex):
+    """``"ivf"``: an inverted-file index (appendix A.4), approximate search, in torch (CPU or CUDA).
 
-    The cells are trained by k-means on the vectors of the **first** :meth:`add` (at most
-    ``64 * nlist`` of them, a fixed-seed random subset, ``niter`` iterations); later adds only append.
+    As FAISS's ``IndexIVFFlat``: the vectors are split into k-means cells (inverted lists) and a query
+    is compared only with the vectors of the ``nprobe`` cells whose centroids are nearest to it. Two
+    differences, both measured in ``scripts/bench_method.py``:
+
+    - **List-major scan.** A batch of queries is regrouped by cell, and each probed cell is compared
+      with all the queries that probe it in one matrix product. FAISS scans cell by cell for each query,
+      which re-reads the cells from memory for every query: at CIFAR scale (50,000 x 512 gradients,
+      60,000 queries, nprobe 12 of 224 cells) its search took 13.7 s against 16.6 s for exact search on
+      2 cores, although it computes 18x fewer distances.
+    - **Balanced cells** (:func:`grood.method.kmeans.balanced_centroids`): GROOD gradients' norms span
+      orders of magnitude and plain k-means puts most of them in one cell near the origin (69% of
+      200,000 gradients in one of 447 cells at ImageNet-like scale); cells larger than 4x the average are
+      split by their own k-means until balanced, so the index holds ``num_cells >= nlist`` cells.
+
+    The cells are trained on the vectors of the **first** :meth:`add` (k-means on at most
+    ``64 * nlist`` of them, a fixed-seed random subset, ``niter`` iterations); later adds are assigned
+    to the existing cells.
 
     Args:
-        nlist: number of cells; None (default) picks :func:`default_nlist` of the first add,
-            ``round(sqrt(N))``: with ``N`` vectors a query then scans about ``(nprobe + 1) * sqrt(N)``
-            vectors instead of ``N`` (~17x less at N = 50,000 and nprobe = 12).
-        nprobe: cells scanned per query (default 12). Larger: slower, higher recall.
+        nlist: number of k-means cells before balancing; None (default) picks :func:`default_nlist`
+            of the first add, ``round(sqrt(N))``.
+        nprobe: cells scanned per query (default :data:`DEFAULT_NPROBE`). Larger: slower, higher recall.
         niter: k-means iterations (default 10, FAISS's default for IVF).
+        device: where the centroids and lists live (default: the device of the first add).
 
-    Raises ``ValueError`` at the first add when it holds fewer than ``39 * nlist`` vectors, and logs a
-    warning when one cell holds more than 10% of the vectors: GROOD gradients whose norms
-    (``p_ood(h)``) span orders of magnitude all fall near the origin into one cell, which every query
-    then scans (``scripts/bench_method.py`` shows this on 1000-class synthetic features, where IVF is
-    slower than exact search). Check :meth:`largest_list_fraction` before relying on IVF's speed.
+    Raises ``ValueError`` at the first add when it holds fewer than ``39 * nlist`` vectors.
     """
 
     kind = "ivf"
-    faiss_type = "IndexIVFFlat"
 
     def __init__(
         self,
@@ -252,42 +256,75 @@ class IVFIndex(_FaissIndex):
         nlist: int | None = None,
         nprobe: int = DEFAULT_NPROBE,
         niter: int = DEFAULT_KMEANS_ITERATIONS,
+        device: str | torch.device | None = None,
     ) -> None:
         super().__init__(dim)
-        if nlist is not None and int(nlist) < 1:
+        if nlist is not None and (isinstance(nlist, bool) or int(nlist) < 1):
             raise ValueError(f"nlist must be >= 1 (or None for the default); got {nlist}")
-        if int(nprobe) < 1:
+        if nprobe is None or int(nprobe) < 1:
             raise ValueError(f"nprobe must be >= 1; got {nprobe}")
         if int(niter) < 1:
             raise ValueError(f"niter must be >= 1; got {niter}")
         self.nlist = None if nlist is None else int(nlist)
         self.nprobe = int(nprobe)
         self.niter = int(niter)
+        self.device = None if device is None else torch.device(device)
+        self.max_chunk_elements = 2**26
+        self.centroids: torch.Tensor | None = None  # [num_cells, dim]
+        self.vectors = torch.empty((0, self.dim))  # [ntotal, dim], grouped by cell
+        self.ids = torch.empty(0, dtype=torch.long)  # [ntotal]: row of each vector in the order added
+        self.offsets = torch.zeros(1, dtype=torch.long)  # [num_cells + 1]: cell c is rows offsets[c]:offsets[c+1]
+        self._squared_norms = torch.empty(0)
 
-    def _add(self, vectors: torch.Tensor) -> None:
-        first = self.index is None
-        if first:
-            self._train(vectors)
-        self.index.add(_to_faiss(vectors))
-        if first and not self.on_gpu:
-            self._warn_if_imbalanced()
+    @property
+    def ntotal(self) -> int:
+        return int(self.ids.shape[0])
+
+    @property
+    def num_cells(self) -> int:
+        """Number of cells after balancing (0 before the first add)."""
+        return 0 if self.centroids is None else int(self.centroids.shape[0])
+
+    def list_sizes(self) -> torch.Tensor:
+        """``[num_cells]`` number of vectors in each cell."""
+        return torch.diff(self.offsets)
 
     def largest_list_fraction(self) -> float:
-        """Fraction of the indexed vectors held by the largest cell (``1/nlist`` when balanced)."""
-        sizes = [self.index.invlists.list_size(i) for i in range(self.index.nlist)]
-        return max(sizes) / max(1, sum(sizes))
+        """Fraction of the indexed vectors held by the largest cell (``1/num_cells`` when balanced)."""
+        return float(self.list_sizes().max()) / max(1, self.ntotal)
+
+    def _add(self, vectors: torch.Tensor) -> None:
+        if self.device is None:
+            self.device = vectors.device
+        vectors = vectors.detach().to(device=self.device, dtype=torch.float32)
+        first = self.centroids is None
+        if first:
+            self._train(vectors)
+        cells = torch.cat([self._cells_of_indexed(), nearest_centroids(vectors, self.centroids)[:, 0]])
+        all_vectors = torch.cat([self.vectors.to(self.device), vectors])
+        all_ids = torch.cat([self.ids.to(self.device), torch.arange(self.ntotal, self.ntotal + vectors.shape[0], device=self.device)])
+        order = torch.sort(cells, stable=True).indices
+        self.vectors, self.ids = all_vectors[order].contiguous(), all_ids[order]
+        counts = torch.bincount(cells, minlength=self.num_cells)
+        self.offsets = torch.cat([torch.zeros(1, dtype=torch.long, device=self.device), torch.cumsum(counts, 0)])
+        self._squared_norms = self.vectors.pow(2).sum(dim=1)
+        if first:
+            self._warn_if_imbalanced()
 
     def _warn_if_imbalanced(self) -> None:
-        # GROOD gradients span orders of magnitude (norm p_ood(h)); k-means then puts all the tiny ones in
-        # one cell, and every query that probes it scans most of the data: IVF gets no faster than exact.
+        # balancing splits every oversized cell it can; what is left are many identical vectors
         fraction = self.largest_list_fraction()
-        if self.nlist > 1 and fraction > 0.1:
+        if self.num_cells > 1 and fraction > 0.1:
             log.warning(
-                "IVF index: the largest of its %d cells holds %.0f%% of the %d vectors (balanced: %.1f%%), so "
-                "searches scan most of the data and are not faster than exact search; use the 'exact' or "
-                "'torch' index for these vectors",
-                self.nlist, 100 * fraction, self.ntotal, 100 / self.nlist,
+                "IVF index: the largest of its %d cells holds %.0f%% of the %d vectors (balanced: %.1f%%), "
+                "most likely identical vectors that no k-means can split; searches that probe it scan most of "
+                "the data and are not faster than exact search: use the 'exact' or 'torch' index for these vectors",
+                self.num_cells, 100 * fraction, self.ntotal, 100 / self.num_cells,
             )
+
+    def _cells_of_indexed(self) -> torch.Tensor:
+        sizes = self.list_sizes().to(self.device)
+        return torch.repeat_interleave(torch.arange(sizes.shape[0], device=self.device), sizes)
 
     def _train(self, vectors: torch.Tensor) -> None:
         count = vectors.shape[0]
@@ -300,26 +337,96 @@ class IVFIndex(_FaissIndex):
                 f"{max(1, count // MIN_TRAIN_POINTS_PER_LIST)}, leave nlist=None for the default, or use the "
                 "'exact' index"
             )
-        faiss = _faiss()
-        quantizer = faiss.IndexFlatL2(self.dim)
-        index = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_L2)  # keeps a reference to quantizer
-        index.cp.niter = self.niter
-        index.cp.max_points_per_centroid = MAX_TRAIN_POINTS_PER_LIST
-        index.nprobe = min(self.nprobe, nlist)
-        self.nprobe = int(index.nprobe)
-        self.index = index
+        sample_size = min(count, MAX_TRAIN_POINTS_PER_LIST * nlist)
+        sample = torch.randperm(count, generator=torch.Generator().manual_seed(1234))[:sample_size]
+        self.centroids = balanced_centroids(vectors[sample.to(vectors.device)], nlist, iterations=self.niter)
         self.nlist = nlist
-        self._move_to_gpu_if_cuda(vectors.device)
-        self.index.train(_to_faiss(vectors))
+        self.offsets = torch.zeros(self.num_cells + 1, dtype=torch.long, device=self.device)
+
+    def _search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        queries = queries.detach().to(device=self.device, dtype=torch.float32)
+        nprobe = min(self.nprobe, self.num_cells)
+        probes = nearest_centroids(queries, self.centroids, nprobe)  # [B, nprobe]
+        # candidates[b, s * k + j]: j-th best ranking value (and its row) of query b in its s-th probed cell
+        best_values = torch.full((queries.shape[0], nprobe * k), math.inf, device=self.device)
+        best_rows = torch.zeros((queries.shape[0], nprobe * k), dtype=torch.long, device=self.device)
+        flat_cells = probes.flatten()
+        pair_order = torch.sort(flat_cells, stable=True).indices  # (query, slot) pairs grouped by cell
+        pair_counts = torch.bincount(flat_cells, minlength=self.num_cells).tolist()
+        offsets = self.offsets.tolist()
+        position = 0
+        for cell, pairs in enumerate(pair_counts):
+            if pairs == 0:
+                continue
+            pair_ids = pair_order[position : position + pairs]
+            position += pairs
+            first, last = offsets[cell], offsets[cell + 1]
+            if last == first:
+                continue
+            found = min(k, last - first)
+            chunk = max(1, self.max_chunk_elements // (last - first))
+            for start in range(0, pairs, chunk):
+                query_rows, slots = pair_ids[start : start + chunk] // nprobe, pair_ids[start : start + chunk] % nprobe
+                # rank by ||x||^2 - 2 q.x (= ||q - x||^2 - ||q||^2): one matrix product per cell (and chunk)
+                ranking = torch.addmm(
+                    self._squared_norms[first:last], queries[query_rows], self.vectors[first:last].T, alpha=-2.0
+                )
+                values, columns = torch.topk(ranking, found, dim=1, largest=False, sorted=True)
+                target = (slots * k).unsqueeze(1) + torch.arange(found, device=self.device)
+                best_values[query_rows.unsqueeze(1), target] = values
+                best_rows[query_rows.unsqueeze(1), target] = columns + first
+        values, picked = torch.topk(best_values, k, dim=1, largest=False, sorted=True)
+        missing = torch.isinf(values).any(dim=1)
+        if missing.any():
+            raise RuntimeError(
+                f"the 'ivf' index found fewer than k={k} neighbours for {int(missing.sum())} of {queries.shape[0]} "
+                f"queries (the cells it probed hold too few vectors); raise nprobe or use the 'exact' index"
+            )
+        rows = best_rows.gather(1, picked)
+        # distances of the found neighbours computed directly from the differences (no cancellation)
+        distances = torch.linalg.vector_norm(queries.unsqueeze(1) - self.vectors[rows], dim=2)
+        distances, order = torch.sort(distances, dim=1)
+        return distances, self.ids[rows.gather(1, order)]
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        if self.ntotal == 0:
+            raise ValueError("nothing to save: the 'ivf' index is empty; add() vectors first")
+        state = {
+            "kind": self.kind, "nlist": self.nlist, "nprobe": self.nprobe, "niter": self.niter,
+            "centroids": self.centroids.cpu(), "vectors": self.vectors.cpu(), "ids": self.ids.cpu(),
+            "offsets": self.offsets.cpu(),
+        }
+        with atomic_file(path) as tmp:
+            torch.save(state, tmp)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], device: str | torch.device | None = None) -> "IVFIndex":
-        faiss_index = cls._read(path)
-        index = cls(faiss_index.d, nlist=faiss_index.nlist, nprobe=faiss_index.nprobe)
-        index.index = faiss_index
-        if device is not None:
-            index._move_to_gpu_if_cuda(torch.device(device))
+        state = _load_torch_index_file(path, cls.kind)
+        index = cls(state["vectors"].shape[1], nlist=state["nlist"], nprobe=state["nprobe"], niter=state["niter"])
+        index.device = torch.device("cpu") if device is None else torch.device(device)
+        index.centroids = state["centroids"].to(index.device)
+        index.vectors = state["vectors"].to(index.device)
+        index.ids = state["ids"].to(index.device)
+        index.offsets = state["offsets"].to(index.device)
+        index._squared_norms = index.vectors.pow(2).sum(dim=1)
         return index
+
+
+def _load_torch_index_file(path: str | os.PathLike[str], kind: str) -> dict:
+    """The dict that an index of ``kind`` saved with ``torch.save`` to ``path``; clear errors otherwise."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no index file at {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any unreadable file gets the same advice
+        raise ValueError(
+            f"{path} is not an index file written by grood's {kind!r} index ({error.__class__.__name__}); "
+            "refit the detector to rebuild it"
+        ) from error
+    if not isinstance(state, dict) or state.get("kind") != kind:
+        found = state.get("kind") if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"{path} holds a {found!r} index, not the {kind!r} index asked for")
+    return state
 
 
 class TorchIndex(NeighbourIndex):
@@ -389,11 +496,7 @@ class TorchIndex(NeighbourIndex):
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], device: str | torch.device | None = None) -> "TorchIndex":
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"no index file at {path}")
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(blob, dict) or blob.get("kind") != cls.kind:
-            raise ValueError(f"{path} is not a file written by TorchIndex.save()")
+        blob = _load_torch_index_file(path, cls.kind)
         index = cls(blob["vectors"].shape[1], device=device, max_chunk_elements=blob["max_chunk_elements"])
         index._add(blob["vectors"])
         return index
