@@ -229,3 +229,105 @@ def test_ivf_warns_when_one_cell_holds_most_vectors(caplog: pytest.LogCaptureFix
     with caplog.at_level("WARNING", logger="grood.method.neighbours"):
         balanced.add(torch.randn(4000, 16))
     assert balanced.largest_list_fraction() < 0.1 and caplog.text == ""
+
+
+def test_ivf_probing_every_cell_equals_exact_search_over_several_adds() -> None:
+    """The list-major scan and the merge of per-cell candidates are exact when every cell is probed."""
+    database, queries = torch.randn(3000, 12), torch.randn(257, 12)
+    index = build_index("ivf", 12, nlist=10, nprobe=10_000)
+    index.add(database[:2000])
+    index.add(database[2000:])  # assigned to the trained cells, global row numbering kept
+    index.max_chunk_elements = 5_000  # several query chunks per cell
+    assert index.nprobe >= index.num_cells
+    _assert_search_equals_brute_force(index, database, queries, k=7)
+
+
+def _assert_search_equals_brute_force(index, database: torch.Tensor, queries: torch.Tensor, k: int) -> None:
+    distances, indices = index.search(queries, k)
+    expected_distances, expected_indices = _brute_force(database, queries, k)
+    torch.testing.assert_close(distances.double(), expected_distances, rtol=1e-4, atol=1e-5)
+    assert (indices == expected_indices).float().mean() > 0.99
+
+
+def _gradient_like(num_vectors: int, dim: int, seed: int) -> torch.Tensor:
+    """``p * unit`` with p log-uniform in [1e-8, 1e-1] and units near a few directions, as GROOD's eq. 5."""
+    generator = torch.Generator().manual_seed(seed)
+    directions = torch.nn.functional.normalize(torch.randn(5, dim, generator=generator), dim=1)
+    units = directions[torch.randint(0, 5, (num_vectors,), generator=generator)]
+    units = torch.nn.functional.normalize(units + 0.05 * torch.randn(num_vectors, dim, generator=generator), dim=1)
+    norms = 10 ** (-8 + 7 * torch.rand(num_vectors, 1, generator=generator))
+    return units * norms
+
+
+def test_ivf_cells_of_gradients_spanning_orders_of_magnitude_are_balanced_and_route_well() -> None:
+    from grood.method.kmeans import kmeans, nearest_centroids
+
+    vectors = _gradient_like(6000, 16, seed=0)
+    plain = nearest_centroids(vectors, kmeans(vectors, 40))[:, 0]
+    assert torch.bincount(plain).max().item() / 6000 > 0.4  # k-means on raw vectors: one cell near the origin
+    index = build_index("ivf", 16, nlist=40)
+    index.add(vectors)
+    assert index.largest_list_fraction() <= 4 / 40  # log-polar cells
+    # queries at every scale are routed to the cells of their own scale and direction
+    queries = _gradient_like(500, 16, seed=1)
+    distances, indices = index.search(queries, 1)
+    expected_distances, expected_indices = _brute_force(vectors, queries, 1)
+    found = (indices == expected_indices) | (distances.double() <= expected_distances * (1 + 1e-5))
+    assert found.float().mean() >= 0.95
+
+
+def test_balanced_centroids_split_oversized_cells() -> None:
+    from grood.method.kmeans import balanced_centroids, nearest_centroids
+
+    generator = torch.Generator().manual_seed(0)
+    dense = 1e-3 * torch.randn(3600, 4, generator=generator)  # 90% of the points in a tiny blob
+    spread = 100 * torch.randn(400, 4, generator=generator)
+    vectors = torch.cat([dense, spread])
+    centroids = balanced_centroids(vectors, 10, max_cell_factor=2.0)
+    sizes = torch.bincount(nearest_centroids(vectors, centroids)[:, 0], minlength=centroids.shape[0])
+    assert centroids.shape[0] > 10
+    assert sizes.max().item() <= 2.0 * 4000 / 10
+    identical = torch.zeros(500, 4)  # cannot be split: returned as they are, no endless loop
+    assert balanced_centroids(identical, 5).shape[0] == 5
+
+
+def test_kmeans_finds_separated_clusters_and_refills_empty_ones() -> None:
+    from grood.method.kmeans import kmeans
+
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    vectors = torch.cat([centre + 0.1 * torch.randn(200, 2) for centre in centres])
+    found = kmeans(vectors, 3, iterations=20, seed=3)
+    assert torch.cdist(centres, found).min(dim=1).values.max() < 0.1
+    duplicates = torch.zeros(50, 2)  # 4 clusters of identical points: every cluster but one empties
+    assert kmeans(duplicates, 4).shape == (4, 2)
+    with pytest.raises(ValueError, match=r"1 <= num_clusters <= number of vectors \(50\); got 51"):
+        kmeans(duplicates, 51)
+
+
+def test_direction_projection_spans_the_directions_subspace() -> None:
+    from grood.method.kmeans import direction_projection
+
+    generator = torch.Generator().manual_seed(0)
+    basis = torch.linalg.qr(torch.randn(50, 3, generator=generator)).Q  # [50, 3]
+    vectors = (torch.randn(400, 3, generator=generator) @ basis.T) * 10 ** torch.randn(400, 1, generator=generator)
+    projection = direction_projection(vectors, 3)
+    assert projection.shape == (50, 3)
+    torch.testing.assert_close(projection.T @ projection, torch.eye(3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(projection @ projection.T @ basis, basis, atol=1e-4, rtol=0)  # same subspace
+    assert torch.equal(direction_projection(vectors, 3), projection)  # seeded: reproducible
+    assert direction_projection(vectors, 50) is None
+
+
+def test_ivf_with_projected_routing_round_trips(tmp_path: Path) -> None:
+    database, queries = torch.randn(1200, 10), torch.randn(40, 10)
+    index = build_index("ivf", 10, nlist=8, nprobe=100, routing_dim=4)
+    index.add(database)
+    assert index.projection.shape == (10, 4) and index.centroids.shape[1] == 5
+    _assert_search_equals_brute_force(index, database, queries, k=3)  # every cell probed: exact
+    index.save(tmp_path / "ivf.pt")
+    loaded = load_index(tmp_path / "ivf.pt", "ivf")
+    assert loaded.routing_dim == 4 and torch.equal(loaded.projection, index.projection)
+    for original, reloaded in zip(index.search(queries, 3), loaded.search(queries, 3)):
+        assert torch.equal(original, reloaded)
+    with pytest.raises(ValueError, match="routing_dim must be >= 1; got 0"):
+        build_index("ivf", 10, routing_dim=0)

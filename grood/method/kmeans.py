@@ -1,18 +1,25 @@
 """k-means cells for the IVF index (appendix A.4), in torch (CPU or CUDA), including a balancing step
 for vectors whose norms span orders of magnitude, as GROOD gradients do.
 
+- :func:`routing_coordinates`: the log-polar coordinates ``(ln ||v||, v / ||v||)`` in which the IVF
+  index forms its cells and routes its queries (directions optionally projected by
+  :func:`direction_projection`); :func:`nearest_cells` routes raw vectors.
 - :func:`nearest_centroids`: the ``n`` centroids nearest each vector (one matrix product per chunk).
 - :func:`kmeans`: Lloyd's algorithm from a fixed-seed random sample of the vectors.
 - :func:`balanced_centroids`: k-means, then every cell much larger than the average is split by a
   k-means of its own members, until the cells are balanced.
 
-Why balance: a GROOD gradient is ``p_ood(h) * unit`` (eq. 5), so its norm is a probability that ranges
+Why log-polar coordinates: a GROOD gradient is ``p_ood(h) * unit`` (eq. 5), so its norm is a probability that ranges
 over many orders of magnitude (1e-6 to 1e-1 at CIFAR scale; far smaller with 1000 classes). k-means
 minimises squared error, to which the tiny vectors contribute nothing, so it spends all its centroids on
 the large ones and puts the tiny ones, often most of the data, in one cell near the origin. Every ID
-query then scans that cell and IVF is no faster than exact search. Splitting the cell with a k-means of
-its own members places centroids at the tiny vectors' own scale (and again at the next scale down, if
-needed); nearest-centroid search in the original space then routes tiny queries to them.
+query then scans that cell and IVF is no faster than exact search. In log-polar coordinates the norms
+are spread evenly over the decades they span, and near a vector ``v`` of norm ``r`` the Euclidean
+distance is ``r`` times the log-polar one (``||dv||^2 ~ r^2 (d ln r)^2 + r^2 ||du||^2``), so a
+vector's nearest neighbours in the original space are also near it in log-polar space, at every scale.
+The exact distances are still computed in the original space; the coordinates only choose the cells.
+:func:`balanced_centroids` then splits what remains oversized (e.g. many vectors in one direction and
+scale).
 """
 
 from __future__ import annotations
@@ -21,8 +28,55 @@ import math
 
 import torch
 
+#: Norm below which a vector counts as this norm in :func:`routing_coordinates` (zero vectors included).
+MIN_ROUTING_NORM = 1e-30
+
 #: Rows of a chunk's distance matrix are chosen so that it holds at most this many entries.
 MAX_CHUNK_ELEMENTS = 2**25
+
+
+def routing_coordinates(vectors: torch.Tensor, projection: torch.Tensor | None = None) -> torch.Tensor:
+    """Log-polar coordinates ``[N, 1 + m]`` of ``vectors [N, D]``: column 0 is ``ln ||v||`` (norms below
+    :data:`MIN_ROUTING_NORM` count as that norm), the other columns the unit direction ``v / ||v||``,
+    projected onto the ``m`` orthonormal columns of ``projection [D, m]`` when given (``m = D`` without)."""
+    norms = torch.linalg.vector_norm(vectors, dim=1, keepdim=True).clamp(min=MIN_ROUTING_NORM)
+    directions = vectors / norms if projection is None else (vectors @ projection) / norms
+    return torch.cat([norms.log(), directions], dim=1)
+
+
+def direction_projection(vectors: torch.Tensor, dim: int, seed: int = 0) -> torch.Tensor | None:
+    """``[D, dim]`` orthonormal basis of the top-``dim`` principal subspace (uncentred) of the unit
+    directions of ``vectors [N, D]``, by a seeded randomised SVD; None when ``dim >= D`` (no projection).
+
+    GROOD gradients point from the OOD prototype towards the features, which occupy a low-dimensional
+    subspace (one direction per class, under neural collapse), so the directions keep their neighbours
+    in a few dozen dimensions and the cells are found ``D / dim`` times faster.
+    """
+    full = vectors.shape[1]
+    if dim >= full:
+        return None
+    directions = vectors / torch.linalg.vector_norm(vectors, dim=1, keepdim=True).clamp(min=MIN_ROUTING_NORM)
+    generator = torch.Generator().manual_seed(seed)
+    width = min(full, dim + 10)
+    sketch = torch.randn(full, width, generator=generator).to(directions)
+    for _ in range(2):  # power iterations sharpen the leading subspace
+        sketch = torch.linalg.qr(directions.T @ (directions @ sketch)).Q
+    _, _, right = torch.linalg.svd(directions @ sketch, full_matrices=False)
+    return (sketch @ right.T[:, :dim]).contiguous()
+
+
+def nearest_cells(
+    vectors: torch.Tensor, centroids: torch.Tensor, n: int = 1, projection: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Indices ``[N, n]`` of the ``n`` cells whose ``centroids [K, 1 + m]`` (routing coordinates) are
+    nearest the routing coordinates of ``vectors [N, D]``; computed chunk by chunk, so the coordinates of
+    all ``N`` rows are never held at once."""
+    rows = max(1, MAX_CHUNK_ELEMENTS // max(1, vectors.shape[1], centroids.shape[0]))
+    parts = [
+        nearest_centroids(routing_coordinates(vectors[start : start + rows], projection), centroids, n)
+        for start in range(0, vectors.shape[0], rows)
+    ]
+    return torch.cat(parts) if parts else torch.empty((0, n), dtype=torch.long, device=vectors.device)
 
 
 def nearest_centroids(vectors: torch.Tensor, centroids: torch.Tensor, n: int = 1) -> torch.Tensor:

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from grood.io import atomic_file
 from grood.method._checks import check_finite, check_matrix
 from grood.method.faiss_loader import import_faiss
-from grood.method.kmeans import balanced_centroids, nearest_centroids
+from grood.method.kmeans import balanced_centroids, direction_projection, nearest_cells, routing_coordinates
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,8 @@ MIN_TRAIN_POINTS_PER_LIST = 39
 MAX_TRAIN_POINTS_PER_LIST = 64
 DEFAULT_NPROBE = 12
 DEFAULT_KMEANS_ITERATIONS = 10
+#: Dimensions of the projected gradient directions that the IVF index routes by (see :class:`IVFIndex`).
+DEFAULT_ROUTING_DIM = 32
 
 
 def _faiss() -> Any:
@@ -229,10 +231,16 @@ class IVFIndex(NeighbourIndex):
       which re-reads the cells from memory for every query: at CIFAR scale (50,000 x 512 gradients,
       60,000 queries, nprobe 12 of 224 cells) its search took 13.7 s against 16.6 s for exact search on
       2 cores, although it computes 18x fewer distances.
-    - **Balanced cells** (:func:`grood.method.kmeans.balanced_centroids`): GROOD gradients' norms span
-      orders of magnitude and plain k-means puts most of them in one cell near the origin (69% of
-      200,000 gradients in one of 447 cells at ImageNet-like scale); cells larger than 4x the average are
-      split by their own k-means until balanced, so the index holds ``num_cells >= nlist`` cells.
+    - **Log-polar cells.** The cells are k-means cells of the vectors' log-polar coordinates
+      ``(ln ||g||, g / ||g||)`` (:func:`grood.method.kmeans.routing_coordinates`), and queries are routed
+      to the cells nearest them in those coordinates; distances are then computed in the original space.
+      The directions are first projected onto their top ``routing_dim`` (32) principal dimensions
+      (:func:`grood.method.kmeans.direction_projection`), which makes finding cells ``dim / 32`` times
+      cheaper; the same recall@1 was measured with and without it at CIFAR scale.
+      GROOD gradients' norms span orders of magnitude, and k-means on the raw vectors puts most of them in
+      one cell near the origin (69% of 200,000 gradients in one of 447 cells at ImageNet-like scale), which
+      every ID query then scans. Cells still larger than 4x the average are split by their own k-means
+      (:func:`grood.method.kmeans.balanced_centroids`), so the index holds ``num_cells >= nlist`` cells.
 
     The cells are trained on the vectors of the **first** :meth:`add` (k-means on at most
     ``64 * nlist`` of them, a fixed-seed random subset, ``niter`` iterations); later adds are assigned
@@ -243,6 +251,8 @@ class IVFIndex(NeighbourIndex):
             of the first add, ``round(sqrt(N))``.
         nprobe: cells scanned per query (default :data:`DEFAULT_NPROBE`). Larger: slower, higher recall.
         niter: k-means iterations (default 10, FAISS's default for IVF).
+        routing_dim: the gradient directions are routed in their top ``routing_dim`` principal
+            dimensions (default :data:`DEFAULT_ROUTING_DIM`; all when ``>= dim``).
         device: where the centroids and lists live (default: the device of the first add).
 
     Raises ``ValueError`` at the first add when it holds fewer than ``39 * nlist`` vectors.
@@ -256,6 +266,7 @@ class IVFIndex(NeighbourIndex):
         nlist: int | None = None,
         nprobe: int = DEFAULT_NPROBE,
         niter: int = DEFAULT_KMEANS_ITERATIONS,
+        routing_dim: int = DEFAULT_ROUTING_DIM,
         device: str | torch.device | None = None,
     ) -> None:
         super().__init__(dim)
@@ -265,12 +276,16 @@ class IVFIndex(NeighbourIndex):
             raise ValueError(f"nprobe must be >= 1; got {nprobe}")
         if int(niter) < 1:
             raise ValueError(f"niter must be >= 1; got {niter}")
+        if isinstance(routing_dim, bool) or int(routing_dim) < 1:
+            raise ValueError(f"routing_dim must be >= 1; got {routing_dim}")
+        self.routing_dim = int(routing_dim)
         self.nlist = None if nlist is None else int(nlist)
         self.nprobe = int(nprobe)
         self.niter = int(niter)
         self.device = None if device is None else torch.device(device)
         self.max_chunk_elements = 2**26
-        self.centroids: torch.Tensor | None = None  # [num_cells, dim]
+        self.projection: torch.Tensor | None = None  # [dim, routing_dim] (None: directions unprojected)
+        self.centroids: torch.Tensor | None = None  # [num_cells, 1 + routing_dim], in routing coordinates
         self.vectors = torch.empty((0, self.dim))  # [ntotal, dim], grouped by cell
         self.ids = torch.empty(0, dtype=torch.long)  # [ntotal]: row of each vector in the order added
         self.offsets = torch.zeros(1, dtype=torch.long)  # [num_cells + 1]: cell c is rows offsets[c]:offsets[c+1]
@@ -300,7 +315,8 @@ class IVFIndex(NeighbourIndex):
         first = self.centroids is None
         if first:
             self._train(vectors)
-        cells = torch.cat([self._cells_of_indexed(), nearest_centroids(vectors, self.centroids)[:, 0]])
+        new_cells = nearest_cells(vectors, self.centroids, 1, self.projection)[:, 0]
+        cells = torch.cat([self._cells_of_indexed(), new_cells])
         all_vectors = torch.cat([self.vectors.to(self.device), vectors])
         all_ids = torch.cat([self.ids.to(self.device), torch.arange(self.ntotal, self.ntotal + vectors.shape[0], device=self.device)])
         order = torch.sort(cells, stable=True).indices
@@ -339,14 +355,17 @@ class IVFIndex(NeighbourIndex):
             )
         sample_size = min(count, MAX_TRAIN_POINTS_PER_LIST * nlist)
         sample = torch.randperm(count, generator=torch.Generator().manual_seed(1234))[:sample_size]
-        self.centroids = balanced_centroids(vectors[sample.to(vectors.device)], nlist, iterations=self.niter)
+        sample_vectors = vectors[sample.to(vectors.device)]
+        self.projection = direction_projection(sample_vectors, self.routing_dim)
+        coordinates = routing_coordinates(sample_vectors, self.projection)
+        self.centroids = balanced_centroids(coordinates, nlist, iterations=self.niter)
         self.nlist = nlist
         self.offsets = torch.zeros(self.num_cells + 1, dtype=torch.long, device=self.device)
 
     def _search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         queries = queries.detach().to(device=self.device, dtype=torch.float32)
         nprobe = min(self.nprobe, self.num_cells)
-        probes = nearest_centroids(queries, self.centroids, nprobe)  # [B, nprobe]
+        probes = nearest_cells(queries, self.centroids, nprobe, self.projection)  # [B, nprobe]
         # candidates[b, s * k + j]: j-th best ranking value (and its row) of query b in its s-th probed cell
         best_values = torch.full((queries.shape[0], nprobe * k), math.inf, device=self.device)
         best_rows = torch.zeros((queries.shape[0], nprobe * k), dtype=torch.long, device=self.device)
@@ -393,7 +412,8 @@ class IVFIndex(NeighbourIndex):
             raise ValueError("nothing to save: the 'ivf' index is empty; add() vectors first")
         state = {
             "kind": self.kind, "nlist": self.nlist, "nprobe": self.nprobe, "niter": self.niter,
-            "centroids": self.centroids.cpu(), "vectors": self.vectors.cpu(), "ids": self.ids.cpu(),
+            "routing_dim": self.routing_dim, "centroids": self.centroids.cpu(),
+            "projection": None if self.projection is None else self.projection.cpu(), "vectors": self.vectors.cpu(), "ids": self.ids.cpu(),
             "offsets": self.offsets.cpu(),
         }
         with atomic_file(path) as tmp:
@@ -402,9 +422,13 @@ class IVFIndex(NeighbourIndex):
     @classmethod
     def load(cls, path: str | os.PathLike[str], device: str | torch.device | None = None) -> "IVFIndex":
         state = _load_torch_index_file(path, cls.kind)
-        index = cls(state["vectors"].shape[1], nlist=state["nlist"], nprobe=state["nprobe"], niter=state["niter"])
+        index = cls(
+            state["vectors"].shape[1], nlist=state["nlist"], nprobe=state["nprobe"], niter=state["niter"],
+            routing_dim=state["routing_dim"],
+        )
         index.device = torch.device("cpu") if device is None else torch.device(device)
         index.centroids = state["centroids"].to(index.device)
+        index.projection = None if state["projection"] is None else state["projection"].to(index.device)
         index.vectors = state["vectors"].to(index.device)
         index.ids = state["ids"].to(index.device)
         index.offsets = state["offsets"].to(index.device)
