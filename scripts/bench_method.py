@@ -125,7 +125,9 @@ def run_child(spec: dict) -> dict:
         scores = detector.score(queries)
         result["score_s"] = time.perf_counter() - start
         if kind == "ivf":
-            result["nlist"], result["nprobe"] = detector.index.nlist, detector.index.nprobe
+            index = detector.index
+            result["nlist"], result["nprobe"], result["num_cells"] = index.nlist, index.nprobe, index.num_cells
+            result["largest_cell"] = index.largest_list_fraction()
         if kind in ("exact", "ivf"):  # untimed: the nearest training gradient of a subset of queries
             subset = torch.from_numpy(np.load(folder / "recall_rows.npy"))
             distances, neighbours = detector.index.search(detector.gradients(queries[subset]), 1)
@@ -218,7 +220,8 @@ def bench_scale(name: str, train: int, queries: int, dim: int, classes: int, arg
         is_id = data["is_id"][recall_rows]
         r = results["grood-ivf"]
         print(f"IVF recall@1 (target >= 0.95) on {len(found)} queries: {found.mean():.4f} all, "
-              f"{found[is_id].mean():.4f} ID, {found[~is_id].mean():.4f} OOD   (nlist={r['nlist']}, nprobe={r['nprobe']})")
+              f"{found[is_id].mean():.4f} ID, {found[~is_id].mean():.4f} OOD   (nlist={r['nlist']}, {r['num_cells']} cells after balancing, "
+              f"largest {100 * r['largest_cell']:.1f}% of the vectors, nprobe={r['nprobe']})")
         if (~found).any():
             excess = (ivf_d - exact_d)[~found] / exact_d[~found]
             print(f"  where IVF missed, its distance exceeds the exact one by {np.median(excess):.2e} (median, relative)")

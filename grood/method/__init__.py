@@ -7,6 +7,8 @@ detector's and index's own save/load. Imports nothing from the rest of grood exc
 - :mod:`grood.method.ncp`: eq. 2 (NCP logits), eq. 3 (probabilities), eq. 4 (loss), eq. 5 (gradient)
   and the Table 4 ablation quantities.
 - :mod:`grood.method.neighbours`: eq. 6 (nearest-neighbour distance); exact / IVF / torch indexes.
+- :mod:`grood.method.kmeans`: the IVF index's cells (k-means in log-polar coordinates, balanced).
+- :mod:`grood.method.faiss_loader`: ``import faiss`` with its bundled OpenBLAS on the CPU's fast kernels.
 - :mod:`grood.method.detector`: the :class:`GROOD` detector (Algorithms 1 and 2).
 - :mod:`grood.method.synthetic`: clustered synthetic features for tests and benchmarks.
 """
