@@ -40,6 +40,8 @@ def test_grood_with_each_cached_feature_strategy(base_config: dict, strategy: st
         assert set(scores["id"]) == {"tin", "mnist", "fashionmnist", "texture"}
     else:
         assert len(scores["id"]) == 2000 and all(len(s) == 1000 for s in scores["ood"].values())
+        timings = json.loads((tmp_path / "run.json").read_text())["timings_s"]
+        assert 0.0 <= timings["prototype:grood"] <= timings["method:grood"]  # the prototype's share, on its own
 
 
 def test_a_run_folder_says_what_produced_it(base_config: dict, tmp_path: Path) -> None:

@@ -37,11 +37,13 @@ def _unit_rows(v: torch.Tensor) -> torch.Tensor:
 def class_distances(h: torch.Tensor, class_prototypes: torch.Tensor) -> torch.Tensor:
     """``||h - p_i||_2`` for every class: ``[N, D]``, ``[C, D]`` -> ``[N, C]`` (not squared).
 
-    Uses ``torch.cdist`` (the ``|h|^2 + |p|^2 - 2 h.p`` expansion for large inputs, clamped at 0): memory
-    ``[N, C]`` rather than ``[N, C, D]``.
+    Computed as ``sqrt(max(0, |h|^2 + |p|^2 - 2 h.p))``, one matrix product (as ``torch.cdist`` does for
+    large inputs, without its padded copies of ``h``): memory ``[N, C]`` rather than ``[N, C, D]``.
     """
     protos, _ = _as_rows(h, class_prototypes)
-    return torch.cdist(h, protos)
+    squared = torch.addmm(torch.linalg.vector_norm(protos, dim=1).square(), h, protos.T, alpha=-2.0)
+    squared = squared + torch.linalg.vector_norm(h, dim=1, keepdim=True).square()
+    return squared.clamp(min=0.0).sqrt()
 
 
 def ncp_predict(h: torch.Tensor, class_prototypes: torch.Tensor) -> torch.Tensor:
@@ -56,7 +58,7 @@ def ncp_logits(h: torch.Tensor, class_prototypes: torch.Tensor, ood_prototype: t
     """
     protos, p_ood = _as_rows(h, class_prototypes, ood_prototype)
     ood_distance = torch.linalg.vector_norm(h - p_ood, dim=1, keepdim=True)
-    return -torch.cat([torch.cdist(h, protos), ood_distance], dim=1)
+    return -torch.cat([class_distances(h, protos), ood_distance], dim=1)
 
 
 def ncp_log_probabilities(
@@ -113,9 +115,12 @@ def grood_gradient(h: torch.Tensor, class_prototypes: torch.Tensor, ood_prototyp
     """
     protos, p_ood = _as_rows(h, class_prototypes, ood_prototype)
     difference = h - p_ood
-    logits = -torch.cat([torch.cdist(h, protos), torch.linalg.vector_norm(difference, dim=1, keepdim=True)], dim=1)
-    p_ood_of_h = torch.softmax(logits, dim=1)[:, -1:]
-    return p_ood_of_h * _unit_rows(difference)
+    ood_distance = torch.linalg.vector_norm(difference, dim=1)  # [N] = -L_{C+1}
+    # eq. 3 for the last column only: log p_ood = L_{C+1} - logsumexp(L_1..L_{C+1}), without an [N, C+1] copy
+    log_normaliser = torch.logaddexp(torch.logsumexp(-class_distances(h, protos), dim=1), -ood_distance)
+    p_ood_of_h = torch.exp(-ood_distance - log_normaliser)
+    scale = p_ood_of_h / torch.where(ood_distance > 0, ood_distance, torch.ones_like(ood_distance))
+    return difference * scale.unsqueeze(1)
 
 
 # --------------------------------------------------------------------------------------------------
