@@ -27,7 +27,7 @@ from grood.features import FeatureCache, SplitOutputs, cache_key, extract_split
 from grood.featureset import FeatureSet
 from grood.io import atomic_write, write_json
 from grood.method.prototypes import class_prototypes
-from grood import ood_prototypes
+from grood import aps, ood_prototypes
 from grood.provenance import git_commit, package_versions, sha256_of_file
 
 log = logging.getLogger(__name__)
@@ -279,37 +279,64 @@ def score_grood(run: BenchmarkRun, params: Mapping[str, Any]) -> MethodScores:
     return scores
 
 
-def score_baseline(run: BenchmarkRun, name: str, params: Mapping[str, Any]) -> MethodScores:
-    """A baseline of :mod:`grood.detectors` on the cache (ODIN re-runs the network on the images)."""
+def _baseline_params(run: BenchmarkRun, name: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """``params`` completed with what comes from the run (ODIN scales its gradient by the input std)."""
     params = dict(params)
     if "input_std" in detector_parameters(name) and params.get("input_std") is None:
-        params["input_std"] = tuple(run.transform_spec["std"])  # ODIN scales its gradient by the input std
-    detector = build_detector(name, **params)
+        params["input_std"] = tuple(run.transform_spec["std"])
+    return params
+
+
+def baseline_split_scores(
+    run: BenchmarkRun, name: str, params: Mapping[str, Any], splits: list[str]
+) -> dict[str, torch.Tensor]:
+    """Fit baseline ``name`` with ``params`` and score each of ``splits`` (cached features; ODIN re-runs
+    the network on the images). Returns split -> ``[N]`` scores, higher = more ID."""
+    detector = build_detector(name, **_baseline_params(run, name, params))
+    detector.fit(run.features(detector.fit_split), run.network.linear_head())
+    if not detector.needs_network:
+        return {split: detector.score(run.features(split)) for split in splits}
+    batch_size = int(run.config.get("batch_size", 128))
+    scores = {}
+    for split in splits:
+        loader = torch.utils.data.DataLoader(run.dataset(split), batch_size=batch_size,
+                                             num_workers=int(run.config.get("num_workers", 0)))
+        scores[split] = detector.score_images(run.network, loader, device=run.device)
+    return scores
+
+
+def score_baseline(run: BenchmarkRun, name: str, params: Mapping[str, Any]) -> MethodScores:
+    """A baseline of :mod:`grood.detectors` on the ID test set and every OOD test set."""
     ood_names = [n for names in _groups(run).values() for n in names]
     started = time.perf_counter()
-    if detector.needs_network:
-        batch_size = int(run.config.get("batch_size", 128))
-
-        def images_score(split: str) -> torch.Tensor:
-            loader = torch.utils.data.DataLoader(run.dataset(split), batch_size=batch_size,
-                                                 num_workers=int(run.config.get("num_workers", 0)))
-            return detector.score_images(run.network, loader, device=run.device)
-
-        detector.fit(run.features("train"), run.network.linear_head())
-        scores = MethodScores(images_score("test"), {n: images_score(n) for n in ood_names})
-    else:
-        detector.fit(run.features(detector.fit_split), run.network.linear_head())
-        scores = MethodScores(detector.score(run.features("test")),
-                              {n: detector.score(run.features(n)) for n in ood_names})
+    scores = baseline_split_scores(run, name, params, ["test", *ood_names])
     run.timings[f"method:{name}"] = time.perf_counter() - started
-    return scores
+    return MethodScores(scores["test"], {n: scores[n] for n in ood_names})
+
+
+def search_baseline_parameters(run: BenchmarkRun, name: str, params: Mapping[str, Any]) -> aps.SearchResult:
+    """OpenOOD's APS (:mod:`grood.aps`) for baseline ``name`` on the benchmark's validation lists."""
+    started = time.perf_counter()
+    try:
+        result = aps.search_parameters(
+            name, params, run.benchmark, lambda n, p, splits: baseline_split_scores(run, n, p, splits),
+            progress=bool(run.config.get("progress", False)),
+        )
+    except aps.APSError as error:
+        raise ConfigError(str(error)) from error
+    if result.trials:
+        run.timings[f"aps:{name}"] = time.perf_counter() - started
+    return result
 
 
 def write_method_results(
     out_dir: Path, run: BenchmarkRun, method: str, params: Mapping[str, Any], table: pd.DataFrame,
-    scores: MethodScores, id_accuracy: float,
+    scores: MethodScores, id_accuracy: float, aps_record: Mapping[str, Any] | None = None,
 ) -> None:
-    """``metrics.csv``, ``metrics.json``, ``run.json`` and ``scores.pt`` for one method (atomic writes)."""
+    """``metrics.csv``, ``metrics.json``, ``run.json`` and ``scores.pt`` for one method (atomic writes).
+
+    ``aps_record``: the parameter search that chose ``params`` (:meth:`grood.aps.SearchResult.record`),
+    written to ``run.json`` as ``aps`` (None: no search ran)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_write(out_dir / "metrics.csv") as handle:
         table.to_csv(handle, float_format="%.4f")
@@ -322,6 +349,7 @@ def write_method_results(
         "dataset": config["dataset"].get("name", run.benchmark.name),
         "method": method,
         "method_params": dict(params),
+        "aps": None if aps_record is None else dict(aps_record),
         "seed": config.get("seed", 0),
         "checkpoint": config["dataset"].get("checkpoint"),
         "checkpoint_sha256": run.checkpoint_sha256,
@@ -375,10 +403,16 @@ def run_evaluation(config: Mapping[str, Any], output_dir: str | Path) -> dict[st
     test = run.features("test")
     id_accuracy = accuracy(test.logits, test.labels)
     tables: dict[str, pd.DataFrame] = {}
+    search = bool(config.get("aps", False))
     for name, params in methods:
+        aps_record = None
+        if search and name != "grood":
+            result = search_baseline_parameters(run, name, params)
+            params = result.chosen
+            aps_record = result.record() if result.trials else None
         scores = score_grood(run, params) if name == "grood" else score_baseline(run, name, params)
         table = metrics_table(scores.id_scores, scores.ood_scores, _groups(run), id_accuracy)
         target = output_dir / name if len(methods) > 1 else output_dir
-        write_method_results(target, run, name, params, table, scores, id_accuracy)
+        write_method_results(target, run, name, params, table, scores, id_accuracy, aps_record)
         tables[name] = table
     return tables
