@@ -555,3 +555,13 @@ def test_figure5_auroc_vs_k(tmp_path):
     data = pd.DataFrame([{"k": k, "group": g, "seed": s, "AUROC": 90 - k + s}
                          for k in (1, 2, 5, 10) for g in ("near", "far") for s in range(2)])
     _assert_written(figure_auroc_vs_k(data, tmp_path))
+
+
+def test_class_colours_are_distinct_and_never_grey():
+    from grood.reporting.figures import class_colours
+
+    for count in (2, 10, 18):
+        colours = class_colours(count)
+        assert len(colours) >= count and len(set(colours[:count])) == count
+        for red, green, blue in colours:
+            assert max(red, green, blue) - min(red, green, blue) > 0.1  # not a grey like the OOD points

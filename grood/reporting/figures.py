@@ -79,16 +79,25 @@ def subsample_indices(n: int, subsample: int | None, seed: int = 0) -> np.ndarra
     return np.sort(np.random.default_rng(seed).choice(n, size=subsample, replace=False))
 
 
+def class_colours(num_classes: int) -> list[tuple[float, float, float]]:
+    """Distinct RGB colours for ID classes, none of them grey (grey is the OOD points' colour):
+    matplotlib's ``tab10`` without its grey plus navy for up to 10 classes, ``tab20`` without its two
+    greys beyond (colours repeat past 18 classes)."""
+    if num_classes <= 10:
+        palette = [colour for index, colour in enumerate(colormaps["tab10"].colors) if index != 7]
+        return [tuple(colour) for colour in palette] + [(0.0, 0.0, 0.46)]
+    return [tuple(colour) for index, colour in enumerate(colormaps["tab20"].colors) if index not in (14, 15)]
+
+
 def _scatter_by_label(axes: Any, embedding: np.ndarray, labels: np.ndarray, class_names: Sequence[str] | None) -> None:
     ood = labels < 0
     axes.scatter(embedding[ood, 0], embedding[ood, 1], s=4, c=OOD_COLOUR, alpha=0.5, label="OOD", linewidths=0)
     classes = np.unique(labels[~ood])
-    cmap = "tab10" if len(classes) <= 10 else "tab20"
-    palette = colormaps[cmap]
+    colours = class_colours(len(classes))
     for position, label in enumerate(classes):
         chosen = labels == label
         name = class_names[label] if class_names is not None else f"class {label}"
-        axes.scatter(embedding[chosen, 0], embedding[chosen, 1], s=4, color=palette(position % palette.N),
+        axes.scatter(embedding[chosen, 0], embedding[chosen, 1], s=4, color=colours[position % len(colours)],
                      label=name if len(classes) <= 20 else None, linewidths=0)
     axes.set_xticks([])
     axes.set_yticks([])
