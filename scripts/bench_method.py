@@ -116,7 +116,8 @@ def run_child(spec: dict) -> dict:
         kind = method.split("-", 1)[1]
         params = {}
         if kind == "ivf":
-            params = {k: v for k, v in (("nlist", spec["nlist"]), ("nprobe", spec["nprobe"])) if v is not None}
+            chosen = (("nlist", spec["nlist"]), ("nprobe", spec["nprobe"]), ("routing_dim", spec["routing_dim"]))
+            params = {k: v for k, v in chosen if v is not None}
         detector = GROOD(index=kind, index_params=params, device=spec["device"])
         start = time.perf_counter()
         detector.fit(train, labels, num_classes=spec["classes"])
@@ -155,7 +156,7 @@ def run_child(spec: dict) -> dict:
 
 def measure(method: str, folder: Path, args: argparse.Namespace, classes: int) -> dict:
     spec = {"method": method, "folder": str(folder), "classes": classes, "nlist": args.nlist,
-            "nprobe": args.nprobe, "knn_k": args.knn_k, "device": args.device}
+            "nprobe": args.nprobe, "routing_dim": args.routing_dim, "knn_k": args.knn_k, "device": args.device}
     completed = subprocess.run(
         [sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True, check=False
     )
@@ -242,6 +243,8 @@ def main() -> None:
     parser.add_argument("--imagenet-classes", type=int, default=1000)
     parser.add_argument("--nlist", type=int, default=None, help="IVF cells (default: the library's)")
     parser.add_argument("--nprobe", type=int, default=None, help="IVF cells probed (default: the library's)")
+    parser.add_argument("--routing-dim", type=int, default=None,
+                        help="IVF routing dimensions of the gradient directions (default: the library's)")
     parser.add_argument("--knn-k", type=int, default=50, help="k of pytorch-ood's KNN (its default: 50)")
     parser.add_argument("--skip", nargs="*", default=[], choices=METHODS, help="methods to leave out")
     parser.add_argument("--recall-queries", type=int, default=5000, help="queries used for IVF recall@1")
