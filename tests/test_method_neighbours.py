@@ -331,3 +331,19 @@ def test_ivf_with_projected_routing_round_trips(tmp_path: Path) -> None:
         assert torch.equal(original, reloaded)
     with pytest.raises(ValueError, match="routing_dim must be >= 1; got 0"):
         build_index("ivf", 10, routing_dim=0)
+
+
+def test_exact_index_warns_when_cuda_vectors_meet_cpu_only_faiss(caplog: pytest.LogCaptureFixture) -> None:
+    from grood.method.neighbours import _faiss_gpu_available
+
+    if _faiss_gpu_available():
+        pytest.skip("this faiss has GPU support: the index moves to the GPU instead of warning")
+    index = build_index("exact", 4)
+    with caplog.at_level("WARNING", logger="grood.method.neighbours"):
+        index._move_to_gpu_if_cuda(torch.device("cuda"))  # what add() does with CUDA vectors
+    assert "no GPU support" in caplog.text and "index='torch'" in caplog.text
+    assert not index.on_gpu
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="grood.method.neighbours"):
+        index._move_to_gpu_if_cuda(torch.device("cpu"))
+    assert caplog.text == ""

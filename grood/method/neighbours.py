@@ -158,11 +158,19 @@ class _FaissIndex(NeighbourIndex):
         return 0 if self.index is None else int(self.index.ntotal)
 
     def _move_to_gpu_if_cuda(self, device: torch.device) -> None:
-        if device.type == "cuda" and not self.on_gpu and _faiss_gpu_available():
-            faiss = _faiss()
-            self._gpu_resources = faiss.StandardGpuResources()
-            self.index = faiss.index_cpu_to_gpu(self._gpu_resources, device.index or 0, self.index)
-            self.on_gpu = True
+        if device.type != "cuda" or self.on_gpu:
+            return
+        if not _faiss_gpu_available():
+            log.warning(
+                "the %r index got CUDA vectors but the installed faiss has no GPU support, so FAISS searches on "
+                "the CPU (vectors are copied there); install faiss-gpu (environment.yml) or use index='torch', "
+                "which searches on the GPU", self.kind,
+            )
+            return
+        faiss = _faiss()
+        self._gpu_resources = faiss.StandardGpuResources()
+        self.index = faiss.index_cpu_to_gpu(self._gpu_resources, device.index or 0, self.index)
+        self.on_gpu = True
 
     def _search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         squared, indices = self.index.search(_to_faiss(queries), k)
