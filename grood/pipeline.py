@@ -251,7 +251,7 @@ def score_grood(run: BenchmarkRun, params: Mapping[str, Any]) -> MethodScores:
         p_ood = grood_prototype(run, prototype_cfg, class_protos)
         # of "method:grood", the time of the OOD prototype (mixup: a pass of the network over mixed images)
         run.timings["prototype:grood"] = time.perf_counter() - started
-        detector.set_ood_prototype(p_ood).fit(train, head)
+        detector.set_ood_prototype(p_ood).fit(train, head, class_prototypes=class_protos)
         ood_scores = {name: detector.score(run.features(name)) for name in ood_names}
         scores = MethodScores(detector.score(test), ood_scores)
     else:
@@ -269,7 +269,7 @@ def score_grood(run: BenchmarkRun, params: Mapping[str, Any]) -> MethodScores:
                 candidates, class_protos, filter_quantile=prototype_cfg.get("filter_quantile"),
                 min_keep=int(prototype_cfg.get("min_keep", 1)),
             )
-            detector.set_ood_prototype(p_ood).fit(train, head)
+            detector.set_ood_prototype(p_ood).fit(train, head, class_prototypes=class_protos)
             id_scores[name] = detector.score(test)
             ood_scores[name] = detector.score(run.features(name).subset(splits[name][1]))
         scores = MethodScores(id_scores, ood_scores)

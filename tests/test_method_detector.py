@@ -244,3 +244,21 @@ def test_cuda_device_matches_cpu(blobs, index: str) -> None:
     torch.testing.assert_close(scores.cpu(), cpu.score(blobs["test"]), rtol=1e-3, atol=1e-5)
     assert not cuda.score(blobs["test"]).is_cuda  # CPU features in, CPU scores out
     assert torch.equal(cuda.predict(blobs["test"].cuda()).cpu(), cpu.predict(blobs["test"]))
+
+
+def test_precomputed_class_prototypes_give_the_same_detector(blobs) -> None:
+    from grood.method import class_prototypes
+
+    train_x, train_y, test_x = blobs["train"], blobs["train_labels"], torch.cat([blobs["test"], blobs["far_ood"]])
+    computed = GROOD().fit(train_x, train_y)
+    given = GROOD().fit(train_x, train_y, class_prototypes=class_prototypes(train_x, train_y, int(train_y.max()) + 1))
+    torch.testing.assert_close(given.class_prototypes, computed.class_prototypes, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(given.score(test_x), computed.score(test_x), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"class_prototypes has 2 rows but there are \d+ classes"):
+        GROOD().fit(train_x, train_y, class_prototypes=computed.class_prototypes[:2])
+    with pytest.raises(ValueError, match="class_prototypes has feature dimension"):
+        GROOD().fit(train_x, train_y, class_prototypes=computed.class_prototypes[:, :3])
+    bad = computed.class_prototypes.clone()
+    bad[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="class_prototypes contains NaN or inf"):
+        GROOD().fit(train_x, train_y, class_prototypes=bad)

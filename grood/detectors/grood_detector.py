@@ -44,13 +44,18 @@ class GROODDetector(Detector):
         self.ood_prototype = ood_prototype
         return self
 
-    def fit(self, train: FeatureSet, head: LinearHead) -> "GROODDetector":
+    def fit(
+        self, train: FeatureSet, head: LinearHead, class_prototypes: torch.Tensor | None = None
+    ) -> "GROODDetector":
+        """Fit on the training features; ``class_prototypes [C, D]``: eq. 7 already computed from ``train``
+        (None: computed here)."""
         self.model.fit(
             train.features,
             train.labels,
             ood_prototype=self.ood_prototype,
             num_classes=train.num_classes,
             train_predictions=train.logits.argmax(dim=1),
+            class_prototypes=class_prototypes,
         )
         self._fitted = True
         return self

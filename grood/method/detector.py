@@ -167,6 +167,7 @@ class GROOD:
         ood_prototype: torch.Tensor | None = None,
         num_classes: int | None = None,
         train_predictions: torch.Tensor | None = None,
+        class_prototypes: torch.Tensor | None = None,
     ) -> "GROOD":
         """Algorithm 1: class prototypes (eq. 7), training gradients (eq. 5) and their index.
 
@@ -182,6 +183,9 @@ class GROOD:
                 ``fit_on="correct"`` (rows with ``prediction == label`` are indexed); for the
                 ``"class_gradient"`` variant they are the label ``y`` of the gradient (as in the author's
                 port), and :meth:`score` then needs ``predictions`` too.
+            class_prototypes: ``[C, D]`` eq. 7 prototypes already computed from these same training
+                features (e.g. by :func:`grood.method.class_prototypes`, to build the OOD prototype), so
+                that fitting does not compute them again; None computes them.
         Returns:
             ``self``.
         """
@@ -208,11 +212,21 @@ class GROOD:
                 "fit_on='correct' needs train_predictions (the classifier's predicted class of each training row)"
             )
 
-        # Eq. 7: class prototypes, streamed in float64.
-        accumulator = ClassMeanAccumulator(int(num_classes), dim, device=self.device)
-        for rows in self._batches(count, "GROOD class prototypes"):
-            accumulator.update(train_features[rows].to(self.device), train_labels[rows].to(self.device))
-        self.class_prototypes = accumulator.means(dtype=torch.float32)
+        # Eq. 7: class prototypes, streamed in float64 (or the caller's, from these same features).
+        if class_prototypes is None:
+            accumulator = ClassMeanAccumulator(int(num_classes), dim, device=self.device)
+            for rows in self._batches(count, "GROOD class prototypes"):
+                accumulator.update(train_features[rows].to(self.device), train_labels[rows].to(self.device))
+            self.class_prototypes = accumulator.means(dtype=torch.float32)
+        else:
+            check_matrix("class_prototypes", class_prototypes, dim=dim)
+            if class_prototypes.shape[0] != int(num_classes):
+                raise ValueError(
+                    f"class_prototypes has {class_prototypes.shape[0]} rows but there are {num_classes} classes; "
+                    "pass one prototype per class (eq. 7) or None to compute them"
+                )
+            check_finite("class_prototypes", class_prototypes)
+            self.class_prototypes = class_prototypes.detach().to(device=self.device, dtype=torch.float32)
 
         # Eq. 8 (computed outside) or the mean of the class prototypes.
         if ood_prototype is None:
