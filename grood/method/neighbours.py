@@ -68,6 +68,21 @@ def _to_faiss(vectors: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(vectors.detach().to(device="cpu", dtype=torch.float32).numpy())
 
 
+def _direct_distances(
+    queries: torch.Tensor, vectors: torch.Tensor, rows: torch.Tensor, max_chunk_elements: int
+) -> torch.Tensor:
+    """``[B, k]`` Euclidean distances of ``queries [B, D]`` to ``vectors[rows]`` (``rows [B, k]``),
+    computed from the differences (no cancellation), a chunk of queries at a time so that the
+    ``[chunk, k, D]`` differences hold at most ``max_chunk_elements`` entries."""
+    per_query = max(1, rows.shape[1] * vectors.shape[1])
+    chunk = max(1, max_chunk_elements // per_query)
+    parts = [
+        torch.linalg.vector_norm(queries[start : start + chunk].unsqueeze(1) - vectors[rows[start : start + chunk]], dim=2)
+        for start in range(0, queries.shape[0], chunk)
+    ]
+    return torch.cat(parts)  # search() never passes 0 queries
+
+
 def _squared_row_norms(vectors: torch.Tensor) -> torch.Tensor:
     """``[N]`` squared Euclidean norms of the rows of ``vectors [N, D]`` (no ``[N, D]`` temporary)."""
     return torch.linalg.vector_norm(vectors, dim=1).square_()
@@ -422,8 +437,7 @@ class IVFIndex(NeighbourIndex):
                 f"queries (the cells it probed hold too few vectors); raise nprobe or use the 'exact' index"
             )
         rows = best_rows.gather(1, picked)
-        # distances of the found neighbours computed directly from the differences (no cancellation)
-        distances = torch.linalg.vector_norm(queries.unsqueeze(1) - self.vectors[rows], dim=2)
+        distances = _direct_distances(queries, self.vectors, rows, self.max_chunk_elements)
         distances, order = torch.sort(distances, dim=1)
         return distances, self.ids[rows.gather(1, order)]
 
@@ -526,7 +540,7 @@ class TorchIndex(NeighbourIndex):
             ranking = torch.addmm(self._squared_norms, chunk, database.T, alpha=-2.0)
             positions = torch.topk(ranking, k, dim=1, largest=False, sorted=True).indices
             # distances of the k found neighbours computed directly from the differences (no cancellation)
-            values = torch.linalg.vector_norm(chunk.unsqueeze(1) - database[positions], dim=2)
+            values = _direct_distances(chunk, database, positions, self.max_chunk_elements)
             values, order = torch.sort(values, dim=1)
             distances.append(values)
             indices.append(positions.gather(1, order))
