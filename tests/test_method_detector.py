@@ -113,6 +113,12 @@ def test_fit_on_correct_indexes_only_correct_rows(blobs) -> None:
     # a wrongly predicted training row is no longer its own neighbour
     assert (detector.score(blobs["train"][:700]) < 0).all()
     assert torch.allclose(detector.score(blobs["train"][700:710]), torch.zeros(10), atol=1e-6)
+    # batches whose rows are all wrong add nothing; the index is the same
+    batched = GROOD(fit_on="correct", batch_size=100).fit(
+        blobs["train"], blobs["train_labels"], train_predictions=predictions
+    )
+    assert batched.index.ntotal == 2300
+    torch.testing.assert_close(batched.score(blobs["test"]), detector.score(blobs["test"]))
 
 
 def test_class_gradient_uses_network_predictions_when_fitted_with_them(blobs) -> None:

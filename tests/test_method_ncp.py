@@ -14,8 +14,10 @@ from grood.method.ncp import (
     ncp_loss,
     ncp_predict,
     ncp_probabilities,
+    ood_log_probability,
     ood_prototype_distance,
 )
+from grood.method import ncp
 
 N, C, D = 6, 4, 5
 
@@ -149,3 +151,37 @@ def test_bad_inputs_raise() -> None:
         ncp_loss(h, torch.tensor([0, 5, 1]), protos, p_ood)
     with pytest.raises(ValueError, match=r"labels hold value\(s\) \[4\] outside the class range 0\.\.3"):
         class_prototype_gradient(h, protos, p_ood, labels=torch.tensor([0, 4, 1]))
+
+
+@pytest.mark.parametrize("scale", [1.0, 500.0])
+def test_ood_log_probability_is_eq3_last_column_across_row_blocks(scale: float) -> None:
+    """The fused, row-blocked eq. 3 equals log_softmax of the eq. 2 logits, for more rows than a block and
+    for distances in the thousands."""
+    generator = torch.Generator().manual_seed(3)
+    rows = 2 * ncp.ROW_BLOCK + 37
+    h = scale * torch.randn(rows, 16, generator=generator, dtype=torch.float64)
+    protos = scale * torch.randn(7, 16, generator=generator, dtype=torch.float64)
+    p_ood = protos.mean(dim=0)
+    expected = ncp_log_probabilities(h, protos, p_ood)[:, -1]
+    log_p = ood_log_probability(h, protos, p_ood)
+    assert log_p.shape == (rows,) and torch.isfinite(log_p).all() and (log_p <= 0).all()
+    torch.testing.assert_close(log_p, expected, rtol=1e-9, atol=1e-9)
+    single = ood_log_probability(h.float(), protos.float(), p_ood.float())
+    torch.testing.assert_close(single.double(), expected, rtol=1e-4, atol=1e-4 * scale)
+
+
+def test_grood_gradient_writes_into_out_across_row_blocks() -> None:
+    generator = torch.Generator().manual_seed(4)
+    h = torch.randn(ncp.ROW_BLOCK + 5, 8, generator=generator)
+    protos = torch.randn(3, 8, generator=generator)
+    p_ood = torch.zeros(8)
+    out = torch.full_like(h, float("nan"))
+    returned = grood_gradient(h, protos, p_ood, out=out)
+    assert returned.data_ptr() == out.data_ptr() and torch.isfinite(out).all()
+    log_p = ncp_log_probabilities(h, protos, p_ood)[:, -1]
+    torch.testing.assert_close(out.norm(dim=1), log_p.exp())  # ||eq. 5|| = p_ood(h)
+    torch.testing.assert_close(out[:10], grood_gradient(h[:10], protos, p_ood))
+    with pytest.raises(ValueError, match="out must be"):
+        grood_gradient(h, protos, p_ood, out=torch.empty(h.shape[0], 9))
+    with pytest.raises(ValueError, match="out must be"):
+        grood_gradient(h, protos, p_ood, out=torch.empty_like(h, dtype=torch.float64))

@@ -347,3 +347,47 @@ def test_exact_index_warns_when_cuda_vectors_meet_cpu_only_faiss(caplog: pytest.
     with caplog.at_level("WARNING", logger="grood.method.neighbours"):
         index._move_to_gpu_if_cuda(torch.device("cpu"))
     assert caplog.text == ""
+
+
+@pytest.mark.parametrize("kind", ["exact", "torch"])
+def test_batched_adds_after_reserve_equal_one_add(kind: str, tmp_path: Path) -> None:
+    generator = torch.Generator().manual_seed(5)
+    database = torch.randn(1000, 24, generator=generator)
+    queries = torch.randn(50, 24, generator=generator)
+    whole = build_index(kind, 24)
+    whole.add(database)
+    batched = build_index(kind, 24)
+    assert batched.incremental_add
+    batched.reserve(600)  # less than all: the adds beyond it must still grow the storage
+    for start in range(0, 1000, 128):
+        batched.add(database[start : start + 128])
+    assert batched.ntotal == 1000
+    for got, expected in zip(batched.search(queries, 3), whole.search(queries, 3)):
+        assert torch.equal(got, expected)
+    batched.save(tmp_path / "index")
+    reloaded = load_index(tmp_path / "index", kind)
+    assert reloaded.ntotal == 1000
+    assert torch.equal(reloaded.search(queries, 3)[1], whole.search(queries, 3)[1])
+
+
+def test_exact_index_reserve_allocates_the_faiss_storage_once() -> None:
+    index = build_index("exact", 16)
+    index.reserve(4096)
+    storage = index.index.codes.data()
+    for start in range(0, 4096, 512):
+        index.add(torch.randn(512, 16))
+    assert index.index.codes.data() == storage  # no reallocation (and no copy) during the adds
+
+
+def test_reserve_errors_and_ivf_needs_one_add() -> None:
+    with pytest.raises(ValueError, match="count >= 0"):
+        build_index("torch", 4).reserve(-1)
+    assert not build_index("ivf", 4).incremental_add
+
+
+def test_torch_index_saves_only_the_vectors_not_the_spare_capacity(tmp_path: Path) -> None:
+    index = build_index("torch", 64)
+    index.reserve(100_000)
+    index.add(torch.randn(10, 64))
+    index.save(tmp_path / "index.pt")
+    assert (tmp_path / "index.pt").stat().st_size < 100_000  # 10 x 64 float32 = 2.5 kB, not 25.6 MB

@@ -23,6 +23,7 @@ from grood.method.ncp import (
     ncp_loss,
     ncp_predict,
     ncp_probabilities,
+    ood_log_probability,
     ood_prototype_distance,
 )
 from grood.method.neighbours import build_index, kth_neighbour_distance, load_index
@@ -53,6 +54,7 @@ __all__ = [
     "ncp_predict",
     "ncp_probabilities",
     "nearest_prototype_distance",
+    "ood_log_probability",
     "ood_prototype",
     "ood_prototype_distance",
     "proximity_filter",

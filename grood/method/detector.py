@@ -136,11 +136,15 @@ class GROOD:
             )
         check_finite(name, features)
 
-    def _gradient(self, h: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        """``[B, D]`` eq. 5 gradient, or the class-prototype gradient for the "class_gradient" variant."""
+    def _gradient(
+        self, h: torch.Tensor, labels: torch.Tensor | None, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``[B, D]`` eq. 5 gradient, or the class-prototype gradient for the "class_gradient" variant;
+        written into ``out`` (``[B, D]``) when given."""
         if self.variant == "class_gradient":
-            return class_prototype_gradient(h, self.class_prototypes, self.ood_prototype, labels=labels)
-        return grood_gradient(h, self.class_prototypes, self.ood_prototype)
+            gradient = class_prototype_gradient(h, self.class_prototypes, self.ood_prototype, labels=labels)
+            return gradient if out is None else out.copy_(gradient)
+        return grood_gradient(h, self.class_prototypes, self.ood_prototype, out=out)
 
     def _class_labels_for_scoring(self, predictions: torch.Tensor | None, count: int) -> torch.Tensor | None:
         if self.variant != "class_gradient":
@@ -258,7 +262,14 @@ class GROOD:
         if self.k > self.num_indexed:
             raise ValueError(f"k={self.k} exceeds the {self.num_indexed} training gradients to index; lower k")
 
-        gradients = torch.empty((self.num_indexed, features.shape[1]), dtype=torch.float32, device=self.device)
+        index = build_index(self.index_kind, features.shape[1], **self.index_params)
+        # Indexes that take batched adds get each batch's gradients from one reused buffer (no [N, D]
+        # gradient matrix beside the index's own copy); "ivf" trains on one add of all of them.
+        if index.incremental_add:
+            index.reserve(self.num_indexed)
+            buffer = torch.empty((min(self.batch_size, self.num_indexed), features.shape[1]), device=self.device)
+        else:
+            gradients = torch.empty((self.num_indexed, features.shape[1]), dtype=torch.float32, device=self.device)
         filled = 0
         for rows in self._batches(features.shape[0], "GROOD training gradients"):
             h = features[rows]
@@ -267,11 +278,17 @@ class GROOD:
                 mask = keep[rows].to(h.device)
                 h = h[mask]
                 y = None if y is None else y[mask.to(y.device)]
+            if h.shape[0] == 0:
+                continue
             h = h.to(device=self.device, dtype=torch.float32)
-            gradients[filled : filled + h.shape[0]] = self._gradient(h, None if y is None else y.to(self.device))
+            y = None if y is None else y.to(self.device)
+            if index.incremental_add:
+                index.add(self._gradient(h, y, out=buffer[: h.shape[0]]))
+            else:
+                self._gradient(h, y, out=gradients[filled : filled + h.shape[0]])
             filled += h.shape[0]
-        index = build_index(self.index_kind, features.shape[1], **self.index_params)
-        index.add(gradients)
+        if not index.incremental_add:
+            index.add(gradients)
         self.index = index
 
     # -------------------------------------------------------------------------------------- score
@@ -283,7 +300,7 @@ class GROOD:
         out = torch.empty((features.shape[0], self.dim), dtype=torch.float32, device=self.device)
         for rows in self._batches(features.shape[0], "GROOD gradients"):
             y = None if labels is None else labels[rows].to(self.device)
-            out[rows] = self._gradient(features[rows].to(device=self.device, dtype=torch.float32), y)
+            self._gradient(features[rows].to(device=self.device, dtype=torch.float32), y, out=out[rows])
         return out
 
     def score(self, features: torch.Tensor, predictions: torch.Tensor | None = None) -> torch.Tensor:

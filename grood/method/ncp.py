@@ -100,7 +100,51 @@ def ncp_loss(
     return -log_p.gather(1, labels.view(-1, 1)).squeeze(1)
 
 
-def grood_gradient(h: torch.Tensor, class_prototypes: torch.Tensor, ood_prototype: torch.Tensor) -> torch.Tensor:
+#: Rows of ``h`` per block in the fused eq. 3 / eq. 5 kernels: a ``[block, C]`` distance block stays in
+#: the CPU's cache for C up to a few thousand, and no temporary grows with the batch (large temporaries
+#: cost page faults on every batch).
+ROW_BLOCK = 1024
+
+
+def _ood_log_probability_block(
+    h: torch.Tensor, protos: torch.Tensor, squared_proto_norms: torch.Tensor, ood_distance: torch.Tensor
+) -> torch.Tensor:
+    """Eq. 3, last column, in log: ``[B]`` log p_ood for one row block (all in place on one ``[B, C]``)."""
+    distances = torch.addmm(squared_proto_norms, h, protos.T, alpha=-2.0)  # |p|^2 - 2 h.p
+    distances.add_(torch.linalg.vector_norm(h, dim=1, keepdim=True).square_()).clamp_(min=0.0).sqrt_()
+    nearest = distances.amin(dim=1, keepdim=True)
+    # log sum_i exp(-d_i) = -d_min + log sum_i exp(d_min - d_i): every term <= 1, the largest exactly 1
+    class_log_sum = torch.sub(nearest, distances, out=distances).exp_().sum(dim=1).log_().sub_(nearest.squeeze(1))
+    log_normaliser = torch.logaddexp(class_log_sum, -ood_distance)  # the OOD logit L_{C+1} = -d_ood joins the sum
+    return -ood_distance - log_normaliser
+
+
+def ood_log_probability(
+    h: torch.Tensor, class_prototypes: torch.Tensor, ood_prototype: torch.Tensor
+) -> torch.Tensor:
+    """Eq. 3, last column, in log: ``log p_ood(h) = L_{C+1}(h) - logsumexp_j L_j(h)`` -> ``[N]`` (<= 0).
+
+    Equals ``ncp_log_probabilities(h, ...)[:, -1]`` without the ``[N, C+1]`` logits: rows are processed
+    :data:`ROW_BLOCK` at a time, each block's class distances computed (as in :func:`class_distances`)
+    and reduced by log-sum-exp in place. Distances in the thousands are fine (the sum is shifted by the
+    nearest class distance). The OOD distance is computed exactly from ``h - p_ood``.
+    """
+    protos, p_ood = _as_rows(h, class_prototypes, ood_prototype)
+    squared_proto_norms = torch.linalg.vector_norm(protos, dim=1).square_()
+    out = torch.empty(h.shape[0], dtype=h.dtype, device=h.device)
+    for start in range(0, h.shape[0], ROW_BLOCK):
+        block = h[start : start + ROW_BLOCK]
+        ood_distance = torch.linalg.vector_norm(block - p_ood, dim=1)
+        out[start : start + ROW_BLOCK] = _ood_log_probability_block(block, protos, squared_proto_norms, ood_distance)
+    return out
+
+
+def grood_gradient(
+    h: torch.Tensor,
+    class_prototypes: torch.Tensor,
+    ood_prototype: torch.Tensor,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Eq. 5: ``∇H(h) = p_ood(h) · (h - p_ood) / ||h - p_ood||_2`` -> ``[N, D]`` (closed form, batched).
 
     This is ``∇_{p_ood} H(h, y)`` for **any ID label** ``y`` (paper ``1..C``, here ``0..C-1``; appendix
@@ -112,15 +156,28 @@ def grood_gradient(h: torch.Tensor, class_prototypes: torch.Tensor, ood_prototyp
 
     Properties: ``||∇H(h)||_2 = p_ood(h)``; where ``h = p_ood`` exactly the gradient is the zero vector
     (the unit vector is undefined there; autograd of ``||h - p||`` also gives 0), never NaN.
+
+    ``p_ood(h)`` is eq. 3's last column (:func:`ood_log_probability`). Rows are processed
+    :data:`ROW_BLOCK` at a time, each written straight into ``out`` (``[N, D]``, ``h``'s dtype and
+    device; a new tensor when None), so no temporary grows with ``N``.
     """
     protos, p_ood = _as_rows(h, class_prototypes, ood_prototype)
-    difference = h - p_ood
-    ood_distance = torch.linalg.vector_norm(difference, dim=1)  # [N] = -L_{C+1}
-    # eq. 3 for the last column only: log p_ood = L_{C+1} - logsumexp(L_1..L_{C+1}), without an [N, C+1] copy
-    log_normaliser = torch.logaddexp(torch.logsumexp(-class_distances(h, protos), dim=1), -ood_distance)
-    p_ood_of_h = torch.exp(-ood_distance - log_normaliser)
-    scale = p_ood_of_h / torch.where(ood_distance > 0, ood_distance, torch.ones_like(ood_distance))
-    return difference * scale.unsqueeze(1)
+    if out is None:
+        out = torch.empty_like(h, memory_format=torch.contiguous_format)
+    elif out.shape != h.shape or out.dtype != h.dtype or out.device != h.device:
+        raise ValueError(
+            f"out must be a {h.dtype} tensor of shape {tuple(h.shape)} on {h.device}; got {out.dtype} "
+            f"{tuple(out.shape)} on {out.device}"
+        )
+    squared_proto_norms = torch.linalg.vector_norm(protos, dim=1).square_()
+    for start in range(0, h.shape[0], ROW_BLOCK):
+        block = h[start : start + ROW_BLOCK]
+        difference = torch.sub(block, p_ood, out=out[start : start + ROW_BLOCK])  # h - p_ood, in place
+        ood_distance = torch.linalg.vector_norm(difference, dim=1)  # [B] = -L_{C+1}
+        p_ood_of_h = _ood_log_probability_block(block, protos, squared_proto_norms, ood_distance).exp_()
+        scale = p_ood_of_h / torch.where(ood_distance > 0, ood_distance, torch.ones_like(ood_distance))
+        difference.mul_(scale.unsqueeze(1))
+    return out
 
 
 # --------------------------------------------------------------------------------------------------

@@ -96,6 +96,9 @@ class NeighbourIndex:
     """
 
     kind: ClassVar[str] = ""
+    #: Whether vectors may be added in several batches with the same result as one add of them all.
+    #: False for "ivf", which trains its cells on the first add.
+    incremental_add: ClassVar[bool] = True
 
     def __init__(self, dim: int) -> None:
         if int(dim) < 1:
@@ -114,6 +117,12 @@ class NeighbourIndex:
         if vectors.shape[0] == 0:
             raise ValueError("add() got 0 vectors; give at least one")
         self._add(vectors)
+
+    def reserve(self, count: int) -> None:
+        """Make room for ``count`` more vectors, so that adding them in batches allocates (and copies)
+        the storage once. A hint: indexes that cannot reserve ignore it."""
+        if isinstance(count, bool) or int(count) < 0:
+            raise ValueError(f"reserve() needs a count >= 0; got {count}")
 
     def search(self, queries: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """The ``k`` nearest indexed vectors of each query, nearest first.
@@ -232,6 +241,18 @@ class ExactIndex(_FaissIndex):
         self._move_to_gpu_if_cuda(vectors.device)
         self.index.add(_to_faiss(vectors))
 
+    def reserve(self, count: int) -> None:
+        """Grow the CPU index's code storage to ``ntotal + count`` vectors now (one allocation), then
+        give the size back: the capacity stays, so the adds that follow copy without reallocating.
+        A GPU index (created at the first CUDA add) ignores it."""
+        super().reserve(count)
+        codes = getattr(self.index, "codes", None)
+        if self.on_gpu or codes is None or not hasattr(codes, "resize"):
+            return
+        used = int(codes.size())
+        codes.resize(used + int(count) * self.dim * 4)  # float32 codes: 4 bytes per dimension
+        codes.resize(used)  # std::vector keeps its capacity when it shrinks
+
     @classmethod
     def load(cls, path: str | os.PathLike[str], device: str | torch.device | None = None) -> "ExactIndex":
         faiss_index = cls._read(path)
@@ -290,6 +311,7 @@ class IVFIndex(NeighbourIndex):
     """
 
     kind = "ivf"
+    incremental_add = False  # the cells are trained on the first add
 
     def __init__(
         self,
@@ -507,30 +529,49 @@ class TorchIndex(NeighbourIndex):
             raise ValueError(f"max_chunk_elements must be >= 1; got {max_chunk_elements}")
         self.device = None if device is None else torch.device(device)
         self.max_chunk_elements = int(max_chunk_elements)
-        self._chunks: list[torch.Tensor] = []
-        self._vectors: torch.Tensor | None = None
+        self._storage: torch.Tensor | None = None  # [capacity, dim]; rows :ntotal hold the vectors
+        self._count = 0
         self._squared_norms: torch.Tensor | None = None
 
     @property
     def ntotal(self) -> int:
-        return sum(chunk.shape[0] for chunk in self._chunks)
+        return self._count
 
     @property
     def vectors(self) -> torch.Tensor:
-        """``[ntotal, dim]`` float32, the indexed vectors."""
-        if self._vectors is None or self._vectors.shape[0] != self.ntotal:
-            self._vectors = torch.cat(self._chunks) if self._chunks else torch.empty((0, self.dim))
-            self._chunks = [self._vectors] if self._chunks else []
-        return self._vectors
+        """``[ntotal, dim]`` float32, the indexed vectors (a view of the storage)."""
+        if self._storage is None:
+            return torch.empty((0, self.dim))
+        return self._storage[: self._count]
+
+    def _grow(self, capacity: int, device: torch.device) -> None:
+        """Storage for at least ``capacity`` vectors (the ones already added are copied over)."""
+        if self._storage is not None and self._storage.shape[0] >= capacity:
+            return
+        if self.device is None:
+            self.device = device
+        storage = torch.empty((capacity, self.dim), dtype=torch.float32, device=self.device)
+        if self._count:
+            storage[: self._count] = self._storage[: self._count]
+        self._storage = storage
+
+    def reserve(self, count: int) -> None:
+        super().reserve(count)
+        self._grow(self._count + int(count), torch.device("cpu") if self.device is None else self.device)
 
     def _add(self, vectors: torch.Tensor) -> None:
-        if self.device is None:
-            self.device = vectors.device
-        self._chunks.append(vectors.detach().to(device=self.device, dtype=torch.float32).clone())
+        needed = self._count + vectors.shape[0]
+        if self._storage is None or self._storage.shape[0] < needed:
+            # amortised growth, as a vector: batches without reserve() copy O(ntotal) in all
+            capacity = needed if self._storage is None else max(needed, 2 * self._storage.shape[0])
+            self._grow(capacity, vectors.device)
+        self._storage[self._count : needed] = vectors.detach().to(device=self.device, dtype=torch.float32)
+        self._count = needed
+        self._squared_norms = None
 
     def _search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         database = self.vectors
-        if self._squared_norms is None or self._squared_norms.shape[0] != database.shape[0]:
+        if self._squared_norms is None:
             self._squared_norms = _squared_row_norms(database)
         rows = max(1, self.max_chunk_elements // database.shape[0])
         distances, indices = [], []
@@ -550,7 +591,10 @@ class TorchIndex(NeighbourIndex):
         if self.ntotal == 0:
             raise ValueError("nothing to save: the 'torch' index is empty; add() vectors first")
         with atomic_file(path) as tmp:
-            torch.save({"kind": self.kind, "vectors": self.vectors.cpu(), "max_chunk_elements": self.max_chunk_elements}, tmp)
+            vectors = self.vectors.cpu()
+            if self._storage.shape[0] > self._count:
+                vectors = vectors.clone()  # torch.save writes a view's whole storage: drop the spare capacity
+            torch.save({"kind": self.kind, "vectors": vectors, "max_chunk_elements": self.max_chunk_elements}, tmp)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], device: str | torch.device | None = None) -> "TorchIndex":

@@ -13,6 +13,10 @@ import torch
 from grood.method._checks import check_finite, check_labels, check_matrix
 
 
+#: Rows converted to the accumulator's dtype at once (bounds the float64 temporary).
+_ROW_BLOCK = 1024
+
+
 class ClassMeanAccumulator:
     """Streaming per-class feature means (eq. 7), fed batch by batch.
 
@@ -49,7 +53,10 @@ class ClassMeanAccumulator:
         check_labels("labels", labels, features.shape[0], self.num_classes)
         check_finite("features", features)
         labels = labels.to(device=self.sums.device, dtype=torch.long)
-        self.sums.index_add_(0, labels, features.to(device=self.sums.device, dtype=self.sums.dtype))
+        # converted to the sums' dtype a block of rows at a time: no float64 copy of the whole batch
+        for start in range(0, features.shape[0], _ROW_BLOCK):
+            block = features[start : start + _ROW_BLOCK].to(device=self.sums.device, dtype=self.sums.dtype)
+            self.sums.index_add_(0, labels[start : start + _ROW_BLOCK], block)
         self.counts += torch.bincount(labels, minlength=self.num_classes)
 
     def means(self, dtype: torch.dtype | None = None) -> torch.Tensor:
