@@ -1,0 +1,38 @@
+"""scripts/bench_method.py at a toy size: every method runs, rounds keep the fastest, the bounds print."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_method.py"
+
+
+@pytest.mark.slow
+def test_bench_method_prints_table_ratios_and_eq3_bounds() -> None:
+    completed = subprocess.run(
+        [sys.executable, str(SCRIPT), "--scales", "cifar", "--cifar-train", "4000", "--cifar-queries", "900",
+         "--cifar-dim", "16", "--skip", "knn", "grood-torch", "--repeat", "2", "--recall-queries", "300"],
+        capture_output=True, text=True, check=False, timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    out = completed.stdout
+    assert "round 2 of 2" in out
+    for method in ("faiss-flat", "grood-exact", "grood-ivf"):
+        row = re.search(rf"^\| {method} \| ([0-9.]+) \| ([0-9.]+) \| ([0-9.]+) \|", out, flags=re.MULTILINE)
+        assert row, f"no table row for {method}:\n{out}"
+        # the table keeps, per method, the fastest of its two rounds
+        totals = [float(t) for t in re.findall(rf"^  {method}\s.*total\s+([0-9.]+) s", out, flags=re.MULTILINE)]
+        assert len(totals) == 2 and abs(float(row.group(3)) - min(totals)) <= 0.011
+    assert re.search(r"GROOD exact / bare FAISS flat >= [0-9.]+ on this machine", out)
+    assert re.search(r"IVF recall@1 \(target >= 0.95\) on 300 queries: [01]\.\d{4} all", out)
+
+
+def test_bench_method_rejects_a_bad_repeat() -> None:
+    completed = subprocess.run([sys.executable, str(SCRIPT), "--repeat", "0"], capture_output=True, text=True,
+                               check=False, timeout=120)
+    assert completed.returncode == 2 and "--repeat must be >= 1" in completed.stderr
