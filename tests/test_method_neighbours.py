@@ -391,3 +391,29 @@ def test_torch_index_saves_only_the_vectors_not_the_spare_capacity(tmp_path: Pat
     index.add(torch.randn(10, 64))
     index.save(tmp_path / "index.pt")
     assert (tmp_path / "index.pt").stat().st_size < 100_000  # 10 x 64 float32 = 2.5 kB, not 25.6 MB
+
+
+@pytest.mark.parametrize("k", [1, 5])
+def test_torch_index_merges_database_blocks_exactly(k: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Many database blocks and query chunks (ragged last ones), with exact ties between duplicated rows."""
+    from grood.method import neighbours
+
+    monkeypatch.setattr(neighbours, "TORCH_DATABASE_BLOCK", 70)
+    generator = torch.Generator().manual_seed(6)
+    database = torch.randn(1000, 12, generator=generator)
+    database[500:520] = database[100:120]  # duplicates in another block: the earlier row must win a tie
+    queries = torch.cat([torch.randn(230, 12, generator=generator), database[100:120]])
+    index = build_index("torch", 12, max_chunk_elements=70 * 37)  # 37 queries per chunk
+    index.add(database)
+    _assert_matches_brute_force_with(index, database, queries, k)
+    distances, indices = index.search(database[100:120], 1)
+    assert torch.equal(indices[:, 0], torch.arange(100, 120)) and (distances == 0).all()
+
+
+def _assert_matches_brute_force_with(index, database: torch.Tensor, queries: torch.Tensor, k: int) -> None:
+    distances, indices = index.search(queries, k)
+    expected_distances, _ = _brute_force(database, queries, k)
+    torch.testing.assert_close(distances.double(), expected_distances, rtol=1e-4, atol=1e-4)
+    # every returned row is at its returned distance
+    direct = (queries.unsqueeze(1) - database[indices]).norm(dim=2)
+    torch.testing.assert_close(direct, distances, rtol=1e-5, atol=1e-5)

@@ -48,6 +48,8 @@ MIN_TRAIN_POINTS_PER_LIST = 39
 MAX_TRAIN_POINTS_PER_LIST = 64
 DEFAULT_NPROBE = 12
 DEFAULT_KMEANS_ITERATIONS = 10
+#: The "torch" index compares each block of queries with this many indexed vectors at a time.
+TORCH_DATABASE_BLOCK = 4096
 #: Dimensions of the projected gradient directions that the IVF index routes by (see :class:`IVFIndex`).
 DEFAULT_ROUTING_DIM = 128
 
@@ -512,11 +514,11 @@ def _load_torch_index_file(path: str | os.PathLike[str], kind: str) -> dict:
 class TorchIndex(NeighbourIndex):
     """``"torch"``: exact search in pure torch, without FAISS.
 
-    Vectors are kept (float32) on ``device`` (default: the device of the first add). Queries are
-    processed in chunks of rows such that a chunk's distance matrix holds at most ``max_chunk_elements``
-    entries. Neighbours are ranked by ``||x||^2 - 2 q.x`` (one matrix product per chunk, like FAISS's
-    BLAS path and ``torch.cdist``); the distances returned for them are then computed directly from
-    ``q - x``, so they carry no cancellation error.
+    Vectors are kept (float32) on ``device`` (default: the device of the first add). Like FAISS's BLAS
+    path, a block of queries is compared with :data:`TORCH_DATABASE_BLOCK` indexed vectors at a time
+    (one matrix product into one reused buffer of at most ``max_chunk_elements`` entries), and the best
+    ``k`` so far are kept. Neighbours are ranked by ``||x||^2 - 2 q.x``; the distances returned for them
+    are then computed directly from ``q - x``, so they carry no cancellation error.
     """
 
     kind = "torch"
@@ -573,18 +575,36 @@ class TorchIndex(NeighbourIndex):
         database = self.vectors
         if self._squared_norms is None:
             self._squared_norms = _squared_row_norms(database)
-        rows = max(1, self.max_chunk_elements // database.shape[0])
+        total = database.shape[0]
+        database_rows = min(total, max(k, TORCH_DATABASE_BLOCK))
+        query_rows = min(queries.shape[0], max(1, self.max_chunk_elements // database_rows))
+        # one buffer for every [query block, database block] ranking matrix (no fresh allocation per block)
+        buffer = torch.empty(query_rows * database_rows, device=database.device)
         distances, indices = [], []
-        for start in range(0, queries.shape[0], rows):
-            chunk = queries[start : start + rows].to(device=database.device, dtype=torch.float32)
-            # rank by ||x||^2 - 2 q.x (= ||q - x||^2 - ||q||^2): one GEMM, no pass of sqrt over [rows, N]
-            ranking = torch.addmm(self._squared_norms, chunk, database.T, alpha=-2.0)
-            positions = torch.topk(ranking, k, dim=1, largest=False, sorted=True).indices
+        for start in range(0, queries.shape[0], query_rows):
+            chunk = queries[start : start + query_rows].to(device=database.device, dtype=torch.float32)
+            best_values = torch.full((chunk.shape[0], k), math.inf, device=database.device)
+            best_rows = torch.zeros((chunk.shape[0], k), dtype=torch.long, device=database.device)
+            for first in range(0, total, database_rows):
+                block = database[first : first + database_rows]
+                ranking = buffer[: chunk.shape[0] * block.shape[0]].view(chunk.shape[0], block.shape[0])
+                # rank by ||x||^2 - 2 q.x (= ||q - x||^2 - ||q||^2): one GEMM, no pass of sqrt
+                torch.addmm(self._squared_norms[first : first + block.shape[0]], chunk, block.T, alpha=-2.0, out=ranking)
+                if k == 1:
+                    values, rows = ranking.min(dim=1, keepdim=True)
+                    better = values < best_values  # strict: the earlier row keeps a tie
+                    best_values = torch.where(better, values, best_values)
+                    best_rows = torch.where(better, rows + first, best_rows)
+                else:
+                    values, rows = torch.topk(ranking, min(k, block.shape[0]), dim=1, largest=False, sorted=True)
+                    candidates = torch.cat([best_values, values], dim=1)
+                    best_values, positions = torch.topk(candidates, k, dim=1, largest=False, sorted=True)
+                    best_rows = torch.cat([best_rows, rows + first], dim=1).gather(1, positions)
             # distances of the k found neighbours computed directly from the differences (no cancellation)
-            values = _direct_distances(chunk, database, positions, self.max_chunk_elements)
+            values = _direct_distances(chunk, database, best_rows, self.max_chunk_elements)
             values, order = torch.sort(values, dim=1)
             distances.append(values)
-            indices.append(positions.gather(1, order))
+            indices.append(best_rows.gather(1, order))
         return torch.cat(distances), torch.cat(indices)
 
     def save(self, path: str | os.PathLike[str]) -> None:
