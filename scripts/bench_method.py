@@ -5,6 +5,8 @@ Not a test: it prints figures. For each scale it times, on the same features:
 
 - ``faiss-flat``: a bare FAISS ``IndexFlatL2`` add + k=1 search of the same sizes (the floor for exact);
 - ``grood-exact``, ``grood-ivf``, ``grood-torch``: ``GROOD(index=...)`` fit + score;
+- ``grood-pruned``: ``GROOD(index="torch", index_params={"norm_pruning": True})``, exact search that
+  skips training gradients whose norm alone puts them out of reach;
 - ``knn``: pytorch-ood's ``KNN`` detector (``fit_features`` + ``predict_features``, its default k=50,
   normalised features, scikit-learn brute-force search);
 - ``eq3-product``: the ``[N, D] x [D, C]`` product of the training features with the class prototypes
@@ -53,7 +55,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-METHODS = ("faiss-flat", "grood-exact", "grood-ivf", "grood-torch", "knn")
+METHODS = ("faiss-flat", "grood-exact", "grood-ivf", "grood-torch", "grood-pruned", "knn")
 
 
 def _peak_rss_mb() -> float:
@@ -123,6 +125,8 @@ def run_child(spec: dict) -> dict:
 
         kind = method.split("-", 1)[1]
         params = {}
+        if kind == "pruned":  # the exact torch index with norm pruning
+            kind, params = "torch", {"norm_pruning": True}
         if kind == "ivf":
             chosen = (("nlist", spec["nlist"]), ("nprobe", spec["nprobe"]), ("routing_dim", spec["routing_dim"]))
             params = {k: v for k, v in chosen if v is not None}
@@ -137,7 +141,7 @@ def run_child(spec: dict) -> dict:
             index = detector.index
             result["nlist"], result["nprobe"], result["num_cells"] = index.nlist, index.nprobe, index.num_cells
             result["largest_cell"] = index.largest_list_fraction()
-        if kind in ("exact", "ivf"):  # untimed: the nearest training gradient of a subset of queries
+        if method in ("grood-exact", "grood-ivf", "grood-pruned"):  # untimed: the nearest training gradient of a subset of queries
             subset = torch.from_numpy(np.load(folder / "recall_rows.npy"))
             distances, neighbours = detector.index.search(detector.gradients(queries[subset]), 1)
             np.save(folder / f"neighbours-{method}.npy", neighbours[:, 0].cpu().numpy())
@@ -238,6 +242,8 @@ def bench_scale(name: str, train: int, queries: int, dim: int, classes: int, arg
     print(f"KNN / GROOD exact             (target > 1)    : {ratio('knn', 'grood-exact')}")
     print(f"KNN / GROOD IVF               (target > 1)    : {ratio('knn', 'grood-ivf')}")
     print(f"GROOD exact / GROOD torch                     : {ratio('grood-exact', 'grood-torch')}")
+    print(f"GROOD pruned / bare FAISS flat                : {ratio('grood-pruned', 'faiss-flat')}")
+    print(f"GROOD pruned / GROOD IVF                      : {ratio('grood-pruned', 'grood-ivf')}")
     if product is not None and "faiss-flat" in results:
         # GROOD exact = bare FAISS (same add, same search) + eq. 3 for every training feature + the rest
         flat = results["faiss-flat"]["total_s"]
@@ -246,6 +252,7 @@ def bench_scale(name: str, train: int, queries: int, dim: int, classes: int, arg
         if "grood-exact" in results:
             print(f"  and GROOD exact / GROOD IVF <= {results['grood-exact']['total_s'] / product['fit_s']:.1f} "
                   "(IVF's fit computes eq. 3 too)")
+    _print_pruned_agreement(distances)
     if "grood-ivf" in neighbours and "grood-exact" in neighbours:
         # recall@1: IVF returned the exact nearest training gradient, or one at the same distance (a tie)
         same = neighbours["grood-ivf"] == neighbours["grood-exact"]
@@ -260,6 +267,15 @@ def bench_scale(name: str, train: int, queries: int, dim: int, classes: int, arg
         if (~found).any():
             excess = (ivf_d - exact_d)[~found] / exact_d[~found]
             print(f"  where IVF missed, its distance exceeds the exact one by {np.median(excess):.2e} (median, relative)")
+
+
+def _print_pruned_agreement(distances: dict[str, np.ndarray]) -> None:
+    """Norm pruning is exact: its nearest distances must equal FAISS's (float32 rounding aside)."""
+    if "grood-pruned" in distances and "grood-exact" in distances:
+        exact_d, pruned_d = distances["grood-exact"], distances["grood-pruned"]
+        worst = np.max(np.abs(pruned_d - exact_d) / np.maximum(exact_d, 1e-12))
+        print(f"norm pruning against exact on {len(exact_d)} queries: largest relative distance difference "
+              f"{worst:.1e} (exact search: float32 rounding only)")
 
 
 def main() -> None:

@@ -417,3 +417,83 @@ def _assert_matches_brute_force_with(index, database: torch.Tensor, queries: tor
     # every returned row is at its returned distance
     direct = (queries.unsqueeze(1) - database[indices]).norm(dim=2)
     torch.testing.assert_close(direct, distances, rtol=1e-5, atol=1e-5)
+
+
+def _gradient_like(count: int, dim: int, seed: int) -> torch.Tensor:
+    """Rows pointing along 5 directions (plus noise) with norms spanning six orders of magnitude, as GROOD
+    gradients (``||g|| = p_ood(h)``, one direction per class)."""
+    generator = torch.Generator().manual_seed(seed)
+    centres = torch.randn(5, dim, generator=torch.Generator().manual_seed(0))  # shared by every call
+    picks = torch.randint(0, 5, (count,), generator=generator)
+    noisy = centres[picks] + 0.1 * torch.randn(count, dim, generator=generator)
+    directions = torch.nn.functional.normalize(noisy, dim=1)
+    return directions * torch.pow(10.0, -6.0 * torch.rand(count, 1, generator=generator))
+
+
+@pytest.mark.parametrize("k", [1, 5])
+def test_norm_pruning_is_exact_and_skips_blocks(k: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    from grood.method import neighbours
+
+    monkeypatch.setattr(neighbours, "TORCH_DATABASE_BLOCK", 64)
+    monkeypatch.setattr(neighbours, "PRUNING_QUERY_BLOCK", 16)
+    database = _gradient_like(3000, 8, seed=7)
+    queries = torch.cat([_gradient_like(300, 8, seed=8), database[:20], 1.5 * database[20:40]])
+    pruned = build_index("torch", 8, norm_pruning=True)
+    plain = build_index("torch", 8)
+    scanned = []
+    original = neighbours.TorchIndex._block_search
+
+    def counting(self, chunk, k_, firsts, *args, **kwargs):
+        scanned.append(len(list(firsts)) * chunk.shape[0])
+        return original(self, chunk, k_, firsts, *args, **kwargs)
+
+    for index in (pruned, plain):
+        index.add(database[:1700])
+        index.add(database[1700:])
+    monkeypatch.setattr(neighbours.TorchIndex, "_block_search", counting)
+    distances, indices = pruned.search(queries, k)
+    pruned_scans = sum(scanned)
+    scanned.clear()
+    expected_distances, expected_indices = plain.search(queries, k)
+    assert pruned_scans < 0.5 * sum(scanned)  # (query, block) pairs scanned
+    torch.testing.assert_close(distances, expected_distances)
+    assert (indices == expected_indices).float().mean() > 0.99  # rows may differ only on exact ties
+    # rows are reported in add order, whatever the norm order of the storage
+    direct = (queries.unsqueeze(1) - database[indices]).norm(dim=2)
+    torch.testing.assert_close(direct, distances)
+    assert torch.equal(indices[300:320, 0], torch.arange(20))
+
+
+def test_norm_pruning_adds_after_a_search_save_and_load(tmp_path: Path) -> None:
+    database = _gradient_like(2500, 6, seed=9)
+    queries = _gradient_like(200, 6, seed=10)
+    index = build_index("torch", 6, norm_pruning=True)
+    index.add(database[:1000])
+    index.search(queries, 3)  # sorts the first 1000
+    index.add(database[1000:])  # appended unsorted: the next search sorts again
+    assert torch.equal(index.vectors, database)  # add order
+    expected_distances, expected_indices = _brute_force(database, queries, 3)
+    distances, indices = index.search(queries, 3)
+    torch.testing.assert_close(distances.double(), expected_distances, rtol=1e-4, atol=1e-7)
+    assert torch.equal(indices, expected_indices)
+    index.save(tmp_path / "index.pt")
+    reloaded = load_index(tmp_path / "index.pt", "torch")
+    assert reloaded.norm_pruning and torch.equal(reloaded.vectors, database)
+    assert torch.equal(reloaded.search(queries, 3)[1], indices)
+
+
+def test_norm_pruning_on_equal_norms_still_exact() -> None:
+    generator = torch.Generator().manual_seed(11)
+    database = torch.nn.functional.normalize(torch.randn(5000, 16, generator=generator), dim=1)
+    queries = torch.nn.functional.normalize(torch.randn(100, 16, generator=generator), dim=1)
+    index = build_index("torch", 16, norm_pruning=True)
+    index.add(database)
+    expected_distances, expected_indices = _brute_force(database, queries, 2)
+    distances, indices = index.search(queries, 2)
+    torch.testing.assert_close(distances.double(), expected_distances, rtol=1e-4, atol=1e-5)
+    assert torch.equal(indices, expected_indices)
+
+
+def test_norm_pruning_bad_value() -> None:
+    with pytest.raises(ValueError, match="norm_pruning must be true or false"):
+        build_index("torch", 4, norm_pruning="yes")
