@@ -419,7 +419,7 @@ def _assert_matches_brute_force_with(index, database: torch.Tensor, queries: tor
     torch.testing.assert_close(direct, distances, rtol=1e-5, atol=1e-5)
 
 
-def _gradient_like(count: int, dim: int, seed: int) -> torch.Tensor:
+def _clustered_gradient_like(count: int, dim: int, seed: int) -> torch.Tensor:
     """Rows pointing along 5 directions (plus noise) with norms spanning six orders of magnitude, as GROOD
     gradients (``||g|| = p_ood(h)``, one direction per class)."""
     generator = torch.Generator().manual_seed(seed)
@@ -436,8 +436,8 @@ def test_norm_pruning_is_exact_and_skips_blocks(k: int, monkeypatch: pytest.Monk
 
     monkeypatch.setattr(neighbours, "TORCH_DATABASE_BLOCK", 64)
     monkeypatch.setattr(neighbours, "PRUNING_QUERY_BLOCK", 16)
-    database = _gradient_like(3000, 8, seed=7)
-    queries = torch.cat([_gradient_like(300, 8, seed=8), database[:20], 1.5 * database[20:40]])
+    database = _clustered_gradient_like(3000, 8, seed=7)
+    queries = torch.cat([_clustered_gradient_like(300, 8, seed=8), database[:20], 1.5 * database[20:40]])
     pruned = build_index("torch", 8, norm_pruning=True)
     plain = build_index("torch", 8)
     scanned = []
@@ -465,8 +465,8 @@ def test_norm_pruning_is_exact_and_skips_blocks(k: int, monkeypatch: pytest.Monk
 
 
 def test_norm_pruning_adds_after_a_search_save_and_load(tmp_path: Path) -> None:
-    database = _gradient_like(2500, 6, seed=9)
-    queries = _gradient_like(200, 6, seed=10)
+    database = _clustered_gradient_like(2500, 6, seed=9)
+    queries = _clustered_gradient_like(200, 6, seed=10)
     index = build_index("torch", 6, norm_pruning=True)
     index.add(database[:1000])
     index.search(queries, 3)  # sorts the first 1000
