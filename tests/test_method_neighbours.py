@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -497,3 +498,23 @@ def test_norm_pruning_on_equal_norms_still_exact() -> None:
 def test_norm_pruning_bad_value() -> None:
     with pytest.raises(ValueError, match="norm_pruning must be true or false"):
         build_index("torch", 4, norm_pruning="yes")
+
+
+def test_norm_pruning_reaches_a_neighbour_whose_norm_differs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The query's own norm band holds only vectors at distance ~0.5; its nearest (distance 0.4) has norm
+    0.6, four blocks away: the search must widen its window to the reach of what it found first."""
+    from grood.method import neighbours
+
+    monkeypatch.setattr(neighbours, "TORCH_DATABASE_BLOCK", 64)
+    generator = torch.Generator().manual_seed(12)
+    e1, e2 = torch.eye(4)[0], torch.eye(4)[1]
+    angle = 0.5
+    band_norms = 0.95 + 0.1 * torch.rand(300, 1, generator=generator)
+    band = band_norms * (math.cos(angle) * e1 + math.sin(angle) * e2)  # distance to e1 >= ~0.48
+    low = (0.55 + 0.15 * torch.rand(300, 1, generator=generator)) * -e1  # norms 0.55-0.7, pointing away
+    nearest = 0.6 * e1
+    database = torch.cat([band, low, nearest.unsqueeze(0)])
+    index = build_index("torch", 4, norm_pruning=True)
+    index.add(database)
+    distances, indices = index.search(e1.unsqueeze(0), 1)
+    assert int(indices[0, 0]) == 600 and abs(float(distances[0, 0]) - 0.4) < 1e-6

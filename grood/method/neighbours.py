@@ -52,11 +52,6 @@ DEFAULT_KMEANS_ITERATIONS = 10
 TORCH_DATABASE_BLOCK = 4096
 #: Queries per block of the "torch" index with ``norm_pruning`` (sorted by norm; smaller: tighter windows).
 PRUNING_QUERY_BLOCK = 256
-#: Relative margin of the norm pruning's reach. The ranking value ``||x||^2 - 2 q.x`` of a neighbour at
-#: distance ``d`` carries a float32 rounding error up to about ``3 γ (||q|| + d)^2`` (``||x|| <= ||q|| + d``;
-#: ``γ`` ~ 1e-4 bounds a float32 dot product over a few thousand dimensions), so the true distance is at
-#: most ``d + sqrt(3 γ) (||q|| + d)``: ``sqrt(3e-4)`` < 0.02.
-PRUNING_MARGIN = 0.02
 #: Dimensions of the projected gradient directions that the IVF index routes by (see :class:`IVFIndex`).
 DEFAULT_ROUTING_DIM = 128
 
@@ -533,7 +528,8 @@ class TorchIndex(NeighbourIndex):
     vectors are stored sorted by norm (at the first search after adds; a transient copy of them is
     made then), queries are processed in blocks of :data:`PRUNING_QUERY_BLOCK` of similar norm, and each
     block scans the blocks of vectors outward from its own norms until both sides lie beyond every one
-    of its queries' reach (plus a margin for float32 rounding). GROOD gradients' norms are ``p_ood(h)``
+    of its queries' reach: the largest true distance (computed from the differences) of the ``k`` rows
+    found so far, plus a margin for float32 rounding. GROOD gradients' norms are ``p_ood(h)``
     and span orders of magnitude, so this scans a fraction of them (``scripts/bench_method.py``,
     ``grood-pruned``); for vectors of equal norms it scans everything, a little slower than without.
     """
@@ -711,14 +707,19 @@ class TorchIndex(NeighbourIndex):
         the norm-sorted blocks outward from the chunk's median norm while any may hold a neighbour."""
         norms, block_min, block_max = block_norms
         num_blocks = block_min.shape[0]
-        chunk_squared = torch.linalg.vector_norm(chunk, dim=1).square_()
-        chunk_norms = chunk_squared.sqrt()
+        chunk_norms = torch.linalg.vector_norm(chunk, dim=1)
+        # float32 rounding of the norms and of the direct distances: relative error below dim * 2^-24 each
+        margin = 2.0 * self.dim * 2.0**-24
         centre = min(int(torch.searchsorted(norms, chunk_norms.median())) // database_rows, num_blocks - 1)
         best = self._block_search(chunk, k, [centre * database_rows], database_rows, buffer)
         left, right = centre - 1, centre + 1
         while left >= 0 or right < num_blocks:
-            found = (best[0][:, -1] + chunk_squared).clamp_(min=0.0).sqrt_()  # k-th best distance so far
-            reach = found + PRUNING_MARGIN * (chunk_norms + found)  # float32 rounding: see PRUNING_MARGIN
+            # reach: an upper bound on each query's k-th nearest distance, from the true distances of the
+            # k rows found so far (computed from the differences: the ranking values carry cancellation)
+            values, rows = best
+            direct = _direct_distances(chunk, self._storage, rows, self.max_chunk_elements).amax(dim=1)
+            found = torch.where(torch.isfinite(values).all(dim=1), direct, math.inf)
+            reach = found + margin * (chunk_norms + found)
             go_left = left >= 0 and bool(block_max[left] >= (chunk_norms - reach).min())
             go_right = right < num_blocks and bool(block_min[right] <= (chunk_norms + reach).max())
             if not (go_left or go_right):
