@@ -457,6 +457,7 @@ def test_norm_pruning_is_exact_and_skips_blocks(k: int, monkeypatch: pytest.Monk
     scanned.clear()
     expected_distances, expected_indices = plain.search(queries, k)
     assert pruned_scans < 0.5 * sum(scanned)  # (query, block) pairs scanned
+    assert pruned.compared_fraction < 0.5 and plain.compared_fraction == 1.0
     torch.testing.assert_close(distances, expected_distances)
     assert (indices == expected_indices).float().mean() > 0.99  # rows may differ only on exact ties
     # rows are reported in add order, whatever the norm order of the storage

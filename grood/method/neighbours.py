@@ -558,10 +558,19 @@ class TorchIndex(NeighbourIndex):
         # holds the add-order row of each; later rows are in add order
         self._ids: torch.Tensor | None = None
         self._sorted_count = 0
+        #: (query, indexed vector) pairs compared, and pairs searched, by all searches so far.
+        self.pairs_compared = 0
+        self.pairs_searched = 0
 
     @property
     def ntotal(self) -> int:
         return self._count
+
+    @property
+    def compared_fraction(self) -> float | None:
+        """Fraction of the (query, indexed vector) pairs that the searches so far compared: 1.0 without
+        ``norm_pruning``, less with it; None before the first search."""
+        return self.pairs_compared / self.pairs_searched if self.pairs_searched else None
 
     def _row_ids(self) -> torch.Tensor | None:
         """``[ntotal]`` the add-order row of each stored row; None while the storage is in add order."""
@@ -652,6 +661,7 @@ class TorchIndex(NeighbourIndex):
             rows = rows.gather(1, order)
             distances[members] = values
             indices[members] = rows if row_ids is None else row_ids[rows]
+        self.pairs_searched += queries.shape[0] * self._count
         return distances, indices
 
     def _block_search(
@@ -672,6 +682,7 @@ class TorchIndex(NeighbourIndex):
             best_values, best_rows = best
         for first in firsts:
             block = self._storage[first : min(first + database_rows, self._count)]
+            self.pairs_compared += chunk.shape[0] * block.shape[0]
             ranking = buffer[: chunk.shape[0] * block.shape[0]].view(chunk.shape[0], block.shape[0])
             # rank by ||x||^2 - 2 q.x (= ||q - x||^2 - ||q||^2): one GEMM, no pass of sqrt
             torch.addmm(self._squared_norms[first : first + block.shape[0]], chunk, block.T, alpha=-2.0, out=ranking)
