@@ -52,7 +52,8 @@ class GROOD:
         index: nearest-neighbour index kind for eq. 6: ``"exact"`` (FAISS flat, default), ``"ivf"``
             (inverted file, appendix A.4) or ``"torch"`` (no FAISS); see :mod:`grood.method.neighbours`.
         k: score with the distance to the ``k``-th nearest training gradient (``1`` = eq. 6; Fig. 5).
-        index_params: keyword arguments of the index, e.g. ``{"nlist": 256, "nprobe": 8}`` for "ivf".
+        index_params: keyword arguments of the index, e.g. ``{"nlist": 256, "nprobe": 8}`` for "ivf", or
+            ``{"norm_pruning": True}`` for "torch" (exact search that skips gradients out of reach by norm).
         fit_on: index the gradients of ``"all"`` training samples (eq. 6, default) or only of those the
             classifier gets right (``"correct"``, as the author's OpenOOD port does; needs
             ``train_predictions`` at :meth:`fit`).

@@ -9,8 +9,9 @@ Three index kinds behind one small interface (:class:`NeighbourIndex`: ``add``, 
   compared with all the queries that probe it in one matrix product, and cells balanced for vectors
   whose norms span orders of magnitude (see :class:`IVFIndex`). Defaults: ``nlist = round(sqrt(N))``
   (at most ``N // 39``), ``nprobe`` :data:`DEFAULT_NPROBE`. Runs on the vectors' device, CUDA included.
-- ``"torch"``: exact search in pure torch (one matrix product per chunk of queries), no FAISS
-  needed; runs on the vectors' device, CUDA included.
+- ``"torch"``: exact search in pure torch (blocks of queries against blocks of vectors), no FAISS
+  needed; runs on the vectors' device, CUDA included. ``norm_pruning=True`` skips, still exactly, the
+  vectors whose norm alone puts them out of reach (see :class:`TorchIndex`).
 
 Distances are Euclidean and **not squared** everywhere: FAISS's ``METRIC_L2`` returns squared
 distances, which are clamped at 0 and square-rooted here.
@@ -767,8 +768,8 @@ INDEX_KINDS: dict[str, type[NeighbourIndex]] = {"exact": ExactIndex, "ivf": IVFI
 def build_index(kind: str, dim: int, **params: Any) -> NeighbourIndex:
     """A new empty index: ``kind`` in ``"exact"`` (default elsewhere), ``"ivf"``, ``"torch"``.
 
-    ``params`` go to the index's constructor (``nlist``, ``nprobe``, ``niter`` for "ivf"; ``device``,
-    ``max_chunk_elements`` for "torch"; none for "exact").
+    ``params`` go to the index's constructor (``nlist``, ``nprobe``, ``niter``, ``routing_dim`` for "ivf";
+    ``device``, ``max_chunk_elements``, ``norm_pruning`` for "torch"; none for "exact").
     """
     if kind not in INDEX_KINDS:
         raise ValueError(f"unknown index kind {kind!r}; valid kinds: {', '.join(INDEX_KINDS)}")
