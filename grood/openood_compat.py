@@ -383,7 +383,8 @@ class GROODPostprocessor(BasePostprocessor):
         mixup_lambda: eq. 9's λ.
         num_mixup_images: training images mixed for eq. 9 (None = all; fewer: a seeded class-balanced sample).
         index: nearest-neighbour index of eq. 6: ``"exact"`` (FAISS flat), ``"ivf"`` (appendix A.4) or ``"torch"``.
-        index_params: the index's arguments, e.g. ``{"nlist": 256, "nprobe": 8}`` for ``"ivf"``.
+        index_params: the index's arguments, e.g. ``{"nlist": 256, "nprobe": 8}`` for ``"ivf"``, or
+            ``{"norm_pruning": True}`` for ``"torch"`` (exact, skips gradients out of reach by norm).
         k: score with the ``k``-th nearest training gradient (Fig. 5).
         fit_on: index the gradients of ``"all"`` training images or of the ``"correct"``-ly classified ones.
         split_block: where ``f_early`` ends (None = the network's default, after the first block).
