@@ -6,7 +6,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 SHARED ?= $(abspath ../shared)
-DATA_ROOT ?= $(if $(GROOD_DATA_ROOT),$(GROOD_DATA_ROOT),./data)
+# The one data root (config key paths.data_root). Unset: the configs' default ($GROOD_DATA_ROOT, else ./data;
+# the smoke targets: the shared smoke root). DATA_ROOT=... sets it for every target.
+DATA_ROOT ?=
+DATA_ROOT_ARG := $(if $(DATA_ROOT),paths.data_root=$(DATA_ROOT))
+DOWNLOAD_ROOT := $(or $(DATA_ROOT),$(GROOD_DATA_ROOT),./data)
+SMOKE_ROOT := $(SHARED)/data/openood_cifar10_smoke
 DATASET ?= cifar10
 METHOD ?= grood
 SMOKE ?= 0
@@ -41,7 +46,7 @@ test-slow: setup
 	GROOD_SHARED_DIR=$(SHARED) $(PY) -m pytest -m slow
 
 data: setup
-	$(PY) scripts/download.py data --benchmark $(DATASET) --data-root $(DATA_ROOT)
+	$(PY) scripts/download.py data --benchmark $(DATASET) --data-root $(DOWNLOAD_ROOT)
 
 checkpoints: setup
 	$(PY) scripts/download.py checkpoints --benchmark $(DATASET) --dest ./checkpoints
@@ -50,13 +55,15 @@ bench-method: setup
 	$(PY) scripts/bench_method.py
 
 # Every method on the shared CIFAR-10 smoke benchmark (../shared or $GROOD_SHARED_DIR), CPU, minutes.
+SMOKE_RUN = experiment=smoke progress=false paths.results_dir=results/smoke paths.data_root=$(or $(DATA_ROOT),$(SMOKE_ROOT))
 smoke: setup
-	GROOD_SHARED_DIR=$(SHARED) $(PY) scripts/run.py experiment=smoke progress=false paths.results_dir=results/smoke
-	GROOD_SHARED_DIR=$(SHARED) GROOD_SMOKE_RESULTS=results/smoke/smoke $(PY) -m pytest -m smoke tests/test_smoke.py
+	GROOD_SHARED_DIR=$(SHARED) $(PY) scripts/run.py $(SMOKE_RUN)
+	GROOD_SHARED_DIR=$(SHARED) GROOD_SMOKE_RESULTS=results/smoke GROOD_SMOKE_ARGS="$(SMOKE_RUN)" \
+		$(PY) -m pytest -m smoke tests/test_smoke.py
 
 # The main job: OpenOOD v1.5 data and checkpoints (online), then one evaluation.
 run: setup data checkpoints
-	$(PY) scripts/run.py dataset=$(DATASET) method=$(METHOD)
+	$(PY) scripts/run.py dataset=$(DATASET) method=$(METHOD) $(DATA_ROOT_ARG)
 
 bench-eval: setup
 	GROOD_SHARED_DIR=$(SHARED) $(PY) scripts/bench_eval.py
@@ -70,7 +77,7 @@ TRAIN_ARGS ?=
 # DATASET=cifar10_smoke: the CPU smoke recipe (seconds). More overrides: TRAIN_ARGS="train.keep_epoch_checkpoints=15".
 train: setup
 	GROOD_SHARED_DIR=$(SHARED) $(PY) scripts/train.py -m dataset=$(DATASET) seed=$(SEEDS) \
-		manifold_mixup=$(if $(filter 1,$(MIXUP)),true,false) paths.data_root=$(DATA_ROOT) $(TRAIN_ARGS)
+		manifold_mixup=$(if $(filter 1,$(MIXUP)),true,false) $(DATA_ROOT_ARG) $(TRAIN_ARGS)
 
 # ---- paper tables and figures (see scripts/reproduce.py) ----
 # `make reproduce-tableN` runs what paper table N needs (finished runs are kept) and writes results/tableN/
@@ -83,5 +90,5 @@ REPRODUCE_TARGETS := reproduce-table1 reproduce-table2 reproduce-table3 reproduc
                      reproduce-table6 reproduce-table7 reproduce-figures reproduce-all
 
 $(REPRODUCE_TARGETS): reproduce-%: setup
-	GROOD_SHARED_DIR=$(SHARED) GROOD_DATA_ROOT=$(DATA_ROOT) $(PY) scripts/reproduce.py $* \
-		$(if $(filter 1,$(SMOKE)),--smoke) $(REPRODUCE_ARGS)
+	GROOD_SHARED_DIR=$(SHARED) $(PY) scripts/reproduce.py $* \
+		$(if $(filter 1,$(SMOKE)),--smoke) $(if $(DATA_ROOT),-o paths.data_root=$(DATA_ROOT)) $(REPRODUCE_ARGS)

@@ -90,16 +90,18 @@ def search_parameters(
     benchmark: Benchmark,
     fit_and_score: FitAndScore,
     progress: bool = False,
+    space: Mapping[str, list[Any]] | None = None,
 ) -> SearchResult:
     """OpenOOD's APS for detector ``name``: the grid of its sweep (minus ``fixed``), best validation AUROC.
 
-    Returns ``SearchResult(chosen=fixed)`` without scoring anything when there is nothing to search
+    ``space``: the values to search (None = the detector's sweep; the pipeline leaves out values invalid for
+    the network). Returns ``SearchResult(chosen=fixed)`` without scoring anything when there is nothing to search
     (no sweep, a single combination, or every swept parameter fixed by the user).
 
     Raises:
         APSError: the benchmark lacks validation lists, or every combination failed (their errors listed).
     """
-    space = search_space(name, fixed)
+    space = search_space(name, fixed) if space is None else {k: list(v) for k, v in space.items() if k not in fixed}
     combinations = [dict(zip(space, values)) for values in itertools.product(*space.values())]
     if len(combinations) <= 1:
         return SearchResult(chosen={**fixed, **(combinations[0] if combinations else {})}, searched=space)

@@ -1,4 +1,4 @@
-"""One evaluation run from a plain config mapping (what ``scripts/run.py`` passes after Hydra composes it).
+"""One evaluation run from a validated :class:`grood.config.RunConfig` (what ``scripts/run.py`` passes).
 
 The flow of ``DESIGN.md``: data root -> image lists -> backbone + checkpoint -> one cached forward pass
 per split -> every requested detector on the cache -> OpenOOD's tables -> a results folder that says
@@ -8,62 +8,101 @@ versions, git commit and checkpoint hash, and ``scores.pt`` for the figures).
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
+import json
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import pandas as pd
 import torch
 
+from grood import aps, ood_prototypes
 from grood.backbones import build_backbone
+from grood.backbones.base import SplitNetwork
+from grood.config import ConfigError, RunConfig, config_hash, to_plain, validate
+from grood.config.schema import MethodConfig
 from grood.data import Benchmark, benchmark_from_dict, get_benchmark, resolve_spec, test_transform
+from grood.data.benchmarks import DataLayoutError
+from grood.data.imagelist import ImageListError
 from grood.detectors.grood_detector import GROODDetector
-from grood.detectors.registry import build_detector, detector_parameters
+from grood.detectors.registry import DETECTORS, build_detector, detector_parameters
 from grood.evaluation import metrics_table
-from grood.metrics import accuracy
 from grood.features import FeatureCache, SplitOutputs, cache_key, extract_split
 from grood.featureset import FeatureSet
 from grood.io import atomic_write, write_json
 from grood.method.prototypes import class_prototypes
-from grood import aps, ood_prototypes
+from grood.metrics import accuracy
 from grood.provenance import git_commit, package_versions, sha256_of_file
 
 log = logging.getLogger(__name__)
 
 
-class ConfigError(ValueError):
-    """A configuration value that cannot work; the message names the key and what to do."""
+class RunInputError(ValueError):
+    """Inputs of a run that cannot work (bad lists, missing images, an unreadable checkpoint, method
+    parameters invalid for the network), all listed at once, found before the first forward pass."""
+
+
+class MissingInputError(FileNotFoundError):
+    """Inputs of a run that are absent (data root, lists, images, checkpoint), all listed at once."""
+
+
+class MethodsFailedError(RuntimeError):
+    """Some methods of a run could not run; the others' results are written. Lists each with its reason."""
 
 
 @dataclass
 class BenchmarkRun:
-    """Everything one (benchmark, checkpoint) run shares between methods."""
+    """Everything one (benchmark, checkpoint) run shares between methods, checked by :func:`prepare_run`.
 
-    config: Mapping[str, Any]
+    Attributes:
+        datasets: split -> its image-list dataset, every split of the benchmark (parsed and checked).
+        fingerprints: split -> :meth:`ImageListDataset.files_fingerprint` (what the listed files hold).
+        feature_dim: ``D`` of the network's penultimate features.
+        normalisation: the input ``mean``/``std`` used and where they come from (``source``).
+    """
+
+    config: RunConfig
     benchmark: Benchmark
     data_root: Path
     network: torch.nn.Module
     checkpoint_sha256: str | None
     transform: Any
     transform_spec: dict[str, Any]
+    normalisation: dict[str, Any]
     cache: FeatureCache
-    datasets: dict[str, Any] = field(default_factory=dict)
+    datasets: dict[str, Any]
+    fingerprints: dict[str, str]
+    feature_dim: int
     outputs: dict[str, SplitOutputs] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def device(self) -> str:
-        return str(self.config.get("device", "auto"))
+        return self.config.device
 
     def dataset(self, split: str):
         """The image-list dataset of ``split`` ("train", "test", "val", an OOD name or "val_ood:<name>")."""
-        if split not in self.datasets:
-            self.datasets[split] = self.benchmark.dataset(
-                split, self.data_root, self.transform, check_files=bool(self.config.get("check_files", True))
-            )
         return self.datasets[split]
+
+    def cache_key_parts(self, split: str) -> dict[str, Any]:
+        """Everything that determines the network's outputs on ``split``."""
+        backbone = self.config.backbone
+        return {
+            "checkpoint_sha256": self.checkpoint_sha256,
+            "backbone": backbone.name,
+            "split_block": backbone.split_block,
+            "weights": backbone.weights,
+            "transform": repr(self.transform),
+            "data_root": str(self.data_root),
+            "list_sha256": self.dataset(split).list_sha256,
+            "files": self.fingerprints[split],
+            "files_fingerprint": self.config.cache.verify,
+            "split": split,
+        }
 
     def split_outputs(self, split: str, accumulate_early: bool = False) -> SplitOutputs:
         """Cached network outputs on ``split`` (the network runs at most once per split and key)."""
@@ -73,22 +112,14 @@ class BenchmarkRun:
         if accumulate_early and split in self.outputs:
             del self.outputs[split]
         dataset = self.dataset(split)
-        backbone = self.config["backbone"]
-        key_parts = {
-            "checkpoint_sha256": self.checkpoint_sha256,
-            "backbone": backbone["name"],
-            "split_block": backbone.get("split_block"),
-            "weights": backbone.get("weights"),
-            "transform": repr(self.transform),
-            "list_sha256": dataset.list_sha256,
-            "split": split,
-        }
+        key_parts = self.cache_key_parts(split)
         started = time.perf_counter()
         if not accumulate_early:  # an entry with early sums (from a GROOD run) serves a plain request too
             with_early = self.cache.load(cache_key({**key_parts, "accumulate_early": True}))
             if with_early is not None:
                 self.outputs[split] = with_early
                 return with_early
+        config = self.config
         outputs = extract_split(
             self.network,
             dataset,
@@ -96,10 +127,10 @@ class BenchmarkRun:
             key_parts=key_parts,
             num_classes=self.benchmark.num_classes,
             accumulate_early=accumulate_early,
-            batch_size=int(self.config.get("batch_size", 128)),
-            num_workers=int(self.config.get("num_workers", 0)),
+            batch_size=config.batch_size,
+            num_workers=config.num_workers,
             device=self.device,
-            progress=bool(self.config.get("progress", True)),
+            progress=config.progress,
             description=f"{self.benchmark.name}/{split}",
         )
         self.timings[f"forward:{split}"] = time.perf_counter() - started
@@ -113,74 +144,216 @@ class BenchmarkRun:
 
 
 # --------------------------------------------------------------------------- building a run
-def resolve_benchmark(dataset_cfg: Mapping[str, Any]) -> Benchmark:
-    """The registry benchmark named by ``dataset.benchmark``, or a user-defined one in ``dataset.definition``."""
-    if dataset_cfg.get("definition"):
-        return benchmark_from_dict(dict(dataset_cfg["definition"]))
-    name = dataset_cfg.get("benchmark")
+def resolve_benchmark(name: str | None, definition: Mapping[str, Any] | None = None) -> Benchmark:
+    """The registry benchmark ``name`` (config key ``dataset.benchmark``), or the user-defined one in
+    ``definition`` (``dataset.definition``)."""
+    if definition:
+        try:
+            return benchmark_from_dict(dict(definition))
+        except ValueError as error:
+            raise ConfigError(f"dataset.definition: {error}") from None
     if not name:
         raise ConfigError("dataset config needs 'benchmark' (a registry name) or 'definition' (a user benchmark)")
-    return get_benchmark(str(name))
+    try:
+        return get_benchmark(name)
+    except ValueError as error:
+        raise ConfigError(f"dataset.benchmark: {error}") from None
 
 
-def prepare_run(config: Mapping[str, Any]) -> BenchmarkRun:
-    """Validate data and checkpoint, build the network and the cache; nothing runs the network yet."""
-    dataset_cfg, backbone_cfg, paths = config["dataset"], config["backbone"], config["paths"]
-    benchmark = resolve_benchmark(dataset_cfg)
-    data_root = Path(str(dataset_cfg.get("data_root") or paths["data_root"])).expanduser()
-    benchmark.validate(data_root)
-    checkpoint = dataset_cfg.get("checkpoint")
-    checkpoint_path = Path(str(checkpoint)).expanduser() if checkpoint else None
-    if checkpoint_path is not None and not checkpoint_path.exists():
-        raise FileNotFoundError(
+def resolve_transform(benchmark: Benchmark, config: RunConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The test-transform spec and where its normalisation comes from.
+
+    Layers, later ones win: the benchmark's OpenOOD preset; the backbone's ``transform`` (the input
+    statistics and sizes its checkpoints were trained with, e.g. the CIFAR ResNets' ImageNet mean/std);
+    the user's ``dataset.transform``. Returns ``(spec, {"mean", "std", "source"})``.
+    """
+    backbone, user = config.backbone.transform.given(), config.dataset.transform.given()
+    try:
+        spec = resolve_spec({**dict(benchmark.transform), **backbone, **user})
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"dataset.transform / backbone.transform: {error}") from None
+    sources = []
+    for key in ("mean", "std"):
+        if key in user:
+            sources.append(f"{key}: dataset.transform (set by you)")
+        elif key in backbone:
+            sources.append(f"{key}: backbone {config.backbone.name} (its checkpoints' statistics)")
+        else:
+            sources.append(f"{key}: benchmark {benchmark.name} (OpenOOD's preset)")
+    return spec, {"mean": list(spec["mean"]), "std": list(spec["std"]), "source": "; ".join(sources)}
+
+
+def _feature_dim(network: SplitNetwork, spec: Mapping[str, Any]) -> int:
+    """``D`` of the penultimate features, from one random input of the transform's size (no data)."""
+    size = int(spec["crop_size"])
+    was_training = network.training
+    network.eval()
+    with torch.no_grad():
+        features = network.mid(network.early(torch.zeros(1, 3, size, size)))
+    network.train(was_training)
+    return int(features.reshape(1, -1).shape[1])
+
+
+def prepare_run(config: RunConfig) -> BenchmarkRun:
+    """Check every input, then build the network and the cache; nothing runs the network on data yet.
+
+    Checked, and reported together: the data root's layout; every list of every split (paths, labels,
+    empty lists, duplicate lines); every listed file; the checkpoint (exists, loads into the backbone);
+    every method's parameters against the network's feature dimension.
+
+    Raises:
+        ConfigError: a config value that cannot work. MissingInputError: absent files (data root, lists,
+        images, checkpoint). RunInputError: other unusable inputs.
+    """
+    benchmark = resolve_benchmark(config.dataset.benchmark, config.dataset.definition)
+    methods = method_list(config.method)
+    data_root = Path(config.paths.data_root).expanduser().resolve()
+    transform_spec, normalisation = resolve_transform(benchmark, config)
+    transform = test_transform(transform_spec)
+    missing: list[str] = []
+    unusable: list[str] = []
+    datasets: dict[str, Any] = {}
+    try:
+        benchmark.validate(data_root)
+    except DataLayoutError as error:
+        missing.append(str(error))
+    else:
+        for split in benchmark.splits():
+            try:
+                datasets[split] = benchmark.dataset(split, data_root, transform, check_files=config.check_files)
+            except ImageListError as error:
+                (missing if "missing under" in str(error) else unusable).append(str(error))
+    checkpoint_path = Path(config.dataset.checkpoint).expanduser() if config.dataset.checkpoint else None
+    network = None
+    if checkpoint_path is not None and not checkpoint_path.is_file():
+        missing.append(
             f"checkpoint {checkpoint_path} (config key dataset.checkpoint) not found; fetch it with "
-            f"`make checkpoints DATASET={dataset_cfg.get('name', benchmark.name)}` or point dataset.checkpoint at it"
+            f"`make checkpoints DATASET={config.dataset.name}` or point dataset.checkpoint at it"
         )
-    network = build_backbone(
-        str(backbone_cfg["name"]),
-        num_classes=benchmark.num_classes,
-        checkpoint=checkpoint_path,
-        split_block=backbone_cfg.get("split_block"),
-        weights=backbone_cfg.get("weights"),
-    )
-    transform_spec = resolve_spec({
-        **dict(benchmark.transform),
-        **dict(backbone_cfg.get("transform") or {}),  # e.g. Swin-T's own resize
-        **dict(dataset_cfg.get("transform") or {}),
-    })
+    else:
+        try:
+            network = build_backbone(config.backbone.name, num_classes=benchmark.num_classes,
+                                     checkpoint=checkpoint_path, split_block=config.backbone.split_block,
+                                     weights=config.backbone.weights)
+        except (ValueError, RuntimeError) as error:  # unreadable or mismatched checkpoint, bad split_block
+            unusable.append(f"backbone {config.backbone.name} with checkpoint {checkpoint_path}: {error}")
+    feature_dim = 0
+    if network is not None:
+        feature_dim = _feature_dim(network, transform_spec)
+        for name, params in methods:
+            problem = method_problem(name, params, feature_dim, config)
+            if problem is not None and config.method.name != "all":
+                unusable.append(problem)
+    if missing:
+        raise MissingInputError("\n".join(missing + unusable))
+    if unusable:
+        raise RunInputError("\n".join(unusable))
+    fingerprints = {split: dataset.files_fingerprint(config.cache.verify) for split, dataset in datasets.items()}
     return BenchmarkRun(
         config=config,
         benchmark=benchmark,
         data_root=data_root,
         network=network,
         checkpoint_sha256=sha256_of_file(checkpoint_path) if checkpoint_path else None,
-        transform=test_transform(transform_spec),
+        transform=transform,
         transform_spec=transform_spec,
-        cache=FeatureCache(Path(str(paths["cache_dir"]))),
+        normalisation=normalisation,
+        cache=FeatureCache(Path(config.paths.cache_dir)),
+        datasets=datasets,
+        fingerprints=fingerprints,
+        feature_dim=feature_dim,
     )
 
 
+# --------------------------------------------------------------------------- method parameters
+def method_problem(name: str, params: Mapping[str, Any], feature_dim: int, config: RunConfig) -> str | None:
+    """Why baseline ``name`` cannot run with ``params`` on ``feature_dim``-dimensional features (a value the
+    user set, OpenOOD's default, or every value of its APS sweep is invalid), or None. With
+    ``on_invalid=adapt`` it is None when :func:`adapt_parameters` can fix it."""
+    if name == "grood":
+        return None
+    cls = DETECTORS[name]
+    searched = config.aps and len(aps.search_space(name, params)) > 0
+    candidates = _candidate_parameters(name, params, config)
+    reasons = [reason for reason in (cls.parameter_problem(c, feature_dim) for c in candidates) if reason]
+    if len(reasons) < len(candidates) or config.on_invalid == "adapt":
+        return None
+    where = "every value of its APS sweep" if searched else "its parameters"
+    return (f"method {name}: {where} is invalid for this network ({reasons[0]}); set a valid value with "
+            f"{_params_key(name, config)}=<value>, or on_invalid=adapt to use the nearest valid one")
+
+
+def _candidate_parameters(name: str, params: Mapping[str, Any], config: RunConfig) -> list[dict[str, Any]]:
+    """The complete parameter sets the run would try: each APS combination, or the one set."""
+    defaults = {k: v for k, v in detector_parameters(name).items() if k not in ("device",)}
+    space = aps.search_space(name, params) if config.aps else {}
+    if not space:
+        return [{**defaults, **params}]
+    keys = list(space)
+    return [{**defaults, **params, **dict(zip(keys, values))} for values in itertools.product(*space.values())]
+
+
+def _params_key(name: str, config: RunConfig) -> str:
+    return f"method.params.{name}" if config.method.name == "all" else "method.params"
+
+
+def adapt_parameters(name: str, params: Mapping[str, Any], feature_dim: int,
+                     config: RunConfig) -> tuple[dict[str, Any], dict[str, list[Any]] | None, list[str]]:
+    """``(params, sweep, notes)`` valid for ``feature_dim``: invalid APS values are left out of the sweep
+    (``sweep``: the values to search, None = the detector's own); with ``on_invalid=adapt`` an invalid value
+    is replaced by the nearest valid one. ``notes`` say what changed (for the log and ``run.json``)."""
+    cls = DETECTORS[name]
+    notes: list[str] = []
+    space = aps.search_space(name, params) if config.aps else {}
+    if space:
+        keys = list(space)
+        combos = [dict(zip(keys, values)) for values in itertools.product(*space.values())]
+        defaults = detector_parameters(name)
+        valid = [c for c in combos if cls.parameter_problem({**defaults, **params, **c}, feature_dim) is None]
+        if len(valid) == len(combos):
+            return dict(params), None, notes
+        if valid:
+            dropped = [c for c in combos if c not in valid]
+            notes.append(f"{name}: APS values {dropped} are invalid for D={feature_dim} and not searched")
+            return dict(params), {k: sorted({c[k] for c in valid}, key=space[k].index) for k in keys}, notes
+        adapted = cls.nearest_valid({**defaults, **params, **combos[0]}, feature_dim)
+        fixed = {k: adapted[k] for k in keys}
+        notes.append(f"{name}: every APS value of {space} is invalid for D={feature_dim}; on_invalid=adapt "
+                     f"uses {fixed}")
+        return {**params, **fixed}, None, notes
+    full = {**detector_parameters(name), **params}
+    if cls.parameter_problem(full, feature_dim) is None:
+        return dict(params), None, notes
+    adapted = cls.nearest_valid(full, feature_dim)
+    changed = {k: v for k, v in adapted.items() if full.get(k) != v}
+    notes.append(f"{name}: {cls.parameter_problem(full, feature_dim)}; on_invalid=adapt uses {changed}")
+    return {**params, **changed}, None, notes
+
+
 # --------------------------------------------------------------------------- GROOD's OOD prototype
-def grood_prototype(run: BenchmarkRun, prototype_cfg: Mapping[str, Any], class_protos: torch.Tensor) -> torch.Tensor:
-    """``[D]`` the OOD prototype of a non-oracle strategy (section 5.2 / appendix A.2)."""
-    strategy = str(prototype_cfg.get("strategy", "mixup"))
-    seed = int(run.config.get("seed", 0))
-    common = dict(batch_size=int(run.config.get("batch_size", 128)), device=run.device)
+def grood_prototype(run: BenchmarkRun, prototype_cfg: Any, class_protos: torch.Tensor) -> torch.Tensor:
+    """``[D]`` the OOD prototype of a non-oracle strategy (section 5.2 / appendix A.2).
+
+    ``prototype_cfg``: the run's ``prototype`` config (one of :data:`grood.config.schema.PROTOTYPE_SCHEMAS`)."""
+    strategy = prototype_cfg.strategy
+    config = run.config
+    seed = config.seed
+    common = dict(batch_size=config.batch_size, device=run.device)
     spec = run.transform_spec
     if strategy == "mixup":
         train = run.split_outputs("train", accumulate_early=True)
         candidates = ood_prototypes.mixup_features(
             run.network, run.dataset("train"), train.features.logits, train.early_prototypes(),
-            mixup_lambda=float(prototype_cfg.get("mixup_lambda", 0.5)),
-            num_images=prototype_cfg.get("num_images"), train_labels=train.features.labels, seed=seed,
-            num_workers=int(run.config.get("num_workers", 0)), progress=bool(run.config.get("progress", True)),
+            mixup_lambda=prototype_cfg.mixup_lambda,
+            num_images=prototype_cfg.num_images, train_labels=train.features.labels, seed=seed,
+            num_workers=config.num_workers, progress=config.progress,
             **common,
         )
     elif strategy == "uniform":
         image_size = int(spec.get("crop_size") or spec.get("size"))
         candidates = ood_prototypes.uniform_noise_features(
             run.network, image_shape=(3, image_size, image_size), mean=spec["mean"], std=spec["std"],
-            num_images=int(prototype_cfg.get("num_images", 1000)), keep=int(prototype_cfg.get("keep", 100)),
+            num_images=prototype_cfg.num_images, keep=prototype_cfg.keep,
             seed=seed, **common,
         )
     elif strategy == "val_ood":
@@ -189,13 +362,13 @@ def grood_prototype(run: BenchmarkRun, prototype_cfg: Mapping[str, Any], class_p
             raise ConfigError(f"benchmark {run.benchmark.name!r} has no val OOD list for prototype=val_ood")
         features = torch.cat([run.features(f"val_ood:{name}").features for name in names])
         rows = torch.randperm(features.shape[0], generator=torch.Generator().manual_seed(seed))
-        candidates = features[rows[: int(prototype_cfg.get("num_images", 100))]]
+        candidates = features[rows[: prototype_cfg.num_images]]
     elif strategy == "corrupted":
         split = "val" if run.benchmark.has_split("val") else "test"
         dataset = run.dataset(split)
         candidates = ood_prototypes.corrupted_id_features(
             run.network, dataset, dataset.labels, mean=spec["mean"], std=spec["std"],
-            num_images=int(prototype_cfg.get("num_images", 100)), seed=seed, **common,
+            num_images=prototype_cfg.num_images, seed=seed, **common,
         )
     elif strategy == "mean":
         return ood_prototypes.mean_prototype(class_protos)
@@ -205,8 +378,8 @@ def grood_prototype(run: BenchmarkRun, prototype_cfg: Mapping[str, Any], class_p
             f"{[s for s in ood_prototypes.STRATEGIES if 'oracle' not in s]} (oracles are handled per OOD set)"
         )
     return ood_prototypes.finish_prototype(
-        candidates, class_protos, filter_quantile=prototype_cfg.get("filter_quantile"),
-        min_keep=int(prototype_cfg.get("min_keep", 1)),
+        candidates, class_protos, filter_quantile=prototype_cfg.filter_quantile,
+        min_keep=prototype_cfg.min_keep,
     )
 
 
@@ -224,22 +397,16 @@ def _groups(run: BenchmarkRun) -> dict[str, list[str]]:
     return {"near": list(run.benchmark.near), "far": list(run.benchmark.far)}
 
 
-def _grood_params(config: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
-    index_cfg = config.get("index") or {"kind": "exact", "params": {}}
-    merged = {
-        "index": index_cfg.get("kind", "exact"),
-        "index_params": {k: v for k, v in dict(index_cfg.get("params") or {}).items() if v is not None},
-        "device": config.get("device", "auto"),
-        "progress": bool(config.get("progress", True)),
-    }
-    merged.update(dict(params))
-    return merged
+def _grood_params(config: RunConfig, params: Mapping[str, Any]) -> dict[str, Any]:
+    index_params = {k: v for k, v in dataclasses.asdict(config.index.params).items() if v is not None}
+    return {"index": config.index.kind, "index_params": index_params, "device": config.device,
+            "progress": config.progress, **dict(params)}
 
 
 def score_grood(run: BenchmarkRun, params: Mapping[str, Any]) -> MethodScores:
     """GROOD with the configured OOD-prototype strategy (oracles: one prototype per OOD set)."""
-    prototype_cfg = dict(run.config.get("prototype") or {"strategy": "mixup"})
-    strategy = str(prototype_cfg.get("strategy", "mixup"))
+    prototype_cfg = run.config.prototype
+    strategy = prototype_cfg.strategy
     train = run.split_outputs("train", accumulate_early=strategy == "mixup").features
     head = run.network.linear_head()
     test = run.features("test")
@@ -255,8 +422,8 @@ def score_grood(run: BenchmarkRun, params: Mapping[str, Any]) -> MethodScores:
         ood_scores = {name: detector.score(run.features(name)) for name in ood_names}
         scores = MethodScores(detector.score(test), ood_scores)
     else:
-        num_oracle = int(prototype_cfg.get("num_images", 100))
-        seed = int(run.config.get("seed", 0))
+        num_oracle = prototype_cfg.num_images
+        seed = run.config.seed
         splits = {name: ood_prototypes.oracle_split(len(run.features(name)), num_oracle, seed) for name in ood_names}
         id_scores, ood_scores = {}, {}
         for name in ood_names:
@@ -266,8 +433,8 @@ def score_grood(run: BenchmarkRun, params: Mapping[str, Any]) -> MethodScores:
                 others = [other for other in ood_names if other != name]
                 candidates = torch.cat([run.features(other).features[splits[other][0]] for other in others])
             p_ood = ood_prototypes.finish_prototype(
-                candidates, class_protos, filter_quantile=prototype_cfg.get("filter_quantile"),
-                min_keep=int(prototype_cfg.get("min_keep", 1)),
+                candidates, class_protos, filter_quantile=prototype_cfg.filter_quantile,
+                min_keep=prototype_cfg.min_keep,
             )
             detector.set_ood_prototype(p_ood).fit(train, head, class_prototypes=class_protos)
             id_scores[name] = detector.score(test)
@@ -296,11 +463,10 @@ def baseline_split_scores(
     detector.fit(run.features(detector.fit_split), run.network.linear_head())
     if not detector.needs_network:
         return {split: detector.score(run.features(split)) for split in splits}
-    batch_size = int(run.config.get("batch_size", 128))
     scores = {}
     for split in splits:
-        loader = torch.utils.data.DataLoader(run.dataset(split), batch_size=batch_size,
-                                             num_workers=int(run.config.get("num_workers", 0)))
+        loader = torch.utils.data.DataLoader(run.dataset(split), batch_size=run.config.batch_size,
+                                             num_workers=run.config.num_workers)
         scores[split] = detector.score_images(run.network, loader, device=run.device)
     return scores
 
@@ -314,13 +480,15 @@ def score_baseline(run: BenchmarkRun, name: str, params: Mapping[str, Any]) -> M
     return MethodScores(scores["test"], {n: scores[n] for n in ood_names})
 
 
-def search_baseline_parameters(run: BenchmarkRun, name: str, params: Mapping[str, Any]) -> aps.SearchResult:
-    """OpenOOD's APS (:mod:`grood.aps`) for baseline ``name`` on the benchmark's validation lists."""
+def search_baseline_parameters(run: BenchmarkRun, name: str, params: Mapping[str, Any],
+                               space: Mapping[str, list[Any]] | None = None) -> aps.SearchResult:
+    """OpenOOD's APS (:mod:`grood.aps`) for baseline ``name`` on the benchmark's validation lists
+    (``space``: the values to search, None = the detector's sweep)."""
     started = time.perf_counter()
     try:
         result = aps.search_parameters(
             name, params, run.benchmark, lambda n, p, splits: baseline_split_scores(run, n, p, splits),
-            progress=bool(run.config.get("progress", False)),
+            progress=run.config.progress, space=space,
         )
     except aps.APSError as error:
         raise ConfigError(str(error)) from error
@@ -329,90 +497,170 @@ def search_baseline_parameters(run: BenchmarkRun, name: str, params: Mapping[str
     return result
 
 
+def run_record(run: BenchmarkRun, method: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """What ``run.json`` says of every method's run: the config, the inputs and what produced them."""
+    config = run.config
+    plain = to_plain(config)
+    return {
+        "benchmark": run.benchmark.name,
+        "dataset": config.dataset.name,
+        "method": method,
+        "method_params": dict(params),
+        "seed": config.seed,
+        "data_root": str(run.data_root),
+        "checkpoint": config.dataset.checkpoint,
+        "checkpoint_sha256": run.checkpoint_sha256,
+        "backbone": plain["backbone"],
+        "input_normalisation": run.normalisation,
+        "groups": _groups(run),
+        "experiment": config.experiment_name,
+        "config": plain,
+        "config_hash": config_hash(plain),
+        "versions": package_versions(),
+        "git_commit": git_commit(),
+    }
+
+
 def write_method_results(
     out_dir: Path, run: BenchmarkRun, method: str, params: Mapping[str, Any], table: pd.DataFrame,
     scores: MethodScores, id_accuracy: float, aps_record: Mapping[str, Any] | None = None,
+    notes: Sequence[str] = (),
 ) -> None:
-    """``metrics.csv``, ``metrics.json``, ``run.json`` and ``scores.pt`` for one method (atomic writes).
+    """``metrics.csv``, ``metrics.json``, ``scores.pt`` and, last, ``run.json`` for one method (atomic writes:
+    a folder with ``run.json`` is complete).
 
     ``aps_record``: the parameter search that chose ``params`` (:meth:`grood.aps.SearchResult.record`),
-    written to ``run.json`` as ``aps`` (None: no search ran)."""
+    written to ``run.json`` as ``aps`` (None: no search ran). ``notes``: parameter adaptations."""
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_write(out_dir / "metrics.csv") as handle:
         table.to_csv(handle, float_format="%.4f")
     write_json(out_dir / "metrics.json", {"table": table.reset_index().to_dict(orient="records")})
     with atomic_write(out_dir / "scores.pt", "wb") as handle:
         torch.save({"id": scores.id_scores, "ood": scores.ood_scores}, handle)
-    config = run.config
+    extra = {k: v for k, v in dataclasses.asdict(run.config.extra).items() if v is not None}
     write_json(out_dir / "run.json", {
-        "benchmark": run.benchmark.name,
-        "dataset": config["dataset"].get("name", run.benchmark.name),
-        "method": method,
-        "method_params": dict(params),
+        **run_record(run, method, params),
+        "status": "ok",
         "aps": None if aps_record is None else dict(aps_record),
-        "seed": config.get("seed", 0),
-        "checkpoint": config["dataset"].get("checkpoint"),
-        "checkpoint_sha256": run.checkpoint_sha256,
-        "backbone": config["backbone"],
+        "parameter_notes": list(notes),
         "id_accuracy": 100.0 * id_accuracy,
         "ncp_accuracy": scores.info.get("ncp_accuracy"),
-        "groups": _groups(run),
-        "experiment": config.get("experiment_name", "default"),
-        "extra": {**dict(config.get("extra") or {}), **{k: v for k, v in scores.info.items() if k != "ncp_accuracy"}},
+        "extra": {**extra, **{k: v for k, v in scores.info.items() if k != "ncp_accuracy"}},
         "timings_s": {k: round(v, 3) for k, v in run.timings.items()},
-        "config": dict(config),
-        "versions": package_versions(),
-        "git_commit": git_commit(),
     })
 
 
-def method_list(method_cfg: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """``[(name, params)]`` for ``method=<name>`` or ``method=all`` (GROOD first, then every baseline)."""
-    from grood.detectors.registry import DETECTORS
+def method_list(method_cfg: MethodConfig) -> list[tuple[str, dict[str, Any]]]:
+    """``[(name, params)]`` for ``method=<name>`` or ``method=all`` (GROOD first, then every baseline).
 
-    name = str(method_cfg.get("name", "grood"))
-    params = dict(method_cfg.get("params") or {})
-    valid = ["grood", *DETECTORS]
-    # params may hold per-method dicts ({vim: {dim: 32}}), as method=all and experiments use
-    per_method = {key: dict(value) for key, value in params.items() if key in valid and isinstance(value, Mapping)}
-    plain = {key: value for key, value in params.items() if key not in per_method}
-    if name == "all":
-        if plain:
-            raise ConfigError(
-                f"method=all takes per-method params (method.params.<method>.<key>); got {sorted(plain)}"
-            )
-        return [("grood", per_method.get("grood", {}))] + [
-            (baseline, per_method.get(baseline, {})) for baseline in DETECTORS if baseline != "grood"
+    ``params`` hold the values that are set (a baseline's ``None`` = OpenOOD's default or APS's choice)."""
+    def given(params: Any) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(params).items() if v is not None}
+
+    if method_cfg.name == "all":
+        return [("grood", given(method_cfg.params.grood))] + [
+            (baseline, given(getattr(method_cfg.params, baseline))) for baseline in DETECTORS if baseline != "grood"
         ]
-    if name not in valid:
-        raise ConfigError(f"unknown method {name!r} (config key method.name); valid: {sorted(set(valid + ['all']))}")
-    return [(name, {**plain, **per_method.get(name, {})})]
+    if method_cfg.name != "grood" and method_cfg.name not in DETECTORS:
+        raise ConfigError(f"unknown method {method_cfg.name!r} (config key method.name); valid: "
+                          f"{sorted({'grood', 'all', *DETECTORS})}")
+    return [(method_cfg.name, given(method_cfg.params))]
 
 
-def run_evaluation(config: Mapping[str, Any], output_dir: str | Path) -> dict[str, pd.DataFrame]:
+def _failure_record(run: BenchmarkRun, name: str, params: Mapping[str, Any], reason: str) -> dict[str, Any]:
+    return {**run_record(run, name, params), "status": "failed", "error": reason,
+            "timings_s": {k: round(v, 3) for k, v in run.timings.items()}}
+
+
+def check_results_folder(output_dir: str | Path, config: RunConfig) -> None:
+    """Refuse a results folder that holds a run of another configuration (its ``run.json`` or
+    ``summary.json`` records another config hash); a run of the same configuration is replaced, with a
+    log line."""
+    output_dir = Path(output_dir)
+    wanted = config_hash(to_plain(config))
+    for record_path in (output_dir / "summary.json", output_dir / "run.json"):
+        if not record_path.is_file():
+            continue
+        try:
+            recorded = json.loads(record_path.read_text()).get("config_hash")
+        except (OSError, ValueError) as error:
+            raise RunInputError(f"{record_path} is unreadable ({error}); move the folder away or delete it") from None
+        if recorded != wanted:
+            raise RunInputError(
+                f"results folder {output_dir} holds a run of another configuration ({record_path.name}: config "
+                f"hash {recorded}, this run: {wanted}); choose another folder (hydra.run.dir=...) or move it away"
+            )
+        log.info("results folder %s holds a run of this very configuration: its files are replaced", output_dir)
+
+
+def run_evaluation(config: RunConfig, output_dir: str | Path) -> dict[str, pd.DataFrame]:
     """Evaluate every configured method on one benchmark; write one results folder per method.
 
+    Every input is checked first (:func:`prepare_run`). With ``method=all`` a method that cannot run (a
+    parameter invalid for this network, a numerical failure) is recorded, with its reason, in its folder's
+    ``run.json`` and in ``summary.json``; the others still run.
+
     Returns method name -> OpenOOD table (percent).
+
+    Raises:
+        MethodsFailedError: at the end, when any method failed (every other result is written).
     """
     output_dir = Path(output_dir)
-    methods = method_list(config["method"])
+    config = validate(config)
+    methods = method_list(config.method)
     run = prepare_run(config)
-    strategy = str((config.get("prototype") or {}).get("strategy", "mixup"))
-    if any(name == "grood" for name, _ in methods) and strategy == "mixup":
+    several = len(methods) > 1
+    if any(name == "grood" for name, _ in methods) and config.prototype.strategy == "mixup":
         run.split_outputs("train", accumulate_early=True)  # one train pass serves the mixup and every method
     test = run.features("test")
     id_accuracy = accuracy(test.logits, test.labels)
     tables: dict[str, pd.DataFrame] = {}
-    search = bool(config.get("aps", False))
+    failures: dict[str, str] = {}
     for name, params in methods:
-        aps_record = None
-        if search and name != "grood":
-            result = search_baseline_parameters(run, name, params)
-            params = result.chosen
-            aps_record = result.record() if result.trials else None
-        scores = score_grood(run, params) if name == "grood" else score_baseline(run, name, params)
-        table = metrics_table(scores.id_scores, scores.ood_scores, _groups(run), id_accuracy)
-        target = output_dir / name if len(methods) > 1 else output_dir
-        write_method_results(target, run, name, params, table, scores, id_accuracy, aps_record)
+        target = output_dir / name if several else output_dir
+        try:
+            problem = method_problem(name, params, run.feature_dim, config)
+            if problem is not None:
+                raise ConfigError(problem)
+            sweep, notes, aps_record = None, [], None
+            if name != "grood":
+                params, sweep, notes = adapt_parameters(name, params, run.feature_dim, config)
+                for note in notes:
+                    log.warning("%s", note)
+                if config.aps:
+                    result = search_baseline_parameters(run, name, params, sweep)
+                    params = result.chosen
+                    aps_record = result.record() if result.trials else None
+            scores = score_grood(run, params) if name == "grood" else score_baseline(run, name, params)
+            table = metrics_table(scores.id_scores, scores.ood_scores, _groups(run), id_accuracy)
+        except Exception as error:  # noqa: BLE001 - recorded; the other methods still run
+            reason = f"{type(error).__name__}: {error}"
+            failures[name] = reason
+            log.error("method %s failed: %s", name, reason)
+            target.mkdir(parents=True, exist_ok=True)
+            for stale in ("metrics.csv", "metrics.json", "scores.pt"):  # never beside a failed run.json
+                (target / stale).unlink(missing_ok=True)
+            write_json(target / "run.json", _failure_record(run, name, params, reason))
+            if not several:
+                raise
+            continue
+        write_method_results(target, run, name, params, table, scores, id_accuracy, aps_record, notes)
         tables[name] = table
+    if several:
+        write_json(output_dir / "summary.json", {
+            "config_hash": config_hash(to_plain(config)),
+            "methods": {name: ({"status": "failed", "error": failures[name]} if name in failures
+                               else {"status": "ok", "near_auroc": _auroc(tables[name], "nearood"),
+                                     "far_auroc": _auroc(tables[name], "farood")})
+                        for name, _ in methods},
+        })
+    if failures:
+        raise MethodsFailedError(
+            f"{len(failures)} of {len(methods)} method(s) failed (the others' results are in {output_dir}):\n"
+            + "\n".join(f"  {name}: {reason}" for name, reason in failures.items())
+        )
     return tables
+
+
+def _auroc(table: pd.DataFrame, row: str) -> float | None:
+    return None if row not in table.index else round(float(table.loc[row, "AUROC"]), 4)

@@ -26,11 +26,10 @@ import sys
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from omegaconf import OmegaConf
-
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from grood.config import ConfigError, to_plain  # noqa: E402
 from grood.reproduce import (  # noqa: E402
     SPEC_DIR,
     Compose,
@@ -46,15 +45,11 @@ CONFIG_DIR = REPO_ROOT / "configs"
 
 
 @contextlib.contextmanager
-def hydra_composer(config_dir: Path = CONFIG_DIR, config_name: str = "config") -> Iterator[Compose]:
-    """``compose(overrides) -> dict``: the resolved config ``scripts/run.py`` would get for ``overrides``."""
-    from hydra import compose, initialize_config_dir
+def hydra_composer(config_dir: Path = CONFIG_DIR) -> Iterator[Compose]:
+    """``compose(overrides) -> RunConfig``: the validated config ``scripts/run.py`` would get for ``overrides``."""
+    from grood.config import compose_run_config
 
-    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3", job_name="reproduce"):
-        def _compose(overrides: Sequence[str]) -> dict:
-            return OmegaConf.to_container(compose(config_name=config_name, overrides=list(overrides)), resolve=True)
-
-        yield _compose
+    yield lambda overrides: compose_run_config(list(overrides), config_dir)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -97,7 +92,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     command_line = "python scripts/reproduce.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     ok = True
     with hydra_composer() as compose:
-        base = compose([o for o in args.override if o not in hydra_overrides])
+        try:
+            base = to_plain(compose([o for o in args.override if o not in hydra_overrides]))
+        except ConfigError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
         runs_root = args.runs_dir or Path(str(base["paths"]["results_dir"]))
         out_root = args.out_dir or (Path("results/smoke") if args.smoke else Path("results"))
         for spec in specs:

@@ -70,8 +70,9 @@ class TrainingDataError(FileNotFoundError):
 def _fetch_hint(benchmark: Benchmark, data_root: Path) -> str:
     """How to get ``benchmark``'s data into ``data_root`` (the make command; ImageNet's manual step)."""
     if not benchmark.downloadable:
-        return ("no script downloads this benchmark: point dataset.data_root (or paths.data_root / $GROOD_DATA_ROOT; "
-                "for cifar10_smoke, paths.shared_dir / $GROOD_SHARED_DIR) at a folder holding it")
+        return ("no script downloads this benchmark: point paths.data_root ($GROOD_DATA_ROOT) at a folder holding it "
+                "(dataset=cifar10_smoke: its train recipe uses paths.smoke_data_root, under paths.shared_dir / "
+                "$GROOD_SHARED_DIR)")
     lines = [
         f"fetch it with `make data DATASET={benchmark.name} DATA_ROOT={data_root}` (or `python scripts/download.py "
         f"data --benchmark {benchmark.name} --data-root {data_root}`), or point paths.data_root ($GROOD_DATA_ROOT) "
@@ -132,8 +133,8 @@ def train_config_from(cfg: Mapping[str, Any]) -> TrainConfig:
 def build_datasets(cfg: Mapping[str, Any]) -> tuple[Dataset, Dataset | None, dict[str, Any]]:
     """``(train set with augmentation, evaluation set or None, data provenance)`` of a resolved config."""
     recipe, dataset_cfg = cfg["train"], cfg["dataset"]
-    benchmark = resolve_benchmark(dataset_cfg)
-    data_root = Path(str(dataset_cfg.get("data_root") or cfg["paths"]["data_root"])).expanduser()
+    benchmark = resolve_benchmark(dataset_cfg.get("benchmark"), dataset_cfg.get("definition"))
+    data_root = Path(str(cfg["paths"]["data_root"])).expanduser()
     eval_split = recipe["eval_split"]
     if eval_split is not None and not benchmark.has_split(eval_split):
         raise ValueError(f"config key train.eval_split={eval_split!r}: benchmark {benchmark.name!r} has no such "
@@ -193,7 +194,7 @@ def run_training(cfg: DictConfig) -> Path:
     train_config = train_config_from(config)
     train_set, eval_set, data_info = build_datasets(config)
     seed_everything(train_config.seed)  # the initial weights depend on the seed only
-    num_classes = resolve_benchmark(config["dataset"]).num_classes
+    num_classes = resolve_benchmark(config["dataset"].get("benchmark"), config["dataset"].get("definition")).num_classes
     network = build_backbone(str(config["backbone"]["name"]), num_classes=num_classes,
                              split_block=config["backbone"].get("split_block"))
     # A resume.pt from other settings fails here, before this session is recorded.

@@ -65,7 +65,7 @@ def _compose(overrides: list[str]):
 
 
 def _smoke_overrides(smoke_data_root: Path, checkpoint_root: Path, *extra: str) -> list[str]:
-    return ["dataset=cifar10_smoke", f"dataset.data_root={smoke_data_root}", f"paths.checkpoint_root={checkpoint_root}",
+    return ["dataset=cifar10_smoke", f"paths.data_root={smoke_data_root}", f"paths.checkpoint_root={checkpoint_root}",
             "progress=false", *extra]
 
 

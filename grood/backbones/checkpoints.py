@@ -84,6 +84,27 @@ def _missing_checkpoint_message(path: Path) -> str:
     )
 
 
+#: Messages of torch.load on a file that ends too early or whose bytes are damaged (legacy pickle or zip format).
+_CORRUPT_MARKERS = ("failed finding central directory", "failed reading zip archive", "invalid header",
+                    "unexpected EOF", "truncated", "Ran out of input", "could not find", "file read failed")
+
+
+def _unreadable_checkpoint_message(path: Path, error: BaseException) -> str:
+    """Why ``torch.load(path, weights_only=True)`` failed, and what to do: a truncated or corrupt file
+    (EOFError, a damaged zip archive), or Python objects that tensors-only loading refuses."""
+    size = path.stat().st_size
+    text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    if isinstance(error, EOFError) or any(marker in str(error) for marker in _CORRUPT_MARKERS):
+        return (f"checkpoint {path} is a truncated or corrupt file ({size:,} bytes; {text}); download or copy it "
+                "again (an interrupted transfer leaves such a file) and compare its size with the source's")
+    if isinstance(error, pickle.UnpicklingError) and "weights_only" in str(error):
+        return (f"cannot read checkpoint {path} ({size:,} bytes) as tensors only (torch.load weights_only=True): "
+                f"{text}. It holds Python objects besides tensors: re-save only the weights with "
+                "torch.save(model.state_dict(), path)")
+    return (f"cannot read checkpoint {path} ({size:,} bytes): {text}. It is not a PyTorch checkpoint that "
+            "torch.load can read; check that the path names the right file")
+
+
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Load ``path`` on the CPU and return its state dict, prefixes stripped.
 
@@ -96,12 +117,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise FileNotFoundError(_missing_checkpoint_message(path))
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
-        raise ValueError(
-            f"cannot read checkpoint {path} as tensors-only (torch.load weights_only=True): {error}. "
-            "If it holds Python objects besides tensors, re-save only the weights: "
-            "torch.save(model.state_dict(), path)"
-        ) from error
+    except Exception as error:  # torch.load raises many types; each is told apart below
+        raise ValueError(_unreadable_checkpoint_message(path, error)) from error
     return strip_prefixes(extract_state_dict(obj, source=f"checkpoint {path}"))
 
 

@@ -201,8 +201,8 @@ class Benchmark:
                 f"`python scripts/download.py data --benchmark {self.name} --data-root {data_root}`"
             )
         return (
-            f"benchmark {self.name!r} is user-defined, so no script downloads it: point the data root at a "
-            "folder holding the layout above"
+            f"no script downloads benchmark {self.name!r}: point the data root (paths.data_root or "
+            "$GROOD_DATA_ROOT) at a folder holding the layout above"
         )
 
     def validate(self, data_root: str | os.PathLike) -> None:
@@ -317,7 +317,8 @@ BENCHMARK_DEFINITIONS: dict[str, dict[str, Any]] = {
     "imagenet": _openood_imagenet("imagenet", 1000),
     # The shared smoke benchmark (real images in OpenOOD's layout; its data root is configured, never
     # hard-coded). CIFAR-100, SVHN and Places365 are absent there, so far-OOD uses Fashion-MNIST. Its
-    # ResNet-20 checkpoint expects ImageNet's mean/std at 32x32.
+    # transform is CIFAR-10's preset; a network trained with other statistics declares them in its
+    # backbone config (the CIFAR ResNets of configs/backbone/resnet20.yaml: ImageNet's mean/std).
     "cifar10_smoke": {
         "name": "cifar10_smoke",
         "num_classes": 10,
@@ -332,7 +333,7 @@ BENCHMARK_DEFINITIONS: dict[str, dict[str, Any]] = {
             "texture": "benchmark_imglist/cifar10/test_texture.txt",
         },
         "val_ood": {"tin": "benchmark_imglist/cifar10/val_tin.txt"},
-        "transform": {"preset": "cifar10", "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+        "transform": "cifar10",
         "downloadable": False,
     },
 }

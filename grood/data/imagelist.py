@@ -48,6 +48,7 @@ def parse_image_list(imglist_path: str | os.PathLike, num_classes: int | None = 
     paths: list[str] = []
     labels: list[int] = []
     line_numbers: list[int] = []
+    first_line: dict[str, int] = {}
     with open(imglist_path, encoding="utf-8") as handle:
         for number, raw in enumerate(handle, start=1):
             line = raw.strip()
@@ -77,6 +78,12 @@ def parse_image_list(imglist_path: str | os.PathLike, num_classes: int | None = 
                     f"{where}: label {label} of {path!r} is outside 0..{num_classes - 1} for an ID list of "
                     f"{num_classes} classes; fix the label, or check that this list belongs to this benchmark"
                 )
+            if path in first_line:
+                raise ImageListError(
+                    f"{where}: image {path!r} is listed again (first at line {first_line[path]}); a duplicate "
+                    "counts one image twice in every metric: delete one of the two lines"
+                )
+            first_line[path] = number
             paths.append(path)
             labels.append(label)
             line_numbers.append(number)
@@ -143,9 +150,50 @@ class ImageListDataset(Dataset):
         if check_files:
             self._check_files()
 
+    def _file_stats(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(sizes, mtimes_ns)`` int64 ``[N]`` of the listed files (-1 where a file does not exist), one
+        ``os.stat`` each, computed once (numpy arrays: forked loader workers do not copy them)."""
+        if getattr(self, "_sizes", None) is None:
+            root = str(self.images_dir)
+            sizes = np.full(len(self._relative), -1, dtype=np.int64)
+            mtimes = np.full(len(self._relative), -1, dtype=np.int64)
+            for i, rel in enumerate(self._relative):
+                try:
+                    stat = os.stat(os.path.join(root, rel.decode()))
+                except FileNotFoundError:
+                    continue
+                sizes[i], mtimes[i] = stat.st_size, stat.st_mtime_ns
+            self._sizes, self._mtimes = sizes, mtimes
+        return self._sizes, self._mtimes
+
+    def files_fingerprint(self, mode: str = "stat") -> str:
+        """sha256 over what the listed files hold: per file its list path and, with ``mode="stat"``, its size
+        and modification time (ns); with ``mode="content"``, the sha256 of its bytes. A replaced image, or
+        another root whose lists have the same text, gives another fingerprint.
+
+        Raises:
+            ImageListError: a listed file is missing.
+            ValueError: unknown ``mode``.
+        """
+        if mode not in ("stat", "content"):
+            raise ValueError(f"files_fingerprint mode must be 'stat' or 'content'; got {mode!r}")
+        self._check_files()
+        sizes, mtimes = self._file_stats()
+        digest = hashlib.sha256(f"{mode}\n".encode())
+        for i, relative in enumerate(self._relative):
+            digest.update(bytes(relative) + b"\0")
+            if mode == "stat":
+                digest.update(f"{sizes[i]} {mtimes[i]}\n".encode())
+            else:
+                content = hashlib.sha256()
+                with open(self.path(i), "rb") as handle:
+                    for block in iter(lambda: handle.read(1 << 20), b""):
+                        content.update(block)
+                digest.update(content.digest())
+        return digest.hexdigest()
+
     def _check_files(self) -> None:
-        root = str(self.images_dir)
-        missing = [i for i, rel in enumerate(self._relative) if not os.path.exists(os.path.join(root, rel.decode()))]
+        missing = np.flatnonzero(self._file_stats()[0] < 0).tolist()
         if not missing:
             return
         shown = "\n".join(f"  line {self._line_numbers[i]}: {self.path(i)}" for i in missing[:5])

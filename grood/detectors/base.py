@@ -8,7 +8,7 @@ one place: :func:`grood.detectors.pytorch_ood_adapter` (see there).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from typing import Any, ClassVar, Mapping
 
 import torch
 
@@ -30,6 +30,17 @@ class Detector(ABC):
     needs_network: ClassVar[bool] = False
     #: The ID split :meth:`fit` must receive: "train" for almost all; "val" for ReAct (as in OpenOOD).
     fit_split: ClassVar[str] = "train"
+
+    @classmethod
+    def parameter_problem(cls, params: Mapping[str, Any], feature_dim: int) -> str | None:
+        """Why the complete constructor parameters ``params`` cannot work on ``feature_dim``-dimensional
+        features (checked before any forward pass), or None. Most detectors have no such constraint."""
+        return None
+
+    @classmethod
+    def nearest_valid(cls, params: Mapping[str, Any], feature_dim: int) -> dict[str, Any]:
+        """``params`` with each value :meth:`parameter_problem` rejects replaced by the nearest valid one."""
+        return dict(params)
 
     def fit(self, train: FeatureSet, head: LinearHead) -> "Detector":
         """Fit on the ID split named by :attr:`fit_split` (training, or validation for ReAct)."""

@@ -17,7 +17,7 @@ features fit in memory. pytorch-ood's ``ViM`` computes the same in float32 over 
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar, Mapping
 
 import torch
 
@@ -55,6 +55,18 @@ class ViM(BaselineDetector):
         if isinstance(dim, bool) or int(dim) != dim or int(dim) < 1:
             raise ValueError(f"ViM: dim must be an integer >= 1; got {dim!r}")
         self.principal_dim = int(dim)
+
+    @classmethod
+    def parameter_problem(cls, params: Mapping[str, Any], feature_dim: int) -> str | None:
+        dim = int(params["dim"])
+        if dim >= feature_dim:
+            return f"ViM dim={dim} must be smaller than the feature dimension D={feature_dim}"
+        return None
+
+    @classmethod
+    def nearest_valid(cls, params: Mapping[str, Any], feature_dim: int) -> dict[str, Any]:
+        """``dim`` lowered to ``D - 1`` where it is not below ``D``."""
+        return {**params, "dim": min(int(params["dim"]), feature_dim - 1)}
 
     def fit(self, train: FeatureSet, head: LinearHead) -> "ViM":
         self._start_fit(train, head)

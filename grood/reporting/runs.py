@@ -53,6 +53,7 @@ def collect_runs(root: str | os.PathLike) -> pd.DataFrame:
       ``"grood"`` for a GROOD run that records none (the detector's default); empty for other methods.
     - ``prototype``: ``extra.prototype``, else ``config.prototype.strategy`` (GROOD runs only); empty if none.
     - ``run_dir``: the run's folder relative to ``root`` (POSIX).
+    - Left out: runs whose ``run.json`` has ``status: failed``, and folders named ``*.superseded-<n>``.
     - ``ncp_accuracy`` / ``id_accuracy`` in percent, NaN where the run records null.
 
     Raises:
@@ -63,13 +64,17 @@ def collect_runs(root: str | os.PathLike) -> pd.DataFrame:
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"results root {root} is not a directory")
-    run_files = sorted(root.rglob("run.json"))
+    # folders set aside by a reproduction (results of another configuration) are not current runs
+    run_files = sorted(path for path in root.rglob("run.json")
+                       if not any(".superseded-" in part for part in path.relative_to(root).parts))
     if not run_files:
         raise FileNotFoundError(f"no run.json found below {root}; point collect_runs at a results folder")
     frames: list[pd.DataFrame] = []
     seen: dict[str, Path] = {}
     for run_file in run_files:
         run = read_run_json(run_file)
+        if run.get("status", "ok") == "failed":  # a method that could not run: its reason is in run.json
+            continue
         info = run_identity(run, run_file)
         key = json.dumps({k: v for k, v in info.items() if not k.startswith("timings_s.")}, sort_keys=True,
                          default=str)
@@ -82,6 +87,8 @@ def collect_runs(root: str | os.PathLike) -> pd.DataFrame:
         seen[key] = run_file
         metrics = read_metrics_csv(run_file.parent / "metrics.csv")
         frames.append(_run_rows(run, info, metrics, run_file, root))
+    if not frames:
+        raise FileNotFoundError(f"no successful run below {root} (every run.json records status: failed)")
     long = pd.concat(frames, ignore_index=True)
     extra_columns = sorted(c for c in long.columns if c not in BASE_COLUMNS)
     return long[BASE_COLUMNS + extra_columns]

@@ -102,8 +102,8 @@ def build_tsne(spec: Spec, compose: Compose, figures_dir: Path, extra_overrides:
         run = prepare_run(config)
     except FileNotFoundError as error:  # the caller turns this into a skipped line of the report
         raise _Skipped(entry.dataset, seed, str(error)) from error
-    prototype_cfg = dict(config.get("prototype") or {"strategy": "mixup"})
-    strategy = str(prototype_cfg.get("strategy"))
+    prototype_cfg = config.prototype
+    strategy = prototype_cfg.strategy
     if "oracle" in strategy:
         raise SpecError(f"{spec.path}: Figure 2 needs one OOD prototype; prototype={strategy} makes one per OOD set")
     train = run.split_outputs("train", accumulate_early=strategy == "mixup").features

@@ -18,7 +18,7 @@ from grood.reproduce.specs import BenchmarkEntry, RunEntry, Spec, SpecError
 
 log = logging.getLogger("grood.reproduce")
 
-Compose = Callable[[Sequence[str]], dict]
+Compose = Callable[[Sequence[str]], Any]  # overrides -> a validated grood.config.RunConfig
 Evaluate = Callable[[Mapping[str, Any], Path], Any]
 _EPOCH = re.compile(r"epoch_(\d+)")
 
@@ -125,24 +125,68 @@ def expand_jobs(spec: Spec, paths: Mapping[str, Any],
                 if checkpoint is not None:
                     tail.append(f"dataset.checkpoint={_quote_value(checkpoint)}")
                 if epoch is not None:
-                    tail.append(f"++extra.epoch={epoch}")
+                    tail.append(f"extra.epoch={epoch}")
                 for run in spec.runs:
                     overrides = (*base, *tail, *spec.overrides, *entry.overrides, *run.overrides, *extra_overrides)
                     jobs.append(Job(spec.experiment, entry, run, seed, tuple(overrides), epoch))
     return jobs, notes
 
 
-def expected_methods(config: Mapping[str, Any]) -> list[str]:
-    """The method folders a composed config writes (one per method for ``method=all``)."""
+def expected_methods(config: Any) -> list[str]:
+    """The method folders a composed config (a :class:`grood.config.RunConfig`) writes (one per method for
+    ``method=all``)."""
     from grood.pipeline import method_list
 
-    return [name for name, _ in method_list(config["method"])]
+    return [name for name, _ in method_list(config.method)]
 
 
-def job_complete(directory: Path, methods: Sequence[str]) -> bool:
-    """Whether a job's results are all there: ``run.json`` + ``metrics.csv`` (per method for several)."""
+def job_complete(directory: Path, methods: Sequence[str], config: Any | None = None) -> bool:
+    """Whether a job's results are all there: ``run.json`` (status ok) + ``metrics.csv`` per method folder,
+    and, given ``config``, made with that very configuration (``run.json``'s ``config_hash``)."""
+    import json
+
+    from grood.config import config_hash, to_plain
+
+    wanted = None if config is None else config_hash(to_plain(config))
     folders = [directory] if len(methods) == 1 else [directory / m for m in methods]
-    return all((f / "run.json").is_file() and (f / "metrics.csv").is_file() for f in folders)
+    for folder in folders:
+        if not ((folder / "run.json").is_file() and (folder / "metrics.csv").is_file()):
+            return False
+        try:
+            record = json.loads((folder / "run.json").read_text())
+        except (OSError, ValueError):
+            return False
+        if record.get("status", "ok") != "ok" or (wanted is not None and record.get("config_hash") != wanted):
+            return False
+    return True
+
+
+def set_aside(directory: Path) -> Path:
+    """Move a results folder made with another configuration to ``<name>.superseded-<n>`` (never deleted)."""
+    number = 1
+    while directory.with_name(f"{directory.name}.superseded-{number}").exists():
+        number += 1
+    target = directory.with_name(f"{directory.name}.superseded-{number}")
+    directory.rename(target)
+    return target
+
+
+def _recorded_elsewhere(directory: Path, methods: Sequence[str], config: Any) -> bool:
+    """Whether ``directory`` holds results (complete or not) of a configuration other than ``config``."""
+    import json
+
+    from grood.config import config_hash, to_plain
+
+    wanted = config_hash(to_plain(config))
+    records = [directory / "summary.json", directory / "run.json", *[directory / m / "run.json" for m in methods]]
+    for path in records:
+        if path.is_file():
+            try:
+                if json.loads(path.read_text()).get("config_hash") != wanted:
+                    return True
+            except (OSError, ValueError):
+                return True
+    return False
 
 
 def run_jobs(jobs: Sequence[Job], compose: Compose, runs_root: str | Path, force: bool = False,
@@ -169,12 +213,17 @@ def run_jobs(jobs: Sequence[Job], compose: Compose, runs_root: str | Path, force
         directory = job.directory(runs_root)
         name = f"{job.experiment}/{job.relative_dir}"
         common = dict(name=name, dataset=job.benchmark.dataset, seed=job.seed)
-        if not force and job_complete(directory, methods):
+        if not force and job_complete(directory, methods, config):
             outcomes.append(Outcome(**common, status="existing"))
             continue
         if tables_only:
             outcomes.append(Outcome(**common, status="missing", message="no results (tables only: not run)"))
             continue
+        if directory.exists() and _recorded_elsewhere(directory, methods, config):
+            moved = set_aside(directory)  # a run of other settings: kept, never mistaken for this one
+            log.warning("%s holds a run of another configuration: moved to %s", directory, moved)
+            outcomes.append(Outcome(**common, status="note", message=f"results of another configuration moved "
+                                    f"to {moved}"))
         log.info("[%d/%d] %s", number, len(jobs), name)
         started = time.perf_counter()
         try:

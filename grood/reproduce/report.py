@@ -126,7 +126,9 @@ def reproduce_target(spec: Spec, compose: Compose, runs_root: str | Path, out_ro
     """
     runs_root, out_root = Path(runs_root), Path(out_root)
     if paths is None:
-        paths = compose(list(extra_overrides))["paths"]
+        from grood.config import to_plain
+
+        paths = to_plain(compose(list(extra_overrides)))["paths"]
     jobs, outcomes = expand_jobs(spec, paths, extra_overrides)
     outcomes += run_jobs(jobs, compose, runs_root, force=force, tables_only=tables_only, evaluate=evaluate)
     figures_dir = out_root / "figures"

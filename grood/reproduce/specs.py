@@ -33,6 +33,8 @@ class SpecError(ValueError):
 KINDS = ("table", "epochs_std", "tsne", "epoch_curves", "densities", "auroc_vs_k")
 TOP_KEYS = {"table", "kind", "title", "paper_table", "experiment", "columns", "groups", "value", "row_header",
             "runs", "rows", "pre_rows", "paper_filter", "options", "notes", "full", "smoke"}
+#: Overrides of every smoke job: the shared smoke benchmark's data root (``paths.smoke_data_root``).
+SMOKE_OVERRIDES: tuple[str, ...] = ("paths.data_root=${paths.smoke_data_root}",)
 VARIANT_KEYS = {"benchmarks", "overrides", "run_overrides", "options", "paper_aliases", "notes"}
 BENCHMARK_KEYS = {"dataset", "seeds", "backbone", "checkpoint", "epochs", "overrides"}
 EPOCH_KEYS = {"glob", "last"}
@@ -291,6 +293,8 @@ def load_spec(name: str, smoke: bool = False, spec_dir: str | Path = SPEC_DIR) -
         runs=runs, rows=rows, pre_rows=pre_rows, paper_filter=dict(raw.get("paper_filter") or {}), options=options,
         notes=_str_list(raw.get("notes"), path, "notes") + _str_list(variant.get("notes"), path,
                                                                      f"{variant_name}.notes"),
-        benchmarks=benchmarks, overrides=_str_list(variant.get("overrides"), path, f"{variant_name}.overrides"),
+        benchmarks=benchmarks,
+        overrides=(list(SMOKE_OVERRIDES) if smoke else []) + _str_list(variant.get("overrides"), path,
+                                                                      f"{variant_name}.overrides"),
         paper_aliases={k: {str(a): str(b) for a, b in dict(v).items()} for k, v in aliases.items()},
     )

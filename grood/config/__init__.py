@@ -1,0 +1,279 @@
+"""grood's run configuration: typed schema (:mod:`grood.config.schema`), composition and validation.
+
+    from grood.config import compose_run_config
+    config = compose_run_config(["experiment=smoke", "method=knn", "method.params.k=5"])   # a RunConfig
+
+``scripts/run.py`` (Hydra app), ``scripts/reproduce.py`` and the tests all go through :func:`validate`, so
+every run is checked the same way before anything is computed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+from grood.config.schema import (
+    INDEX_SCHEMAS,
+    METHOD_PARAMS,
+    PROTOTYPE_SCHEMAS,
+    AllParams,
+    ConfigError,
+    RunConfig,
+    register_configs,
+)
+
+__all__ = [
+    "CONFIG_DIR", "ConfigError", "RunConfig", "check_command_line", "command_line_overrides", "compose_run_config",
+    "config_hash", "explain_override_error",
+    "hydra_compose", "register_configs", "result_config", "to_plain", "validate",
+]
+
+#: The Hydra config folder of the checkout (``configs/``).
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+#: Keys that change how a run goes, not what it computes: left out of :func:`config_hash` and of the
+#: comparison that decides whether a finished run can be reused.
+NON_RESULT_KEYS: tuple[str, ...] = (
+    "progress", "num_workers", "batch_size", "experiment_name", "paths.cache_dir", "paths.results_dir",
+    "paths.shared_dir", "paths.smoke_data_root", "paths.checkpoint_root", "cache.verify", "check_files",
+)
+
+
+# --------------------------------------------------------------------------- validation
+def _walk_problems(node: Any, prefix: str) -> list[str]:
+    """Every ``problems()`` of ``node`` and of the dataclasses below it, each prefixed by its key path."""
+    found: list[str] = []
+    if not dataclasses.is_dataclass(node):
+        return found
+    if hasattr(node, "problems"):
+        found += [f"{prefix}{problem}" for problem in node.problems()]
+    for item in dataclasses.fields(node):
+        found += _walk_problems(getattr(node, item.name), f"{prefix}{item.name}.")
+    return found
+
+
+def _check_group_types(config: RunConfig) -> list[str]:
+    """A group's name key changed by hand (``method.name=knn`` on ``method=grood``) leaves the other
+    option's schema in place: say to select the option instead."""
+    found = []
+    method, prototype, index = config.method, config.prototype, config.index
+    expected = AllParams if method.name == "all" else METHOD_PARAMS.get(method.name)
+    if expected is None:
+        found.append(f"method.name={method.name!r}: unknown method; valid: {sorted([*METHOD_PARAMS, 'all'])}")
+    elif type(method.params) is not expected:
+        found.append(f"method.name={method.name!r} was set without its parameters' schema: select the method "
+                     f"with method={method.name}")
+    expected = PROTOTYPE_SCHEMAS.get(prototype.strategy)
+    if expected is None:
+        found.append(f"prototype.strategy={prototype.strategy!r}: unknown; valid: {sorted(PROTOTYPE_SCHEMAS)}")
+    elif type(prototype) is not expected:
+        found.append(f"prototype.strategy={prototype.strategy!r} was set by hand: select it with "
+                     f"prototype={prototype.strategy}")
+    expected = INDEX_SCHEMAS.get(index.kind)
+    if expected is None:
+        found.append(f"index.kind={index.kind!r}: unknown; valid: {sorted(INDEX_SCHEMAS)}")
+    elif type(index.params) is not expected:
+        found.append(f"index.kind={index.kind!r} was set by hand: select it with index={index.kind}")
+    return found
+
+
+def validate(cfg: DictConfig | RunConfig) -> RunConfig:
+    """The composed config as a checked :class:`RunConfig`; every problem is reported at once.
+
+    Raises:
+        ConfigError: one line per problem, each naming the key, its value and the valid range.
+    """
+    if isinstance(cfg, RunConfig):
+        config = cfg
+    else:
+        cfg = cfg.copy()
+        if "hydra" in cfg:
+            with _unlocked(cfg):
+                del cfg["hydra"]
+        try:
+            config = OmegaConf.to_object(cfg)
+        except Exception as error:  # an interpolation that cannot resolve, a missing mandatory value
+            raise ConfigError(f"the configuration cannot be resolved: {error}") from error
+        if not isinstance(config, RunConfig):
+            raise ConfigError(f"expected a run configuration (configs/config.yaml); got {type(config).__name__}")
+        undeclared = _undeclared_keys(OmegaConf.to_container(cfg, resolve=False),
+                                      OmegaConf.to_container(OmegaConf.structured(config), resolve=False), "")
+        if undeclared:  # added with Hydra's '+': the schema would silently drop them
+            raise ConfigError("undeclared configuration key(s), which nothing would read: " + ", ".join(undeclared)
+                              + "\n(every key is declared in grood/config/schema.py; check the spelling)")
+    problems = _check_group_types(config)
+    if not problems:
+        problems = _walk_problems(config, "")
+    if problems:
+        raise ConfigError("invalid configuration:\n" + "\n".join(f"  {p}" for p in problems))
+    return config
+
+
+def _undeclared_keys(given: Any, declared: Any, prefix: str) -> list[str]:
+    """Dotted keys of ``given`` that ``declared`` (the typed config) lacks."""
+    if not isinstance(given, dict) or not isinstance(declared, dict):
+        return []
+    found = []
+    for key, value in given.items():
+        if key not in declared:
+            found.append(f"{prefix}{key}")
+        else:
+            found += _undeclared_keys(value, declared[key], f"{prefix}{key}.")
+    return found
+
+
+@contextmanager
+def _unlocked(cfg: DictConfig) -> Iterator[None]:
+    from omegaconf import open_dict
+
+    with open_dict(cfg):
+        yield
+
+
+# --------------------------------------------------------------------------- plain data and hashes
+def to_plain(config: RunConfig) -> dict[str, Any]:
+    """The config as plain JSON-ready data (what ``run.json`` records)."""
+    return json.loads(json.dumps(dataclasses.asdict(config), default=str))
+
+
+def result_config(plain: dict[str, Any]) -> dict[str, Any]:
+    """``plain`` without :data:`NON_RESULT_KEYS`, the data root and checkpoint as absolute paths: what
+    determines a run's numbers."""
+    out = json.loads(json.dumps(plain))
+    paths = out.get("paths") or {}
+    if paths.get("data_root"):  # ../shared/x and /abs/shared/x are the same data
+        paths["data_root"] = str(Path(paths["data_root"]).expanduser().resolve())
+    dataset = out.get("dataset") or {}
+    if dataset.get("checkpoint"):
+        dataset["checkpoint"] = str(Path(dataset["checkpoint"]).expanduser().resolve())
+    for dotted in NON_RESULT_KEYS:
+        node = out
+        *parents, last = dotted.split(".")
+        for key in parents:
+            node = node.get(key, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(last, None)
+    return out
+
+
+def config_hash(plain: dict[str, Any], length: int = 8) -> str:
+    """A short hash of :func:`result_config` (``plain``): equal for runs that compute the same numbers."""
+    text = json.dumps(result_config(plain), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def _run_hash_resolver(*, _root_: DictConfig) -> str:
+    """``${grood.run_hash:}``: :func:`config_hash` of the run config holding it (results folder names)."""
+    root = _root_.copy()
+    with _unlocked(root):
+        if "hydra" in root:
+            del root["hydra"]
+    try:
+        plain = OmegaConf.to_container(root, resolve=True)
+    except Exception:  # an unresolvable key: the run stops at validation with a clear message
+        return "unresolved"
+    return config_hash(plain)
+
+
+OmegaConf.register_new_resolver("grood.run_hash", _run_hash_resolver, replace=True)
+
+
+# --------------------------------------------------------------------------- composition
+def explain_override_error(error: BaseException, cfg: DictConfig | None = None) -> str:
+    """Hydra's "Key 'kk' is not in struct" with the valid keys of the node it names."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    cause = error
+    while cause is not None and not isinstance(cause, OmegaConfBaseException):
+        cause = cause.__cause__ or cause.__context__
+    message = str(error).strip()
+    full_key = getattr(cause, "full_key", None)
+    if cause is None or not full_key or cfg is None:
+        return message
+    parent_key = full_key.rpartition(".")[0]
+    node = OmegaConf.select(cfg, parent_key) if parent_key else cfg
+    if isinstance(node, DictConfig):
+        valid = ", ".join(str(k) for k in node.keys())
+        where = parent_key or "the top level"
+        return f"{message}\n'{full_key}' is not a setting; valid keys of {where}: {valid}"
+    return message
+
+
+def _group_defaults(overrides: Sequence[str]) -> list[str]:
+    """The group selections among ``overrides`` (``method=knn``), to compose the base config the other
+    overrides apply to."""
+    return [o for o in overrides if "=" in o and "." not in o.split("=", 1)[0].lstrip("+~")]
+
+
+def hydra_compose(overrides: Sequence[str], config_dir: str | Path = CONFIG_DIR,
+                  config_name: str = "config") -> DictConfig:
+    """Hydra's compose API on ``configs/`` (no run, no output folder); errors name the valid keys."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_configs()
+    if GlobalHydra.instance().is_initialized():
+        GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3", job_name="grood"):
+        try:
+            return compose(config_name=config_name, overrides=list(overrides))
+        except Exception as error:
+            try:
+                base = compose(config_name=config_name, overrides=_group_defaults(overrides))
+            except Exception:
+                base = None
+            raise ConfigError(explain_override_error(error, base)) from error
+
+
+def compose_run_config(overrides: Sequence[str], config_dir: str | Path = CONFIG_DIR) -> RunConfig:
+    """:func:`hydra_compose` then :func:`validate`: the checked run config ``scripts/run.py`` would get."""
+    return validate(hydra_compose(overrides, config_dir))
+
+
+# --------------------------------------------------------------------------- the command line
+#: Hydra flags that take a value (``--config-name x``); the others (``-m``, ``--multirun``) take none.
+_FLAGS_WITH_VALUE = ("--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--cfg", "-c",
+                     "--package", "-p", "--info", "-i", "--experimental-rerun")
+
+
+def command_line_overrides(argv: Sequence[str]) -> list[str]:
+    """The config overrides of a ``scripts/run.py`` command line, each sweep (``seed=0,1,2``) at its first
+    value; Hydra's own flags and ``hydra.*`` / ``hydra/...`` overrides are left out."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    args, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg.startswith("-"):
+            skip = arg in _FLAGS_WITH_VALUE
+            continue
+        if arg.lstrip("+~").startswith(("hydra.", "hydra/")):
+            continue
+        args.append(arg)
+    parser = OverridesParser.create()
+    try:
+        parsed = parser.parse_overrides(args)
+    except Exception as error:  # Hydra's override grammar
+        raise ConfigError(f"cannot parse the command line: {error}") from error
+    out = []
+    for override, text in zip(parsed, args):
+        if override.is_sweep_override():
+            first = next(iter(override.sweep_string_iterator()))
+            out.append(f"{override.get_key_element()}={first}")
+        else:
+            out.append(text)
+    return out
+
+
+def check_command_line(argv: Sequence[str]) -> RunConfig:
+    """Compose and validate the config of a ``scripts/run.py`` command line (sweeps at their first value)
+    before Hydra starts: a bad key or value stops it with a message listing the valid keys."""
+    return compose_run_config(command_line_overrides(argv))

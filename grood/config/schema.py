@@ -1,0 +1,434 @@
+"""The typed run configuration: every key a user may set, with its type, default and valid range.
+
+Hydra composes ``configs/config.yaml`` on top of these dataclasses (stored in Hydra's ConfigStore by
+:func:`register_configs`), so a key that is not declared here is an error at composition time, a value of
+the wrong type too, and ``method.params.k=5`` works without Hydra's ``+``. :func:`validate` then turns the
+composed config into a :class:`RunConfig` and checks every range at once (``k >= 1``,
+``0 < mixup_lambda < 1``, ...); the pipeline receives that object, never a dict with fallbacks.
+
+Groups (one schema per option where the options differ):
+
+- ``paths``: :class:`PathsConfig`; ``backbone``: :class:`BackboneConfig`; ``dataset``: :class:`DatasetConfig`;
+- ``method``: ``<name>`` -> :class:`MethodConfig` whose ``params`` are that method's own dataclass
+  (:data:`METHOD_PARAMS`); ``all`` -> every method's params, one field per method;
+- ``prototype``: one dataclass per strategy (:data:`PROTOTYPE_SCHEMAS`); ``index``: one per kind
+  (:data:`INDEX_SCHEMAS`).
+
+Baseline parameters default to ``None``: OpenOOD v1.5's default (its ``postprocessor_args``), or the value
+OpenOOD's automatic parameter search picks when ``aps=true``. A value set here is kept fixed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from omegaconf import MISSING
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message names the key and what to do."""
+
+
+# --------------------------------------------------------------------------- small checks
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _at_least(problems: list[str], key: str, value: Any, low: int) -> None:
+    if value is not None and (not _is_int(value) or value < low):
+        problems.append(f"{key}={value!r}: must be an integer >= {low}")
+
+
+def _between(problems: list[str], key: str, value: Any, low: float, high: float, inclusive: bool = False) -> None:
+    if value is None:
+        return
+    inside = low <= value <= high if inclusive else low < value < high
+    if not inside or (isinstance(value, float) and math.isnan(value)):
+        bounds = f"[{low}, {high}]" if inclusive else f"({low}, {high})"
+        problems.append(f"{key}={value!r}: must lie in {bounds}")
+
+
+def _one_of(problems: list[str], key: str, value: Any, valid: tuple[str, ...]) -> None:
+    if value is not None and value not in valid:
+        problems.append(f"{key}={value!r}: must be one of {list(valid)}")
+
+
+def _three_numbers(problems: list[str], key: str, value: Any, positive: bool = False) -> None:
+    if value is None:
+        return
+    if len(value) != 3:
+        problems.append(f"{key}={list(value)!r}: must hold 3 numbers (R, G, B)")
+    elif positive and any(v <= 0 for v in value):
+        problems.append(f"{key}={list(value)!r}: must be positive")
+
+
+# --------------------------------------------------------------------------- paths, data, network
+@dataclass
+class PathsConfig:
+    """Where things live (``configs/paths/default.yaml`` sets them from the environment)."""
+
+    data_root: str = MISSING        # the one data root (OpenOOD v1.5 layout); $GROOD_DATA_ROOT
+    checkpoint_root: str = MISSING  # $GROOD_CHECKPOINT_ROOT
+    cache_dir: str = MISSING        # feature and prototype cache; $GROOD_CACHE_DIR
+    results_dir: str = MISSING      # $GROOD_RESULTS_DIR
+    shared_dir: str = MISSING       # the shared smoke benchmark and its checkpoint; $GROOD_SHARED_DIR
+    smoke_data_root: str = MISSING  # the smoke benchmark's root inside shared_dir (experiment=smoke uses it)
+
+
+@dataclass
+class TransformConfig:
+    """Overrides of the test transform (``None`` = keep what the benchmark and the backbone say)."""
+
+    size: Optional[int] = None
+    crop_size: Optional[int] = None
+    mean: Optional[List[float]] = None
+    std: Optional[List[float]] = None
+    interpolation: Optional[str] = None
+
+    def problems(self) -> list[str]:
+        found: list[str] = []
+        _at_least(found, "size", self.size, 1)
+        _at_least(found, "crop_size", self.crop_size, 1)
+        _three_numbers(found, "mean", self.mean)
+        _three_numbers(found, "std", self.std, positive=True)
+        _one_of(found, "interpolation", self.interpolation, ("nearest", "bilinear", "bicubic"))
+        return found
+
+    def given(self) -> dict[str, Any]:
+        """The keys that are set, as a plain dict (lists for mean/std)."""
+        return {k: (list(v) if isinstance(v, (list, tuple)) else v)
+                for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+@dataclass
+class BackboneConfig:
+    """The network. ``transform``: the input statistics (and sizes) its checkpoints were trained with;
+    unset keys come from the benchmark's OpenOOD preset."""
+
+    name: str = MISSING
+    split_block: Optional[int] = None   # None = the default split (after the first block)
+    weights: Optional[str] = None       # torchvision weight name or file (ImageNet nets)
+    transform: TransformConfig = field(default_factory=TransformConfig)
+
+    def problems(self) -> list[str]:
+        found: list[str] = []
+        _at_least(found, "split_block", self.split_block, 0)
+        return found + [f"transform.{p}" for p in self.transform.problems()]
+
+
+@dataclass
+class DatasetConfig:
+    """The benchmark (a registry name, or a user definition) and the checkpoint evaluated on it.
+
+    The data root is never set here: it is ``paths.data_root``."""
+
+    name: str = MISSING
+    benchmark: Optional[str] = None
+    definition: Dict[str, Any] = field(default_factory=dict)  # a user benchmark (grood.data.benchmark_from_dict); {} = none
+    checkpoint: Optional[str] = None
+    transform: TransformConfig = field(default_factory=TransformConfig)  # the user's own overrides: win
+
+    def problems(self) -> list[str]:
+        found = [f"transform.{p}" for p in self.transform.problems()]
+        if not self.benchmark and not self.definition:
+            found.append("benchmark: give a registry name (dataset.benchmark) or a user benchmark (dataset.definition)")
+        return found
+
+
+# --------------------------------------------------------------------------- methods
+@dataclass
+class GROODParams:
+    """GROOD's own parameters (never searched by APS)."""
+
+    k: int = 1                 # eq. 6: distance to the k-th nearest training gradient (Fig. 5)
+    fit_on: str = "all"        # all | correct (only correctly classified training samples are indexed)
+    variant: str = "grood"     # grood | ood_distance | gradient_l1 | class_gradient (Table 4)
+
+    def problems(self) -> list[str]:
+        found: list[str] = []
+        _at_least(found, "k", self.k, 1)
+        _one_of(found, "fit_on", self.fit_on, ("all", "correct"))
+        _one_of(found, "variant", self.variant, ("grood", "ood_distance", "gradient_l1", "class_gradient"))
+        return found
+
+
+def _baseline_params_dataclass(name: str) -> type:
+    """A dataclass with one ``Optional`` field per constructor parameter of baseline ``name`` (default None =
+    OpenOOD's default or APS's choice); its ``problems`` checks the ranges the detector documents."""
+    import inspect
+
+    from grood.detectors.registry import DETECTORS
+
+    cls = DETECTORS[name]
+    simple = {"int": int, "float": float, "bool": bool, "str": str}
+    fields = []
+    for key, parameter in inspect.signature(cls.__init__).parameters.items():
+        if key in ("self", "device") or parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+            continue
+        annotation = str(parameter.annotation)
+        if annotation in simple:
+            kind: Any = Optional[simple[annotation]]
+        elif annotation.startswith(("Sequence[float]", "tuple[float")):
+            kind = Optional[List[float]]
+        elif annotation.startswith("dict"):
+            kind = Optional[Dict[str, Any]]
+        else:
+            raise TypeError(f"detector {name!r}: parameter {key!r} has an annotation ({annotation}) the config "
+                            "schema cannot declare; give it int, float, bool, str, Sequence[float] or dict")
+        fields.append((key, kind, field(default=None)))
+    ranges = BASELINE_RANGES.get(name, {})
+
+    def problems(self: Any) -> list[str]:
+        found: list[str] = []
+        for key, check in ranges.items():
+            check(found, key, getattr(self, key))
+        _at_least(found, "batch_size", getattr(self, "batch_size", None), 1)
+        return found
+
+    return dataclasses.make_dataclass(f"{name.upper()}Params", fields, namespace={"problems": problems})
+
+
+def _percentile(found: list[str], key: str, value: Any) -> None:
+    _between(found, key, value, 0, 100)
+
+
+def _positive(found: list[str], key: str, value: Any) -> None:
+    if value is not None and not value > 0:
+        found.append(f"{key}={value!r}: must be > 0")
+
+
+def _non_negative(found: list[str], key: str, value: Any) -> None:
+    if value is not None and not value >= 0:
+        found.append(f"{key}={value!r}: must be >= 0")
+
+
+#: Per baseline: parameter -> range check (what each detector's constructor documents).
+BASELINE_RANGES: dict[str, dict[str, Any]] = {
+    "openmax": {"tail_size": lambda f, k, v: _at_least(f, k, v, 1), "alpha": lambda f, k, v: _at_least(f, k, v, 1)},
+    "odin": {"temperature": _positive, "noise": _non_negative},
+    "ebo": {"temperature": _positive},
+    "react": {"percentile": _percentile},
+    "vim": {"dim": lambda f, k, v: _at_least(f, k, v, 1)},
+    "knn": {"k": lambda f, k, v: _at_least(f, k, v, 1)},
+    "dice": {"p": lambda f, k, v: _between(f, k, v, 0, 100, inclusive=True)},
+    "ash": {"percentile": _percentile, "variant": lambda f, k, v: _one_of(f, k, v, ("ash-b", "ash-p", "ash-s"))},
+    "gen": {"gamma": _positive, "m": lambda f, k, v: _at_least(f, k, v, 1)},
+    "nci": {"alpha": _non_negative},
+    "scale": {"percentile": _percentile},
+}
+
+
+def _method_params() -> dict[str, type]:
+    from grood.detectors.registry import DETECTORS
+
+    params: dict[str, type] = {"grood": GROODParams}
+    for name in DETECTORS:
+        if name != "grood":
+            params[name] = _baseline_params_dataclass(name)
+    return params
+
+
+#: Method name -> the dataclass of its ``method.params``.
+METHOD_PARAMS: dict[str, type] = _method_params()
+
+#: ``method=all``'s params: one field per method (``method.params.vim.dim=32``).
+AllParams = dataclasses.make_dataclass(
+    "AllParams",
+    [(name, cls, field(default_factory=cls)) for name, cls in METHOD_PARAMS.items()],
+    namespace={"problems": lambda self: []},
+)
+
+
+@dataclass
+class MethodConfig:
+    """``method=<name>``: the method and its parameters (``params`` is :data:`METHOD_PARAMS` ``[name]``)."""
+
+    name: str = MISSING
+    params: Any = None
+
+
+# --------------------------------------------------------------------------- GROOD's OOD prototype
+@dataclass
+class PrototypeConfig:
+    """Settings every OOD-prototype strategy shares (section 5.2's proximity filter)."""
+
+    strategy: str = MISSING
+    filter_quantile: Optional[float] = None   # proximity filter (e.g. 0.5); None = off
+    min_keep: int = 1
+
+    def problems(self) -> list[str]:
+        found: list[str] = []
+        _between(found, "filter_quantile", self.filter_quantile, 0, 1)
+        _at_least(found, "min_keep", self.min_keep, 1)
+        return found
+
+
+@dataclass
+class MixupPrototypeConfig(PrototypeConfig):
+    """Eq. 9: mixup of early-layer class prototypes, passed through the rest of the network."""
+
+    mixup_lambda: float = 0.5
+    num_images: Optional[int] = None          # None = all training images
+
+    def problems(self) -> list[str]:
+        found = PrototypeConfig.problems(self)
+        _between(found, "mixup_lambda", self.mixup_lambda, 0, 1)
+        _at_least(found, "num_images", self.num_images, 1)
+        return found
+
+
+@dataclass
+class UniformPrototypeConfig(PrototypeConfig):
+    """Appendix A.2: uniform-noise images, the ``keep`` of lowest energy."""
+
+    num_images: int = 1000
+    keep: int = 100
+
+    def problems(self) -> list[str]:
+        found = PrototypeConfig.problems(self)
+        _at_least(found, "num_images", self.num_images, 1)
+        _at_least(found, "keep", self.keep, 1)
+        if not found and self.keep > self.num_images:
+            found.append(f"keep={self.keep}: must not exceed num_images={self.num_images}")
+        return found
+
+
+@dataclass
+class SampledPrototypeConfig(PrototypeConfig):
+    """Strategies that average ``num_images`` real images (val_ood, corrupted, the oracles)."""
+
+    num_images: int = 100
+
+    def problems(self) -> list[str]:
+        found = PrototypeConfig.problems(self)
+        _at_least(found, "num_images", self.num_images, 1)
+        return found
+
+
+#: Strategy -> its schema.
+PROTOTYPE_SCHEMAS: dict[str, type] = {
+    "mixup": MixupPrototypeConfig,
+    "uniform": UniformPrototypeConfig,
+    "mean": PrototypeConfig,
+    "val_ood": SampledPrototypeConfig,
+    "corrupted": SampledPrototypeConfig,
+    "local_oracle": SampledPrototypeConfig,
+    "global_oracle": SampledPrototypeConfig,
+}
+
+
+# --------------------------------------------------------------------------- nearest-neighbour index
+@dataclass
+class ExactIndexParams:
+    def problems(self) -> list[str]:
+        return []
+
+
+@dataclass
+class IVFIndexParams:
+    nlist: Optional[int] = None       # None = grood.method's default
+    nprobe: Optional[int] = None
+    routing_dim: Optional[int] = None
+
+    def problems(self) -> list[str]:
+        found: list[str] = []
+        for key in ("nlist", "nprobe", "routing_dim"):
+            _at_least(found, key, getattr(self, key), 1)
+        return found
+
+
+@dataclass
+class TorchIndexParams:
+    norm_pruning: bool = False
+
+    def problems(self) -> list[str]:
+        return []
+
+
+#: Index kind -> its params' schema.
+INDEX_SCHEMAS: dict[str, type] = {"exact": ExactIndexParams, "ivf": IVFIndexParams, "torch": TorchIndexParams}
+
+
+@dataclass
+class IndexConfig:
+    kind: str = MISSING
+    params: Any = None
+
+
+# --------------------------------------------------------------------------- the run
+@dataclass
+class CacheConfig:
+    """The feature cache. ``verify``: how the listed images are fingerprinted in the cache key."""
+
+    verify: str = "stat"   # stat: size + modification time of every listed file; content: sha256 of each
+
+    def problems(self) -> list[str]:
+        found: list[str] = []
+        _one_of(found, "verify", self.verify, ("stat", "content"))
+        return found
+
+
+@dataclass
+class ExtraConfig:
+    """Labels recorded in ``run.json`` ``extra`` (the table generators filter on them); no effect on the run."""
+
+    epoch: Optional[int] = None   # the training epoch of dataset.checkpoint (Table 5, Figure 3)
+    index: Optional[str] = None   # the timing table's index label (appendix A.4)
+
+    def problems(self) -> list[str]:
+        return []
+
+
+@dataclass
+class RunConfig:
+    """One ``scripts/run.py`` run. Every key, its type and its default."""
+
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    method: Any = MISSING           # a MethodConfig (method/<name>.yaml)
+    prototype: Any = MISSING        # a PROTOTYPE_SCHEMAS[strategy] (prototype/<strategy>.yaml)
+    index: Any = MISSING            # an IndexConfig (index/<kind>.yaml)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    extra: ExtraConfig = field(default_factory=ExtraConfig)
+    seed: int = 0                   # selects the checkpoint (OpenOOD's s0/s1/s2) and seeds every sampler
+    device: str = "auto"            # auto (cuda when available, else cpu) | cpu | cuda | cuda:<n>
+    batch_size: int = 128
+    num_workers: int = 4            # data-loader workers (at most the machine's cores)
+    progress: bool = True           # tqdm progress bars; false: one log line per phase start and end
+    experiment_name: str = "default"  # recorded in run.json; the table generators filter on it
+    check_files: bool = True        # check every listed image exists before the first forward pass
+    aps: bool = True                # OpenOOD's automatic parameter search for the baselines with a sweep
+    on_invalid: str = "error"       # a method parameter invalid for this network: error | adapt (nearest valid)
+
+    def problems(self) -> list[str]:
+        found: list[str] = []
+        _at_least(found, "seed", self.seed, 0)
+        _at_least(found, "batch_size", self.batch_size, 1)
+        _at_least(found, "num_workers", self.num_workers, 0)
+        _one_of(found, "on_invalid", self.on_invalid, ("error", "adapt"))
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            found.append(f"device={self.device!r}: must be auto, cpu, cuda or cuda:<n>")
+        return found
+
+
+# --------------------------------------------------------------------------- Hydra registration
+def register_configs() -> None:
+    """Store every schema in Hydra's ConfigStore (idempotent). The yaml files name them in their defaults:
+    ``config.yaml`` -> ``run_schema``; ``method/<name>.yaml`` -> ``<name>_schema``; ``prototype/<s>.yaml`` ->
+    ``<s>_schema``; ``index/<kind>.yaml`` -> ``<kind>_schema`` (paths, backbone and dataset are typed by
+    :class:`RunConfig` itself)."""
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    store.store(name="run_schema", node=RunConfig)
+    for name, params in METHOD_PARAMS.items():
+        store.store(group="method", name=f"{name}_schema", node=MethodConfig(name=name, params=params()))
+    store.store(group="method", name="all_schema", node=MethodConfig(name="all", params=AllParams()))
+    for strategy, schema in PROTOTYPE_SCHEMAS.items():
+        store.store(group="prototype", name=f"{strategy}_schema", node=schema(strategy=strategy))
+    for kind, schema in INDEX_SCHEMAS.items():
+        store.store(group="index", name=f"{kind}_schema", node=IndexConfig(kind=kind, params=schema()))
