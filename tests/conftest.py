@@ -43,3 +43,22 @@ def resnet20_checkpoint(shared_dir: Path) -> Path:
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def smoke_config(smoke_data_root: Path, resnet20_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory):
+    """``smoke_config(*overrides, cache_dir=None)``: the validated :class:`grood.config.RunConfig` of
+    ``experiment=smoke`` on the real smoke data, CPU, no progress bars, one shared feature cache per session
+    (``cache_dir``: another one)."""
+    from grood.config import compose_run_config
+
+    shared_cache = tmp_path_factory.mktemp("feature_cache")
+
+    def make(*overrides: str, cache_dir: Path | None = None):
+        return compose_run_config([
+            "experiment=smoke", "device=cpu", "progress=false", "batch_size=500", "experiment_name=test",
+            f"paths.data_root={smoke_data_root}", f"dataset.checkpoint={resnet20_checkpoint}",
+            f"paths.cache_dir={cache_dir or shared_cache}", *overrides,
+        ])
+
+    return make

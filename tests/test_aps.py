@@ -75,18 +75,8 @@ def test_a_benchmark_without_validation_lists_is_a_clear_error() -> None:
         search_space("nope", {})
 
 
-def test_pipeline_runs_aps_and_records_it(smoke_data_root: Path, resnet20_checkpoint: Path, tmp_path: Path) -> None:
-    config = {
-        "seed": 0, "device": "cpu", "batch_size": 500, "num_workers": 0, "progress": False, "check_files": False,
-        "experiment_name": "test", "extra": {}, "aps": True,
-        "paths": {"cache_dir": str(tmp_path / "cache"), "data_root": str(smoke_data_root)},
-        "dataset": {"name": "cifar10_smoke", "benchmark": "cifar10_smoke", "data_root": str(smoke_data_root),
-                    "checkpoint": str(resnet20_checkpoint), "transform": {}},
-        "backbone": {"name": "resnet20", "split_block": None, "weights": None},
-        "index": {"kind": "exact", "params": {}},
-        "prototype": {"strategy": "mean"},
-        "method": {"name": "knn", "params": {}},
-    }
+def test_pipeline_runs_aps_and_records_it(smoke_config, tmp_path: Path) -> None:
+    config = smoke_config("method=knn", "prototype=mean", "aps=true")
     run_evaluation(config, tmp_path / "searched")
     run = json.loads((tmp_path / "searched" / "run.json").read_text())
     trials = run["aps"]["trials"]
@@ -96,26 +86,20 @@ def test_pipeline_runs_aps_and_records_it(smoke_data_root: Path, resnet20_checkp
     assert run["aps"]["id_split"] == "val" and run["aps"]["ood_splits"] == ["val_ood:tin"]
     assert run["timings_s"]["aps:knn"] > 0
     # the user's value is kept, and nothing is searched
-    fixed = {**config, "method": {"name": "knn", "params": {"k": 5}}}
+    fixed = smoke_config("method=knn", "prototype=mean", "method.params.k=5")
     run_evaluation(fixed, tmp_path / "fixed")
     run = json.loads((tmp_path / "fixed" / "run.json").read_text())
     assert run["method_params"] == {"k": 5} and run["aps"] is None
     # aps=false: OpenOOD's postprocessor_args default
-    off = {**config, "aps": False}
+    off = smoke_config("method=knn", "prototype=mean", "aps=false")
     run_evaluation(off, tmp_path / "off")
     assert json.loads((tmp_path / "off" / "run.json").read_text())["method_params"] == {}
 
 
-def test_pipeline_aps_error_names_the_config_key(smoke_data_root: Path, resnet20_checkpoint: Path, tmp_path: Path) -> None:
-    config = {
-        "seed": 0, "device": "cpu", "batch_size": 500, "num_workers": 0, "progress": False, "check_files": False,
-        "experiment_name": "test", "extra": {}, "aps": True,
-        "paths": {"cache_dir": str(tmp_path / "cache"), "data_root": str(smoke_data_root)},
-        "dataset": {"name": "no_val", "definition": {**dataclasses.asdict(BENCHMARK), "name": "no_val", "val": None},
-                    "data_root": str(smoke_data_root), "checkpoint": str(resnet20_checkpoint), "transform": {}},
-        "backbone": {"name": "resnet20", "split_block": None, "weights": None},
-        "index": {"kind": "exact", "params": {}},
-        "method": {"name": "knn", "params": {}},
-    }
+def test_pipeline_aps_error_names_the_config_key(smoke_config, tmp_path: Path) -> None:
+    definition = {**dataclasses.asdict(BENCHMARK), "name": "no_val", "val": None}
+    config = smoke_config("method=knn")
+    config = dataclasses.replace(config, dataset=dataclasses.replace(config.dataset, name="no_val",
+                                                                     definition=definition))
     with pytest.raises(ConfigError, match=r"aps=true needs an ID validation list .* or run with aps=false"):
         run_evaluation(config, tmp_path / "out")

@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from grood.backbones import backbone_names
 from grood.data import available_benchmarks
 from grood.detectors import DETECTORS
-from grood.pipeline import ConfigError, method_list
+from grood.config import ConfigError, compose_run_config, hydra_compose
+from grood.pipeline import method_list
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -21,9 +21,7 @@ def _options(group: str) -> list[str]:
 
 
 def _compose(overrides: list[str]) -> dict:
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides)
-    return OmegaConf.to_container(cfg, resolve=False)
+    return OmegaConf.to_container(hydra_compose(overrides), resolve=False)
 
 
 def test_every_group_option_composes_and_names_a_real_thing() -> None:
@@ -50,12 +48,12 @@ def test_the_dataset_picks_its_backbone_and_the_command_line_wins() -> None:
 
 
 def test_method_list_handles_all_single_and_per_method_params() -> None:
-    everything = method_list({"name": "all", "params": {"vim": {"dim": 32}}})
-    assert everything[0] == ("grood", {}) and ("vim", {"dim": 32}) in everything
+    everything = method_list(compose_run_config(["method=all", "method.params.vim.dim=32"]).method)
+    assert everything[0] == ("grood", {"k": 1, "fit_on": "all", "variant": "grood"}) and ("vim", {"dim": 32}) in everything
     assert len(everything) == len(DETECTORS)
-    assert method_list({"name": "vim", "params": {"vim": {"dim": 32}}}) == [("vim", {"dim": 32})]
-    assert method_list({"name": "grood", "params": {"k": 3, "vim": {"dim": 32}}}) == [("grood", {"k": 3})]
-    with pytest.raises(ConfigError, match="unknown method 'foo'"):
-        method_list({"name": "foo"})
-    with pytest.raises(ConfigError, match="per-method params"):
-        method_list({"name": "all", "params": {"k": 3}})
+    assert method_list(compose_run_config(["method=vim", "method.params.dim=32"]).method) == [("vim", {"dim": 32})]
+    assert method_list(compose_run_config(["method=knn"]).method) == [("knn", {})]  # unset: OpenOOD's / APS's
+    with pytest.raises(ConfigError, match=r"Could not find 'method/foo'"):
+        compose_run_config(["method=foo"])
+    with pytest.raises(ConfigError, match=r"valid keys of method.params: grood, openmax, msp"):
+        compose_run_config(["method=all", "method.params.k=3"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import re
 from collections import Counter
 from pathlib import Path
@@ -151,8 +153,13 @@ def test_empty_list_missing_list_and_missing_images_dir(tiny, tmp_path):
 
 def test_build_loader_order_is_deterministic(tiny, tmp_path):
     images, _ = tiny
-    lines = [f"a/{i % 2}.{'png' if i % 2 == 0 else 'jpg'} {i % 3}" for i in range(10)]
-    dataset = ImageListDataset(images, _write_list(tmp_path / "ten.txt", lines), T.ToTensor(), num_classes=3)
+    copies = tmp_path / "copies"
+    (copies / "a").mkdir(parents=True)
+    for i in range(10):  # ten distinct files (a list naming one file twice is an error)
+        suffix = "png" if i % 2 == 0 else "jpg"
+        shutil.copy(images / "a" / f"{i % 2}.{suffix}", copies / "a" / f"{i}.{suffix}")
+    lines = [f"a/{i}.{'png' if i % 2 == 0 else 'jpg'} {i % 3}" for i in range(10)]
+    dataset = ImageListDataset(copies, _write_list(tmp_path / "ten.txt", lines), T.ToTensor(), num_classes=3)
     sequential = torch.cat([y for _, y in build_loader(dataset, batch_size=4, num_workers=0)])
     assert sequential.tolist() == dataset.labels.tolist()
     first = [y.tolist() for _, y in build_loader(dataset, 3, 0, shuffle=True, seed=1)]
@@ -290,7 +297,7 @@ def test_validate_reports_missing_lists_layout_and_command(tmp_path):
     assert "    test_places365.txt" in message and "  benchmark_imglist/cifar10/" in message  # the expected tree
     assert f"python scripts/download.py data --benchmark cifar10 --data-root {tmp_path}" in message
     assert "make data DATASET=cifar10" in message
-    with pytest.raises(DataLayoutError, match=r"user-defined, so no script downloads it"):
+    with pytest.raises(DataLayoutError, match=r"no script downloads benchmark .cifar10_smoke.: point the data root \(paths.data_root"):
         get_benchmark("cifar10_smoke").validate(tmp_path / "nowhere")
 
 
@@ -303,8 +310,8 @@ def test_smoke_benchmark_definition():
     bench = get_benchmark("cifar10_smoke")
     assert list(bench.near) == ["tin"] and list(bench.far) == ["mnist", "fashionmnist", "texture"]
     assert list(bench.val_ood) == ["tin"]
-    assert bench.transform == {"size": 32, "crop_size": 32, "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
-                               "interpolation": "bilinear"}
+    # CIFAR-10's preset: the ResNet-20's ImageNet statistics come from its backbone config, not the benchmark
+    assert bench.transform == resolve_spec("cifar10")
     assert all(path.startswith("benchmark_imglist/cifar10/") for path in bench.lists().values())
 
 

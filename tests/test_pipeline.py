@@ -12,23 +12,9 @@ import torch
 from grood.pipeline import run_evaluation
 
 
-@pytest.fixture(scope="module")
-def base_config(smoke_data_root: Path, resnet20_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    return {
-        "seed": 0, "device": "cpu", "batch_size": 500, "num_workers": 0, "progress": False, "check_files": True,
-        "experiment_name": "test", "extra": {},
-        "paths": {"cache_dir": str(tmp_path_factory.mktemp("cache")), "data_root": str(smoke_data_root)},
-        "dataset": {"name": "cifar10_smoke", "benchmark": "cifar10_smoke", "data_root": str(smoke_data_root),
-                    "checkpoint": str(resnet20_checkpoint), "transform": {}},
-        "backbone": {"name": "resnet20", "split_block": None, "weights": None},
-        "index": {"kind": "exact", "params": {}},
-        "method": {"name": "grood", "params": {}},
-    }
-
-
 @pytest.mark.parametrize("strategy", ["val_ood", "mean", "local_oracle", "global_oracle"])
-def test_grood_with_each_cached_feature_strategy(base_config: dict, strategy: str, tmp_path: Path) -> None:
-    config = {**base_config, "prototype": {"strategy": strategy, "num_images": 100, "filter_quantile": None}}
+def test_grood_with_each_cached_feature_strategy(smoke_config, strategy: str, tmp_path: Path) -> None:
+    config = smoke_config("method=grood", f"prototype={strategy}")
     table = run_evaluation(config, tmp_path)["grood"]
     assert list(table.index) == ["tin", "nearood", "mnist", "fashionmnist", "texture", "farood"]
     assert table.notna().all().all()
@@ -44,8 +30,8 @@ def test_grood_with_each_cached_feature_strategy(base_config: dict, strategy: st
         assert 0.0 <= timings["prototype:grood"] <= timings["method:grood"]  # the prototype's share, on its own
 
 
-def test_a_run_folder_says_what_produced_it(base_config: dict, tmp_path: Path) -> None:
-    config = {**base_config, "method": {"name": "msp", "params": {}}, "prototype": {"strategy": "mean"}}
+def test_a_run_folder_says_what_produced_it(smoke_config, tmp_path: Path) -> None:
+    config = smoke_config("method=msp", "prototype=mean")
     run_evaluation(config, tmp_path)
     table = pd.read_csv(tmp_path / "metrics.csv", index_col="dataset")
     assert list(table.columns) == ["FPR@95", "AUROC", "AUPR_IN", "AUPR_OUT", "ACC"]
@@ -57,7 +43,7 @@ def test_a_run_folder_says_what_produced_it(base_config: dict, tmp_path: Path) -
     assert json.loads((tmp_path / "metrics.json").read_text())["table"][0]["dataset"] == "tin"
 
 
-def test_missing_checkpoint_names_the_key_and_the_command(base_config: dict, tmp_path: Path) -> None:
-    config = {**base_config, "dataset": {**base_config["dataset"], "checkpoint": str(tmp_path / "nope.ckpt")}}
+def test_missing_checkpoint_names_the_key_and_the_command(smoke_config, tmp_path: Path) -> None:
+    config = smoke_config("method=msp", f"dataset.checkpoint={tmp_path / 'nope.ckpt'}")
     with pytest.raises(FileNotFoundError, match=r"dataset.checkpoint.*make checkpoints"):
         run_evaluation(config, tmp_path)

@@ -23,6 +23,7 @@ import pandas as pd
 import pytest
 import torch
 
+from grood.config import config_hash, to_plain
 from grood.reporting import load_paper_table, read_table_csv
 from grood.reproduce import (
     GROUPS,
@@ -61,8 +62,9 @@ def fake_run(folder: Path, benchmark: str = "cifar10", method: str = "grood", se
              near: float = 90.0, far: float = 94.0, experiment: str = "mini", groups: dict | None = None,
              params: dict | None = None, extra: dict | None = None, prototype: str = "mixup",
              id_accuracy: float = 95.0, ncp: float = 94.5, timings: dict | None = None,
-             architecture: str = "resnet18_32x32") -> Path:
-    """One results folder as grood.pipeline.write_method_results writes it (metrics.csv, run.json, scores.pt)."""
+             architecture: str = "resnet18_32x32", config=None) -> Path:
+    """One results folder as grood.pipeline.write_method_results writes it (metrics.csv, run.json, scores.pt);
+    ``config``: the RunConfig it records (its config_hash lets a reproduction reuse it)."""
     groups = groups or GROUPS_C10
     folder.mkdir(parents=True, exist_ok=True)
     rows = {}
@@ -87,6 +89,8 @@ def fake_run(folder: Path, benchmark: str = "cifar10", method: str = "grood", se
         "config": {"backbone": {"name": architecture}, "prototype": {"strategy": prototype}}, "versions": {},
         "git_commit": "abc",
     }
+    if config is not None:
+        run["config_hash"] = config_hash(to_plain(config))
     (folder / "run.json").write_text(json.dumps(run, indent=2))
     return folder
 
@@ -126,7 +130,7 @@ def write_spec(directory: Path, name: str, text: str) -> Path:
 # ------------------------------------------------------------------------------------------------ specs
 def test_every_shipped_spec_loads_and_every_job_composes(compose):
     assert set(GROUPS["all"]) == set(available_specs())
-    paths = compose([])["paths"]
+    paths = to_plain(compose([]))["paths"]
     for name in available_specs():
         for smoke in (False, True):
             spec = load_spec(name, smoke)
@@ -140,16 +144,16 @@ def test_every_shipped_spec_loads_and_every_job_composes(compose):
                     continue
                 seen |= keys
                 config = compose(list(job.overrides))
-                assert config["experiment_name"] == spec.experiment
-                assert config["seed"] == job.seed and config["dataset"]["name"] == job.benchmark.dataset
+                assert config.experiment_name == spec.experiment
+                assert config.seed == job.seed and config.dataset.name == job.benchmark.dataset
                 assert expected_methods(config)
             if smoke:
                 assert spec.experiment.endswith("_smoke")
                 assert all(e.dataset == "cifar10_smoke" for e in spec.benchmarks)
     table4 = load_spec("table4", smoke=False)
     jobs, _ = expand_jobs(table4, paths)
-    variants = {compose(list(j.overrides))["method"]["params"].get("variant") for j in jobs}
-    assert variants == {"ood_distance", "gradient_l1", "class_gradient", None}
+    variants = {compose(list(j.overrides)).method.params.variant for j in jobs}
+    assert variants == {"ood_distance", "gradient_l1", "class_gradient", "grood"}
     assert len(jobs) == 5 * 3
 
 
@@ -246,13 +250,16 @@ def test_results_of_several_run_folders_merge_into_the_table(tmp_path, compose):
     assert result.ok
 
 
-def test_missing_dataset_is_skipped_with_a_line_in_the_report(tmp_path):
+def test_missing_dataset_is_skipped_with_a_line_in_the_report(tmp_path, compose):
     spec_text = MINI_SPEC.replace("overrides: [method=all]", "overrides: [method=msp]").replace("tag: all", "tag: msp")
     write_spec(tmp_path / "specs", "mini", spec_text)
     runs = tmp_path / "runs"
-    for seed in range(3):
-        fake_run(runs / "mini" / "cifar10" / "msp" / f"seed{seed}", method="msp", seed=seed, near=88.0 + seed)
     no_data = tmp_path / "no_data"
+    for seed in range(3):  # finished runs of exactly the jobs' configurations: reused
+        config = compose(["dataset=cifar10", f"seed={seed}", "experiment_name=mini", "method=msp",
+                          f"paths.data_root={no_data}"])
+        fake_run(runs / "mini" / "cifar10" / "msp" / f"seed{seed}", method="msp", seed=seed, near=88.0 + seed,
+                 config=config)
     code = SCRIPT.main(["mini", "--spec-dir", str(tmp_path / "specs"), "--runs-dir", str(runs),
                         "--out-dir", str(tmp_path / "out"), "-o", f"paths.data_root={no_data}"])
     assert code == 0  # a skip is not a failure
@@ -269,11 +276,11 @@ def test_missing_dataset_is_skipped_with_a_line_in_the_report(tmp_path):
 def _fake_evaluate(calls: list):
     def evaluate(config, out_dir):
         calls.append(Path(out_dir))
-        method = config["method"]["name"]
+        method = config.method.name
         if method == "knn":
             raise RuntimeError("boom")
-        fake_run(Path(out_dir), benchmark=config["dataset"]["name"], method=method, seed=config["seed"],
-                 experiment=config["experiment_name"], near=90.0 + config["seed"])
+        fake_run(Path(out_dir), benchmark=config.dataset.name, method=method, seed=config.seed,
+                 experiment=config.experiment_name, near=90.0 + config.seed, config=config)
     return evaluate
 
 
@@ -364,7 +371,7 @@ def test_figures_4_5_and_the_timing_table_from_runs(tmp_path, compose):
 # ------------------------------------------------------------------------------------------ cluster path
 def test_cluster_commands_write_the_job_folders_and_the_launcher_config_composes(tmp_path, compose):
     spec = load_spec("table2")
-    jobs, _ = expand_jobs(spec, compose([])["paths"])
+    jobs, _ = expand_jobs(spec, to_plain(compose([]))["paths"])
     commands = cluster_commands(jobs, tmp_path / "runs", launcher="submitit_slurm")
     assert len(commands) == 4  # one multirun per benchmark, one cluster job per checkpoint (seed)
     first = shlex.split(commands[0])
@@ -372,13 +379,13 @@ def test_cluster_commands_write_the_job_folders_and_the_launcher_config_composes
     assert "seed=0,1,2" in first and f"hydra.sweep.dir={tmp_path / 'runs' / 'table2'}" in first
     assert "hydra.sweep.subdir=cifar10/all/seed${seed}" in first
     assert jobs[0].directory(tmp_path / "runs") == tmp_path / "runs" / "table2" / "cifar10" / "all" / "seed0"
-    from hydra import compose as hydra_compose  # inside the fixture's initialised Hydra (configs/)
+    from grood.config import hydra_compose
 
-    config = hydra_compose("config", overrides=["hydra/launcher=submitit_slurm"], return_hydra_config=True)
+    config = hydra_compose(["hydra/launcher=submitit_slurm"], return_hydra_config=True)
     launcher = config.hydra.launcher
     assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
     assert launcher.gpus_per_node == 1 and launcher.timeout_min > 0 and launcher.mem_gb > 0
-    assert hydra_compose("config", return_hydra_config=True).hydra.launcher._target_.endswith("BasicLauncher")
+    assert hydra_compose([], return_hydra_config=True).hydra.launcher._target_.endswith("BasicLauncher")
 
 
 def tiny_data_root(smoke_data_root: Path, target: Path, every: int = 20) -> Path:
@@ -412,7 +419,7 @@ paper_filter: {benchmark: cifar10}
               "--out-dir", str(tmp_path / "out"), "--smoke"]
     data = tiny_data_root(smoke_data_root, tmp_path / "data")
     capsys.readouterr()
-    assert SCRIPT.main(["tiny", "--print-commands", *common, "-o", f"dataset.data_root={data}",
+    assert SCRIPT.main(["tiny", "--print-commands", *common, "-o", f"paths.data_root={data}",
                         "-o", f"paths.cache_dir={tmp_path / 'cache'}"]) == 0
     printed = capsys.readouterr().out.splitlines()
     assert len(printed) == 1 and "seed=0,1" in printed[0]
@@ -422,12 +429,13 @@ paper_filter: {benchmark: cifar10}
     print(f"local multirun of 2 MSP jobs: {time.perf_counter() - started:.1f} s")
     for seed in (0, 1):
         assert (tmp_path / "runs" / "tiny_smoke" / "cifar10_smoke" / "msp" / f"seed{seed}" / "run.json").is_file()
-    assert SCRIPT.main(["tiny", "--tables-only", *common]) == 0
+    # the same data root: the jobs' recorded configurations equal the ones asked for, so they count as existing
+    assert SCRIPT.main(["tiny", "--tables-only", *common, "-o", f"paths.data_root={data}"]) == 0
     table = read_table_csv(tmp_path / "out" / "tiny" / "tiny.csv")
     assert table.loc["MSP", ("cifar10_smoke", "near", "n")] == 2
     assert 50.0 < table.loc["MSP", ("cifar10_smoke", "far", "mean")] <= 100.0
     run = json.loads((tmp_path / "runs" / "tiny_smoke" / "cifar10_smoke" / "msp" / "seed1" / "run.json").read_text())
-    assert run["config"]["dataset"]["data_root"] == str(data) and run["experiment"] == "tiny_smoke"
+    assert run["data_root"] == str(data.resolve()) and run["experiment"] == "tiny_smoke"
     assert (tmp_path / "out" / "tiny" / "report.md").read_text().count("| existing |") == 2
 
 

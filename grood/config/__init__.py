@@ -211,9 +211,10 @@ def _group_defaults(overrides: Sequence[str]) -> list[str]:
     return [o for o in overrides if "=" in o and "." not in o.split("=", 1)[0].lstrip("+~")]
 
 
-def hydra_compose(overrides: Sequence[str], config_dir: str | Path = CONFIG_DIR,
-                  config_name: str = "config") -> DictConfig:
-    """Hydra's compose API on ``configs/`` (no run, no output folder); errors name the valid keys."""
+def hydra_compose(overrides: Sequence[str], config_dir: str | Path = CONFIG_DIR, config_name: str = "config",
+                  return_hydra_config: bool = False) -> DictConfig:
+    """Hydra's compose API on ``configs/`` (no run, no output folder); errors name the valid keys.
+    ``return_hydra_config``: keep the ``hydra`` node (launcher, run dir)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -222,7 +223,8 @@ def hydra_compose(overrides: Sequence[str], config_dir: str | Path = CONFIG_DIR,
         GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(config_dir), version_base="1.3", job_name="grood"):
         try:
-            return compose(config_name=config_name, overrides=list(overrides))
+            return compose(config_name=config_name, overrides=list(overrides),
+                           return_hydra_config=return_hydra_config)
         except Exception as error:
             try:
                 base = compose(config_name=config_name, overrides=_group_defaults(overrides))

@@ -418,17 +418,18 @@ class RunConfig:
 # --------------------------------------------------------------------------- Hydra registration
 def register_configs() -> None:
     """Store every schema in Hydra's ConfigStore (idempotent). The yaml files name them in their defaults:
-    ``config.yaml`` -> ``run_schema``; ``method/<name>.yaml`` -> ``<name>_schema``; ``prototype/<s>.yaml`` ->
-    ``<s>_schema``; ``index/<kind>.yaml`` -> ``<kind>_schema`` (paths, backbone and dataset are typed by
-    :class:`RunConfig` itself)."""
+    ``config.yaml`` -> ``run_schema``; ``method/<name>.yaml`` -> ``/schema/method/<name>``;
+    ``prototype/<s>.yaml`` -> ``/schema/prototype/<s>``; ``index/<kind>.yaml`` -> ``/schema/index/<kind>``
+    (paths, backbone and dataset are typed by :class:`RunConfig` itself). The ``schema/`` groups keep them
+    out of the options a user picks from."""
     from hydra.core.config_store import ConfigStore
 
     store = ConfigStore.instance()
     store.store(name="run_schema", node=RunConfig)
     for name, params in METHOD_PARAMS.items():
-        store.store(group="method", name=f"{name}_schema", node=MethodConfig(name=name, params=params()))
-    store.store(group="method", name="all_schema", node=MethodConfig(name="all", params=AllParams()))
+        store.store(group="schema/method", name=name, node=MethodConfig(name=name, params=params()))
+    store.store(group="schema/method", name="all", node=MethodConfig(name="all", params=AllParams()))
     for strategy, schema in PROTOTYPE_SCHEMAS.items():
-        store.store(group="prototype", name=f"{strategy}_schema", node=schema(strategy=strategy))
+        store.store(group="schema/prototype", name=strategy, node=schema(strategy=strategy))
     for kind, schema in INDEX_SCHEMAS.items():
-        store.store(group="index", name=f"{kind}_schema", node=IndexConfig(kind=kind, params=schema()))
+        store.store(group="schema/index", name=kind, node=IndexConfig(kind=kind, params=schema()))
