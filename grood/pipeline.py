@@ -278,8 +278,8 @@ def method_problem(name: str, params: Mapping[str, Any], feature_dim: int, confi
     reasons = [reason for reason in (cls.parameter_problem(c, feature_dim) for c in candidates) if reason]
     if len(reasons) < len(candidates) or config.on_invalid == "adapt":
         return None
-    where = "every value of its APS sweep" if searched else "its parameters"
-    return (f"method {name}: {where} is invalid for this network ({reasons[0]}); set a valid value with "
+    where = "every value of its APS sweep is" if searched else "its parameters are"
+    return (f"method {name}: {where} invalid for this network ({reasons[0]}); set a valid value with "
             f"{_params_key(name, config)}=<value>, or on_invalid=adapt to use the nearest valid one")
 
 

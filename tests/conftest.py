@@ -62,3 +62,27 @@ def smoke_config(smoke_data_root: Path, resnet20_checkpoint: Path, tmp_path_fact
         ])
 
     return make
+
+
+def copy_tiny_root(smoke_data_root: Path, target: Path, every: int = 20) -> Path:
+    """Every ``every``-th line of each smoke list, with those images *copied* (so a test may change them):
+    a data root in the smoke benchmark's layout whose forward pass takes seconds."""
+    import shutil
+
+    lists = target / "benchmark_imglist" / "cifar10"
+    lists.mkdir(parents=True)
+    for path in sorted((smoke_data_root / "benchmark_imglist" / "cifar10").glob("*.txt")):
+        lines = path.read_text().splitlines(keepends=True)[::every]
+        (lists / path.name).write_text("".join(lines))
+        for line in lines:
+            relative = line.split()[0]
+            destination = target / "images_classic" / relative
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(smoke_data_root / "images_classic" / relative, destination)
+    return target
+
+
+@pytest.fixture()
+def tiny_root(smoke_data_root: Path, tmp_path: Path) -> Path:
+    """A fresh copy of a 1/20 subset of the smoke data root (see :func:`copy_tiny_root`)."""
+    return copy_tiny_root(smoke_data_root, tmp_path / "tiny_root")
