@@ -7,6 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 SHARED ?= $(abspath ../shared)
 DATA_ROOT ?= $(if $(GROOD_DATA_ROOT),$(GROOD_DATA_ROOT),./data)
+CHECKPOINT_ROOT ?= $(if $(GROOD_CHECKPOINT_ROOT),$(GROOD_CHECKPOINT_ROOT),./checkpoints)
 DATASET ?= cifar10
 METHOD ?= grood
 SMOKE ?= 0
@@ -29,7 +30,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON_BOOTSTRAP) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install $(TORCH_PIN)
-	$(PY) -m pip install -e '.[dev]'
+	$(PY) -m pip install -e '.[dev,faiss]'
 	touch $@
 
 setup: $(VENV)/.installed
@@ -44,7 +45,7 @@ data: setup
 	$(PY) scripts/download.py data --benchmark $(DATASET) --data-root $(DATA_ROOT)
 
 checkpoints: setup
-	$(PY) scripts/download.py checkpoints --benchmark $(DATASET) --dest ./checkpoints
+	$(PY) scripts/download.py checkpoints --benchmark $(DATASET) --dest $(CHECKPOINT_ROOT)
 
 bench-method: setup
 	$(PY) scripts/bench_method.py
