@@ -483,8 +483,12 @@ def download_gdrive(resource: Resource, *, progress: bool = True) -> None:
         raise DownloadError(f"Google Drive did not serve {resource.name} (gdown: {text}); {by_hand}") from error
     except (GdownDownloadError, requests.exceptions.RequestException) as error:
         parts = _part_files(dest)
-        kept = (f"the partial download {parts[0]} is kept: rerun to resume, or delete it to start again"
-                if parts else "rerun to try again")
+        if len(parts) > 1:
+            kept = f"several partial downloads are there ({', '.join(map(str, parts))}): delete all but one, then rerun"
+        elif parts:
+            kept = f"the partial download {parts[0]} is kept: rerun to resume, or delete it to start again"
+        else:
+            kept = "rerun to try again"
         raise DownloadError(f"downloading {resource.name} from Google Drive failed ({error}); {kept}; "
                             f"or {by_hand}") from error
     if not dest.is_file():
