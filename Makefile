@@ -12,9 +12,11 @@ DATA_ROOT ?=
 DATA_ROOT_ARG := $(if $(DATA_ROOT),paths.data_root=$(DATA_ROOT))
 DOWNLOAD_ROOT := $(or $(DATA_ROOT),$(GROOD_DATA_ROOT),./data)
 SMOKE_ROOT := $(SHARED)/data/openood_cifar10_smoke
+CHECKPOINT_ROOT ?= $(if $(GROOD_CHECKPOINT_ROOT),$(GROOD_CHECKPOINT_ROOT),./checkpoints)
 DATASET ?= cifar10
 METHOD ?= grood
 SMOKE ?= 0
+CSID ?= 0
 
 .PHONY: help setup test test-slow smoke run data checkpoints bench-method bench-eval train \
         reproduce-table1 reproduce-table2 reproduce-table3 reproduce-table4 reproduce-table5 \
@@ -26,7 +28,7 @@ help:
 	@echo "make test-slow         setup + the slow tests"
 	@echo "make smoke             setup + every method on the shared CIFAR-10 smoke benchmark"
 	@echo "make run DATASET=cifar10 METHOD=grood   setup + data + checkpoints + one evaluation"
-	@echo "make data / checkpoints  download OpenOOD v1.5 data / checkpoints (online)"
+	@echo "make data / checkpoints  download OpenOOD v1.5 data / checkpoints (online; data CSID=1: + csid sets)"
 	@echo "make train DATASET=cifar100 SEEDS=0,1,2 [MIXUP=1]  train ResNet-18 (paper recipe); re-running resumes"
 	@echo "make reproduce-tableN  (SMOKE=1 for the smoke version)   N in 1..7; reproduce-all"
 
@@ -34,7 +36,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON_BOOTSTRAP) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install $(TORCH_PIN)
-	$(PY) -m pip install -e '.[dev]'
+	$(PY) -m pip install -e '.[dev,faiss]'
 	touch $@
 
 setup: $(VENV)/.installed
@@ -46,10 +48,10 @@ test-slow: setup
 	GROOD_SHARED_DIR=$(SHARED) $(PY) -m pytest -m slow
 
 data: setup
-	$(PY) scripts/download.py data --benchmark $(DATASET) --data-root $(DOWNLOAD_ROOT)
+	$(PY) scripts/download.py data --benchmark $(DATASET) --data-root $(DOWNLOAD_ROOT) $(if $(filter 1,$(CSID)),--csid)
 
 checkpoints: setup
-	$(PY) scripts/download.py checkpoints --benchmark $(DATASET) --dest ./checkpoints
+	$(PY) scripts/download.py checkpoints --benchmark $(DATASET) --dest $(CHECKPOINT_ROOT)
 
 bench-method: setup
 	$(PY) scripts/bench_method.py

@@ -99,3 +99,21 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def package_data_dir(package: str, name: str) -> Path:
+    """The folder ``name`` shipped inside ``package`` (``importlib.resources``), as a file-system path.
+
+    Works for a checkout, an editable install and a wheel (files unpacked into site-packages). Raises
+    ``FileNotFoundError`` naming the folder when it is missing (a build that left the package data out).
+    """
+    import importlib.resources
+
+    folder = importlib.resources.files(package) / name
+    if not isinstance(folder, Path):  # e.g. a zipped install: grood reads its data as files
+        raise FileNotFoundError(f"{package}/{name}: package data not on the file system ({folder!r}); "
+                                "install grood from a wheel or a checkout")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: grood's package data folder is missing; reinstall grood "
+                                "(the wheel must include it: see [tool.setuptools.package-data] in pyproject.toml)")
+    return folder

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The paper's tables and figures, one command each (specs in ``configs/reproduce/<target>.yaml``).
+"""The paper's tables and figures, one command each (specs in ``grood/reproduce/targets/<target>.yaml``).
 
     python scripts/reproduce.py table2                  # run what Table 2 needs, write results/table2/
     python scripts/reproduce.py table4 --smoke          # its smoke version (shared smoke benchmark, CPU)

@@ -340,15 +340,21 @@ def test_ash_b_by_hand() -> None:
 # -- OpenMax --------------------------------------------------------------------------------------------
 
 
-def test_weibull_mle_matches_scipy() -> None:
-    samples = scipy.stats.weibull_min.rvs(2.5, scale=3.0, size=20, random_state=np.random.default_rng(0))
+@pytest.mark.parametrize("true_shape", [0.7, 2.5, 40.0])
+def test_weibull_mle_solves_the_likelihood_equations(true_shape: float) -> None:
+    """The fit is the MLE (wblfit/libmr): both score equations of the Weibull likelihood vanish at it."""
+    samples = scipy.stats.weibull_min.rvs(true_shape, scale=3.0, size=20, random_state=np.random.default_rng(0))
     shape, scale = weibull_mle(samples)
-    scipy_shape, _, scipy_scale = scipy.stats.weibull_min.fit(samples, floc=0)
-    assert shape == pytest.approx(scipy_shape, rel=1e-4)
-    assert scale == pytest.approx(scipy_scale, rel=1e-4)
+    logs = np.log(samples)
+    powers = samples**shape
+    # d/dk log L = 0  <=>  1/k + mean(log x) - sum(x^k log x) / sum(x^k) = 0;  d/dlambda = 0  <=>  lambda^k = mean(x^k)
+    assert 1.0 / shape + logs.mean() - (powers * logs).sum() / powers.sum() == pytest.approx(0.0, abs=1e-7)
+    assert scale == pytest.approx(powers.mean() ** (1.0 / shape), rel=1e-7)
+    assert shape == pytest.approx(true_shape, rel=0.6)  # and it is near the truth (20 samples)
     x = torch.tensor([-1.0, 0.0, 1.0, 3.0, 10.0], dtype=torch.float64)
     expected = np.where(x.numpy() < 0, 0.0, scipy.stats.weibull_min.cdf(x.numpy(), shape, scale=scale))
-    torch.testing.assert_close(weibull_cdf(x, torch.tensor(shape), torch.tensor(scale)), torch.from_numpy(expected))
+    torch.testing.assert_close(weibull_cdf(x, torch.tensor(shape, dtype=torch.float64), torch.tensor(scale, dtype=torch.float64)),
+                               torch.from_numpy(expected))
     with pytest.raises(ValueError, match="differ"):
         weibull_mle(np.ones(5))
 

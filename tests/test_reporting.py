@@ -359,7 +359,7 @@ def _cells_from_markdown(number: str, block: list[list[str]], paper_names: list[
 
 
 def test_paper_csvs_match_the_paper_text_cell_by_cell(shared_dir):
-    """Every number typed into results/paper/table*.csv against the paper's markdown, and back."""
+    """Every number typed into grood/reporting/paper_numbers/table*.csv against the paper's markdown, and back."""
     text = (shared_dir / "paper" / "grood-paper.md").read_text()
     blocks = _markdown_tables(text)
     for number, block in blocks.items():

@@ -27,6 +27,7 @@ from grood.config import config_hash, to_plain
 from grood.reporting import load_paper_table, read_table_csv
 from grood.reproduce import (
     GROUPS,
+    SPEC_DIR,
     SpecError,
     available_specs,
     cluster_commands,
@@ -308,9 +309,9 @@ def test_jobs_are_resumable_force_reruns_and_failures_are_reported(tmp_path, com
 def test_table5_and_figure3_from_epoch_runs(tmp_path, compose, monkeypatch):
     monkeypatch.setenv("GROOD_CHECKPOINT_ROOT", str(tmp_path / "no-checkpoints"))  # independent of ./checkpoints
     spec_dir = tmp_path / "specs"
-    text = (REPO / "configs" / "reproduce" / "table5.yaml").read_text()
+    text = (SPEC_DIR / "table5.yaml").read_text()
     write_spec(spec_dir, "table5", text)
-    write_spec(spec_dir, "figure3", (REPO / "configs" / "reproduce" / "figure3.yaml").read_text())
+    write_spec(spec_dir, "figure3", (SPEC_DIR / "figure3.yaml").read_text())
     runs = tmp_path / "runs"
     aurocs = {"grood": [80.0, 80.2, 80.0, 80.2, 80.0], "vim": [70.0, 75.0, 72.0, 78.0, 71.0]}
     for method, values in aurocs.items():

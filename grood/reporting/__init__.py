@@ -2,7 +2,7 @@
 
 - :mod:`grood.reporting.runs`: :func:`collect_runs` reads every ``run.json`` + ``metrics.csv`` below a root.
 - :mod:`grood.reporting.tables`: mean / std over seeds, ``mean ± std`` cells, booktabs LaTeX, Table 5, A.4.
-- :mod:`grood.reporting.paper`: the paper's published numbers (``results/paper/*.csv``) and paper vs ours.
+- :mod:`grood.reporting.paper`: the paper's published numbers (``grood/reporting/paper_numbers/*.csv``) and paper vs ours.
 - :mod:`grood.reporting.figures`: Figures 2-5.
 """
 

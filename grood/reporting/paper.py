@@ -1,7 +1,8 @@
 """The paper's published numbers as data, and "paper vs ours" per cell.
 
-``results/paper/table<N>.csv`` (N = 1..7) and ``appendix_a4.csv`` hold every number of the paper's tables,
-typed in from its text (see ``results/paper/README.md``), in one tidy long format:
+``grood/reporting/paper_numbers/table<N>.csv`` (N = 1..7) and ``appendix_a4.csv`` (package data, read through
+``importlib.resources``) hold every number of the paper's tables, typed in from its text (see the
+``README.md`` there), in one tidy long format:
 
     table, benchmark, architecture, method, variant, prototype, paper_name, metric, group, mean, std, source_note
 
@@ -28,9 +29,10 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from grood.io import package_data_dir
 from grood.reporting.runs import GROUP_ROWS
 
-PAPER_DIR = Path(__file__).resolve().parents[2] / "results" / "paper"
+PAPER_DIR = package_data_dir("grood.reporting", "paper_numbers")
 PAPER_COLUMNS = ["table", "benchmark", "architecture", "method", "variant", "prototype", "paper_name", "metric",
                  "group", "mean", "std", "source_note"]
 #: The columns that identify one number (a table cell) on both sides of :func:`paper_vs_ours`.
@@ -57,7 +59,7 @@ class PaperDataError(ValueError):
 
 
 def paper_table_path(table: int | str, paper_dir: str | os.PathLike | None = None) -> Path:
-    """``results/paper/table<N>.csv`` (or ``appendix_a4.csv`` for ``"A4"``)."""
+    """``<PAPER_DIR>/table<N>.csv`` (or ``appendix_a4.csv`` for ``"A4"``)."""
     name = str(table).upper()
     if name not in PAPER_TABLES:
         raise KeyError(f"no paper table {table!r}; the paper has tables {', '.join(PAPER_TABLES)}")
@@ -74,7 +76,7 @@ def load_paper_table(table: int | str, paper_dir: str | os.PathLike | None = Non
     """
     path = paper_table_path(table, paper_dir)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing; the paper's numbers live in results/paper/")
+        raise FileNotFoundError(f"{path}: missing; the paper's numbers live in {PAPER_DIR}")
     frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     if list(frame.columns) != PAPER_COLUMNS:
         raise PaperDataError(f"{path}: line 1: columns {list(frame.columns)}; expected {PAPER_COLUMNS}")

@@ -1,7 +1,7 @@
 """The paper's tables and figures, one target each: spec -> evaluation jobs -> merged results -> files.
 
 A target (``table1`` ... ``table7``, ``figure2`` ... ``figure5``, ``appendix_a4``) is described by a spec,
-``configs/reproduce/<target>.yaml`` (format below), with a full and a smoke variant. :func:`reproduce_target`
+``grood/reproduce/targets/<target>.yaml`` (package data; format below), with a full and a smoke variant. :func:`reproduce_target`
 
 1. expands the spec into :class:`Job` s: one evaluation (``grood.pipeline.run_evaluation``) per
    benchmark x seed (x checkpoint epoch) x run, each with its own results folder
@@ -21,7 +21,7 @@ Spec format (every key is checked; an unknown key is an error naming the file an
     table: table4               # = the file name
     kind: table                 # table | epochs_std | tsne | epoch_curves | densities | auroc_vs_k
     title: ...                  # the LaTeX caption
-    paper_table: 4              # results/paper/table4.csv ("A4" for appendix_a4.csv); null = none
+    paper_table: 4              # grood/reporting/paper_numbers/table4.csv ("A4" for appendix_a4.csv); null = none
     experiment: table4          # run folders go below <runs_root>/table4 (smoke: table4_smoke)
     columns: [group]            # table column keys: any of benchmark, architecture, group
     groups: [near, far]         # which OOD groups, in this order
@@ -66,7 +66,6 @@ from grood.reproduce.specs import (
     OPTIONS,
     PAPER_SELECT_KEYS,
     PRE_ROW_KEYS,
-    REPO_ROOT,
     ROW_KEYS,
     ROW_SOURCES,
     RUN_KEYS,
@@ -127,7 +126,6 @@ from grood.reproduce.report import (
 )
 
 __all__ = [
-    "REPO_ROOT",
     "SPEC_DIR",
     "GROUPS",
     "SpecError",

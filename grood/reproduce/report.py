@@ -21,7 +21,7 @@ from grood.reproduce.figures import (
 )
 from grood.reproduce.jobs import Compose, Evaluate, Outcome, cluster_commands, expand_jobs, run_jobs
 from grood.reproduce.output import Built, _write_text, markdown_table
-from grood.reproduce.specs import REPO_ROOT, Spec, SpecError
+from grood.reproduce.specs import SPEC_DIR, Spec, SpecError
 from grood.reproduce.tables import build_table
 
 log = logging.getLogger("grood.reproduce")
@@ -55,7 +55,8 @@ def write_report(spec: Spec, out_path: Path, outcomes: Sequence[Outcome], built:
     """``report.md``: what ran, what was skipped and why, what was written, the numbers, the commands."""
     smoke = " --smoke" if spec.smoke else ""
     make_smoke = "SMOKE=1 " if spec.smoke else ""
-    spec_path = spec.path.relative_to(REPO_ROOT) if spec.path.is_relative_to(REPO_ROOT) else spec.path
+    package_parent = SPEC_DIR.parents[2]  # the folder holding grood/ (a checkout or site-packages)
+    spec_path = spec.path.relative_to(package_parent) if spec.path.is_relative_to(package_parent) else spec.path
     lines = [f"# {spec.title}{' (smoke)' if spec.smoke else ''}: reproduction report", "",
              f"Written {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} by `{argv}` "
              f"(git {git_commit() or 'unknown'}); spec `{spec_path}` ({spec.variant}); runs below "

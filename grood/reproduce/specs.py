@@ -1,4 +1,4 @@
-"""Reproduction specs: ``configs/reproduce/<target>.yaml`` read, checked and folded into a :class:`Spec`.
+"""Reproduction specs: ``grood/reproduce/targets/<target>.yaml`` (package data) read, checked and folded into a :class:`Spec`.
 
 The spec constants (valid keys, kinds, values, per-kind options), the target groups, :class:`SpecError`,
 the entry dataclasses and :func:`load_spec`; the format is described in :mod:`grood.reproduce`.
@@ -13,10 +13,10 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
+from grood.io import package_data_dir
 from grood.reporting.runs import METRIC_COLUMNS
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SPEC_DIR = REPO_ROOT / "configs" / "reproduce"
+SPEC_DIR = package_data_dir("grood.reproduce", "targets")
 #: Target groups of the command line / Makefile. ``all`` runs Table 2 before Table 1 (whose SOTA column
 #: comes from the Table 2 runs) and Table 5 before Figure 3 (drawn from its runs).
 GROUPS = {
