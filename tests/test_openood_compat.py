@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import Compose, Normalize
 
 import grood.method.detector as detector_module
-from grood import ood_prototypes
+from grood.method import strategies
 from grood.backbones import CheckpointMismatchError, SplitNetwork
 from grood.features import forward_pass
 from grood.metrics import auroc
@@ -284,7 +284,7 @@ def test_setup_and_inference_on_an_openood_network():
     """The whole OpenOOD sequence on a fake OpenOOD ResNet18_32x32: arrays of OpenOOD's shapes and dtypes."""
     net = randomise_batchnorm(ResNet18_32x32(num_classes=NUM_CLASSES))
     id_dict, ood_dict = loader_dicts(per_class=4)
-    postprocessor = GROODPostprocessor(progress=False, num_mixup_images=6)
+    postprocessor = GROODPostprocessor(progress=False, num_images=6)
     postprocessor.setup(net, id_dict, ood_dict)
     assert type(postprocessor.network).__module__ == "grood.backbones.resnet18_32x32"
     pred, conf, label = postprocessor.inference(net, id_dict["test"], False)
@@ -315,12 +315,12 @@ def _library_scores(net: SplitNetwork, id_dict, prototype: str = "mixup", **groo
                          device="cpu", progress=False)
     protos = torch.stack([train.features.features[train.features.labels == c].mean(0) for c in range(NUM_CLASSES)])
     if prototype == "mixup":
-        candidates = ood_prototypes.mixup_features(
+        candidates = strategies.mixup_features(
             net, pairs, train.features.logits, train.early_prototypes(), mixup_lambda=0.5,
             train_labels=train.features.labels, device="cpu", progress=False)
-        p_ood = ood_prototypes.finish_prototype(candidates, protos)
+        p_ood = strategies.finish_prototype(candidates, protos)
     else:
-        p_ood = ood_prototypes.mean_prototype(protos)
+        p_ood = strategies.mean_prototype(protos)
     detector = GROOD(device="cpu", **grood_args).fit(train.features.features, train.features.labels, p_ood,
                                                      num_classes=NUM_CLASSES,
                                                      train_predictions=train.features.logits.argmax(1))
@@ -423,7 +423,7 @@ def test_uniform_prototype_uses_the_datasets_normalisation(trained_net):
     assert find_normalization(Blobs(1, seed=0)) is None
     postprocessor = GROODPostprocessor(prototype="uniform", seed=3, progress=False)
     postprocessor.setup(trained_net, id_dict, ood_dict)
-    candidates = ood_prototypes.uniform_noise_features(trained_net, image_shape=(3, SIZE, SIZE), mean=mean,
+    candidates = strategies.uniform_noise_features(trained_net, image_shape=(3, SIZE, SIZE), mean=mean,
                                                        std=std, seed=3, device="cpu")
     torch.testing.assert_close(postprocessor.ood_prototype, candidates.mean(0), rtol=1e-5, atol=1e-6)
 
@@ -477,10 +477,10 @@ def test_set_hyperparam_list_follows_args_dict_key_order():
 
 def test_set_hyperparam_refits_only_what_it_needs(monkeypatch):
     index_builds, mixups = [], []
-    build_index, mixup_features = detector_module.build_index, ood_prototypes.mixup_features
+    build_index, mixup_features = detector_module.build_index, strategies.mixup_features
     monkeypatch.setattr(detector_module, "build_index",
                         lambda *a, **kw: index_builds.append(a) or build_index(*a, **kw))
-    monkeypatch.setattr(ood_prototypes, "mixup_features",
+    monkeypatch.setattr(strategies, "mixup_features",
                         lambda *a, **kw: mixups.append(kw) or mixup_features(*a, **kw))
 
     net = TinyNet().eval()  # random weights: unsaturated NCP probabilities, so the training gradients differ
