@@ -55,6 +55,15 @@ FAMILIES = {
 }
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny batches: torch's intra-op threads only add overhead on a loaded machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module", params=list(FAMILIES))
 def family(request):
     """(name, model in eval mode with random weights, wrapped network, images [2, 3, S, S])."""
@@ -175,3 +184,38 @@ def test_a_head_layer_without_flat_input_is_refused_at_run_time():
     network = grood.wrap(UserCNN().eval(), "stem", None, "block2")  # block2 receives [N, 16, H, W]
     with pytest.raises(SplitError, match=r"input of head_layer='block2' has shape \(1, 16, 8, 8\), not \[N, D\]"):
         network.mid(network.early(torch.randn(1, 3, 16, 16)))
+
+
+@torch.no_grad()
+def test_grood_end_to_end_on_the_wrapped_network(family):
+    """Fit, mixup OOD prototype (eq. 9) and score with the one GROOD on each wrapped network."""
+    from torch.utils.data import DataLoader
+
+    from grood.features import forward_pass
+    from grood.method import GROOD
+    from grood.method.prototypes import class_prototypes
+    from grood.method.strategies import PrototypeInputs, TrainingPass, build_ood_prototype
+
+    name, model, network, images, dim = family
+    generator = torch.Generator().manual_seed(2)
+    count = 5 if name == "vit_b_16" else 10  # every one of the 5 classes needs a training image (eq. 7)
+    train_images = torch.randn(count, 3, *images.shape[2:], generator=generator)
+    labels = torch.arange(count) % 5
+    dataset = list(zip(train_images, labels.tolist()))
+    outputs = forward_pass(network, DataLoader(dataset, batch_size=5), num_classes=5, accumulate_early=True,
+                           device="cpu", progress=False)
+    train = outputs.features
+    protos = class_prototypes(train.features, train.labels, 5)
+    inputs = PrototypeInputs(class_prototypes=protos, network=network, device="cpu", batch_size=5,
+                             training=lambda: TrainingPass(dataset, train.logits, train.labels,
+                                                           outputs.early_prototypes()))
+    p_ood = build_ood_prototype("mixup", inputs)
+    # eq. 9 by hand on the split network: mid(0.5 early(x) + 0.5 p_early[c2])
+    second = train.logits.topk(2, dim=1).indices[:, 1]
+    mixed = 0.5 * network.early(train_images) + 0.5 * outputs.early_prototypes()[second].float()
+    torch.testing.assert_close(p_ood, network.mid(mixed).mean(0), rtol=1e-4, atol=1e-5)
+
+    detector = GROOD(device="cpu").fit(train, ood_prototype=p_ood, class_prototypes=protos)
+    assert detector.score(train).abs().max() < 1e-3  # a training sample's own gradient is indexed
+    test_scores = detector.score(network.mid(network.early(images)))
+    assert test_scores.shape == (2,) and torch.isfinite(test_scores).all() and (test_scores < 0).all()
