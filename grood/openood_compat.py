@@ -203,7 +203,7 @@ BasePostprocessor: type = _OpenOODBasePostprocessor if OPENOOD_AVAILABLE else Fa
 # --------------------------------------------------------------------------- data
 class OpenOODImages(Dataset):
     """An OpenOOD dataset (items are dicts with ``'data'`` and ``'label'``) as ``(image, label)`` pairs,
-    the item format of :func:`grood.features.forward_pass` and :mod:`grood.ood_prototypes`."""
+    the item format of :func:`grood.features.forward_pass` and :mod:`grood.method.strategies`."""
 
     def __init__(self, dataset: Any, name: str) -> None:
         map_style = hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")
@@ -448,12 +448,33 @@ class GROODPostprocessor(BasePostprocessor):
             and, for the mixup prototype, per-class early-layer sums.
     """
 
-    def __init__(self, config: Any = None, *, sweep: Mapping[str, Sequence[Any]] | None = None,
-                 **named: Any) -> None:
+    def __init__(
+        self,
+        config: Any = None,
+        *,
+        prototype: str = _UNSET,
+        mixup_lambda: float | None = _UNSET,
+        num_images: int | None = _UNSET,
+        keep: int | None = _UNSET,
+        corruptions: Sequence[str] | None = _UNSET,
+        filter_quantile: float | None = _UNSET,
+        min_keep: int | None = _UNSET,
+        index: str = _UNSET,
+        index_params: Mapping[str, Any] | None = _UNSET,
+        k: int = _UNSET,
+        fit_on: str = _UNSET,
+        split_block: int | None = _UNSET,
+        early_layer: str | None = _UNSET,
+        feature_layer: str | None = _UNSET,
+        head_layer: str | None = _UNSET,
+        batch_size: int = _UNSET,
+        device: str | torch.device | None = _UNSET,
+        seed: int = _UNSET,
+        progress: bool = _UNSET,
+        sweep: Mapping[str, Sequence[Any]] | None = None,
+    ) -> None:
         super().__init__(config)
-        unknown = sorted(set(named) - set(DEFAULTS))
-        if unknown:
-            raise TypeError(f"GROODPostprocessor got unknown parameter(s) {unknown}; valid: {', '.join(DEFAULTS)}")
+        named = {name: value for name, value in locals().items() if name in DEFAULTS and value is not _UNSET}
         section = _config_section(config)
         params = {**DEFAULTS, **_config_args(section), **named}
         _check_params(params)

@@ -19,5 +19,6 @@ from grood.backbones.wrap import SplitError, WrappedNetwork, wrap
 __all__ = [
     "BACKBONES", "IMAGENET_MEAN", "IMAGENET_STD", "CheckpointMismatchError", "CifarResNet", "ResNet18_224x224",
     "ResNet18_32x32", "ResNet20", "ResNet32", "ResNet44", "ResNet56", "ResNet50", "SplitError", "SplitNetwork",
-    "SwinT", "ViTB16", "WrappedNetwork", "backbone_names", "build_backbone", "load_checkpoint", "read_state_dict", "sha256_of_file", "wrap",
+    "SwinT", "ViTB16", "WrappedNetwork", "backbone_names", "build_backbone", "load_checkpoint", "read_state_dict",
+    "sha256_of_file", "wrap",
 ]
