@@ -54,6 +54,7 @@ from grood.features import SplitOutputs, forward_pass
 from grood.method.detector import GROOD, NotFittedError
 from grood.method.prototypes import class_prototypes
 from grood.method.strategies import (
+    FILTER_PARAMS,
     STRATEGIES,
     STRATEGY_PARAMS,
     FeatureRows,
@@ -85,10 +86,11 @@ PROTOTYPES = tuple(name for name, strategy in STRATEGIES.items() if not strategy
 
 
 def _shared_default(name: str) -> Any:
-    """A strategy parameter's default where every strategy that reads it agrees, else None (= each
-    strategy's own default, e.g. ``num_images``)."""
+    """A strategy parameter's default where every strategy that reads it agrees (the filter's: its own),
+    else None (= each strategy's own default, e.g. ``num_images``)."""
+    if name in FILTER_PARAMS:
+        return FILTER_PARAMS[name]
     defaults = {repr(s.params[name]): s.params[name] for s in STRATEGIES.values() if name in s.params}
-    defaults = defaults or {"": {"filter_quantile": None, "min_keep": 1}[name]}
     return next(iter(defaults.values())) if len(defaults) == 1 else None
 
 
