@@ -3,6 +3,22 @@
 Score convention everywhere in this package: **higher score = more in-distribution**
 (OpenOOD's convention). The paper's eq. 6 defines an OOD score S(x) (higher = more OOD); the
 detectors return ``-S(x)``.
+
+``grood.wrap(model, early_layer=..., feature_layer=..., head_layer=...)`` (from
+:mod:`grood.backbones.wrap`) splits any classifier for GROOD; it is imported on first use, so that
+``import grood`` stays light.
 """
 
+from typing import Any
+
 __version__ = "0.1.0"
+
+__all__ = ["__version__", "wrap"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "wrap":
+        from grood.backbones.wrap import wrap
+
+        return wrap
+    raise AttributeError(f"module 'grood' has no attribute {name!r}")

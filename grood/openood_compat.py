@@ -1,5 +1,9 @@
 """GROOD as an OpenOOD v1.5 postprocessor: ``Evaluator(net, id_name, postprocessor=GROODPostprocessor())``.
 
+A thin adapter over grood's one GROOD: ``setup`` builds the OOD prototype with the strategy registry
+(:func:`grood.method.strategies.build_ood_prototype`) and fits :class:`grood.method.detector.GROOD`;
+``postprocess`` scores with it; ``set_hyperparam`` re-fits what a changed parameter needs.
+
 OpenOOD's contract (``openood/postprocessors/base_postprocessor.py`` and
 ``openood/evaluation_api/evaluator.py``):
 
@@ -15,42 +19,50 @@ OpenOOD's contract (``openood/postprocessors/base_postprocessor.py`` and
 What this module adds over OpenOOD's base class, on purpose:
 
 - No ``.cuda()``: everything runs on the device of the network's parameters (or ``device=``).
-- The network is adapted once to grood's split interface (:func:`as_split_network`): OpenOOD's
-  ``ResNet18_32x32``, ``ResNet18_224x224``, ``ResNet50``, ``ViT_B_16`` and ``Swin_T`` become the matching
-  :mod:`grood.backbones` network with the same weights (strict state-dict load).
+- Any network: OpenOOD's ``ResNet18_32x32``, ``ResNet18_224x224``, ``ResNet50``, ``ViT_B_16`` and ``Swin_T``
+  become the matching :mod:`grood.backbones` network with the same weights (strict state-dict load); any
+  other classifier is split by layer name with :func:`grood.wrap` (``early_layer``, ``feature_layer``,
+  ``head_layer``); a :class:`~grood.backbones.base.SplitNetwork` is used as it is.
 - The training set is read once; its penultimate features, logits and labels are kept, so a changed
   hyper-parameter re-fits only what it needs (``k`` re-uses the index; a prototype parameter
   recomputes the OOD prototype and the training gradients; an index parameter rebuilds the index).
 - ``set_hyperparam`` maps list positions to ``args_dict``'s keys explicitly, and also takes a dict of
   named parameters (recommended).
-
-The method's maths is not here: eq. 7-9 live in :mod:`grood.ood_prototypes` /
-:mod:`grood.method.prototypes`, eq. 5-6 in :class:`grood.method.detector.GROOD`.
 """
 
 from __future__ import annotations
 
 import logging
+import numbers
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 from torchvision.transforms import Normalize
 from torchvision.transforms.v2 import Normalize as NormalizeV2
 from tqdm.auto import tqdm
 
-from grood import ood_prototypes
 from grood.backbones.base import SplitNetwork
 from grood.backbones.checkpoints import load_state_dict_checked
 from grood.backbones.registry import build_backbone
+from grood.backbones.wrap import wrap
 from grood.device import default_device, resolve_device
 from grood.features import SplitOutputs, forward_pass
-from grood.method.detector import FIT_ON, GROOD, NotFittedError
-from grood.method.neighbours import INDEX_KINDS
+from grood.method.detector import GROOD, NotFittedError
 from grood.method.prototypes import class_prototypes
+from grood.method.strategies import (
+    FILTER_PARAMS,
+    STRATEGIES,
+    STRATEGY_PARAMS,
+    FeatureRows,
+    PrototypeInputs,
+    TrainingPass,
+    build_ood_prototype,
+    strategy_params,
+)
 
 log = logging.getLogger(__name__)
 
@@ -68,27 +80,33 @@ __all__ = [
     "run_inference",
 ]
 
-#: OOD-prototype strategies the postprocessor offers (see :meth:`GROODPostprocessor.setup`).
-PROTOTYPES = ("mixup", "mean", "uniform", "val_ood")
-#: Images of ``ood_loader_dict['val']`` behind the "val_ood" prototype (appendix A.2: about 100).
-VAL_OOD_IMAGES = 100
-#: Parameters ``set_hyperparam`` / a sweep may change, in the order ``get_hyperparam`` lists them.
-SWEEPABLE = ("prototype", "mixup_lambda", "num_mixup_images", "split_block", "seed", "fit_on", "index",
-             "index_params", "k")
+#: OOD-prototype strategies the postprocessor offers: every registry strategy with one prototype for all
+#: OOD sets (the oracles need images held out of the scored sets, which OpenOOD's Evaluator cannot do).
+PROTOTYPES = tuple(name for name, strategy in STRATEGIES.items() if not strategy.per_ood_set)
+
+
+def _shared_default(name: str) -> Any:
+    """A strategy parameter's default where every strategy that reads it agrees (the filter's: its own),
+    else None (= each strategy's own default, e.g. ``num_images``)."""
+    if name in FILTER_PARAMS:
+        return FILTER_PARAMS[name]
+    defaults = {repr(s.params[name]): s.params[name] for s in STRATEGIES.values() if name in s.params}
+    return next(iter(defaults.values())) if len(defaults) == 1 else None
+
+
 #: Every named parameter of :class:`GROODPostprocessor` and its default.
 DEFAULTS: dict[str, Any] = {
-    "prototype": "mixup", "mixup_lambda": 0.5, "num_mixup_images": None, "index": "exact", "index_params": None,
-    "k": 1, "fit_on": "all", "split_block": None, "batch_size": 128, "device": None, "seed": 0, "progress": True,
+    "prototype": "mixup", **{name: _shared_default(name) for name in STRATEGY_PARAMS},
+    "index": "exact", "index_params": None, "k": 1, "fit_on": "all", "split_block": None,
+    "early_layer": None, "feature_layer": None, "head_layer": None,
+    "batch_size": 128, "device": None, "seed": 0, "progress": True,
 }
-#: Parameters each prototype strategy depends on (a change recomputes the prototype).
-_PROTOTYPE_INPUTS = {
-    "mixup": {"mixup_lambda", "num_mixup_images", "seed", "split_block"},
-    "uniform": {"seed"},
-    "val_ood": {"seed"},
-    "mean": set(),
-}
+#: Parameters ``set_hyperparam`` / a sweep may change, in the order ``get_hyperparam`` lists them.
+SWEEPABLE = ("prototype", *STRATEGY_PARAMS, "split_block", "seed", "fit_on", "index", "index_params", "k")
 #: Parameters of the GROOD fit itself (a change recomputes the training gradients and rebuilds the index).
 _INDEX_INPUTS = {"fit_on", "index", "index_params"}
+#: Parameters fixed at construction (they choose the network and how passes run).
+_FIXED = ("early_layer", "feature_layer", "head_layer", "batch_size", "device", "progress")
 
 #: OpenOOD v1.5 network class -> (grood backbone name, path of its final linear layer).
 OPENOOD_NETWORKS: dict[str, tuple[str, str]] = {
@@ -187,7 +205,7 @@ BasePostprocessor: type = _OpenOODBasePostprocessor if OPENOOD_AVAILABLE else Fa
 # --------------------------------------------------------------------------- data
 class OpenOODImages(Dataset):
     """An OpenOOD dataset (items are dicts with ``'data'`` and ``'label'``) as ``(image, label)`` pairs,
-    the item format of :func:`grood.features.forward_pass` and :mod:`grood.ood_prototypes`."""
+    the item format of :func:`grood.features.forward_pass` and :mod:`grood.method.strategies`."""
 
     def __init__(self, dataset: Any, name: str) -> None:
         map_style = hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")
@@ -257,9 +275,18 @@ def _openood_class_name(net: nn.Module) -> str | None:
     return None
 
 
-def as_split_network(net: nn.Module, split_block: int | None = None) -> SplitNetwork:
+def as_split_network(
+    net: nn.Module,
+    split_block: int | None = None,
+    *,
+    early_layer: str | None = None,
+    feature_layer: str | None = None,
+    head_layer: str | None = None,
+) -> SplitNetwork:
     """``net`` as a :class:`~grood.backbones.base.SplitNetwork` (``early`` / ``mid`` / ``head``, paper eq. 1).
 
+    - With ``early_layer`` and ``head_layer`` (and optionally ``feature_layer``): :func:`grood.wrap`
+      splits ``net`` at those submodules (any classifier, OpenOOD's too; its parameters are shared).
     - A ``SplitNetwork`` is returned as it is (its ``split_block`` set when ``split_block`` is given).
     - OpenOOD v1.5's ``ResNet18_32x32``, ``ResNet18_224x224``, ``ResNet50``, ``ViT_B_16`` and ``Swin_T``
       (recognised by class name and ``openood.*`` module, without importing openood) become the matching
@@ -269,22 +296,36 @@ def as_split_network(net: nn.Module, split_block: int | None = None) -> SplitNet
     - ``nn.DataParallel`` / ``DistributedDataParallel`` wrappers are looked through.
 
     Raises:
-        TypeError: any other network; the message lists what is supported.
+        TypeError: any other network without layer names; the message lists what is supported.
+        ValueError: only one of ``early_layer`` / ``head_layer``, or layer names for a SplitNetwork.
+        grood.backbones.wrap.SplitError: the layer names do not split ``net`` (lists the valid names).
         CheckpointMismatchError: the OpenOOD network's weights do not fit (e.g. a ViT with another image size).
     """
     if isinstance(net, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
         net = net.module
+    names = {"early_layer": early_layer, "feature_layer": feature_layer, "head_layer": head_layer}
     if isinstance(net, SplitNetwork):
+        if any(value is not None for value in names.values()):
+            raise ValueError(f"{type(net).__name__} is already a grood SplitNetwork; layer names "
+                             f"{ {k: v for k, v in names.items() if v is not None} } are for other networks")
         if split_block is not None:
             net.split_block = split_block
         return net
+    if early_layer is not None or head_layer is not None or feature_layer is not None:
+        if early_layer is None or head_layer is None:
+            raise ValueError(f"splitting {type(net).__name__} by layer name needs early_layer and head_layer "
+                             f"(feature_layer is optional); got {names}")
+        network = wrap(net, early_layer, feature_layer, head_layer)
+        if split_block is not None:
+            network.split_block = split_block
+        return network.eval()
     class_name = _openood_class_name(net)
     if class_name is None:
         raise TypeError(
-            f"GROOD cannot split {type(net).__module__}.{type(net).__name__} into early / mid / head. Supported: "
-            f"grood.backbones.SplitNetwork subclasses and OpenOOD v1.5's {', '.join(OPENOOD_NETWORKS)}. For another "
-            "network, wrap it in a grood.backbones.SplitNetwork subclass (implement _stem, _block, _pool and "
-            "classifier; see grood/backbones/base.py) and pass that network"
+            f"GROOD cannot split {type(net).__module__}.{type(net).__name__} into early / mid / head without layer "
+            f"names. Supported without them: grood.backbones.SplitNetwork subclasses and OpenOOD v1.5's "
+            f"{', '.join(OPENOOD_NETWORKS)}. For another network, give early_layer, feature_layer and head_layer "
+            "(e.g. 'layer1', 'avgpool', 'fc' for a torchvision ResNet; see grood.wrap)"
         )
     backbone, classifier_path = OPENOOD_NETWORKS[class_name]
     classifier = net.get_submodule(classifier_path)
@@ -294,36 +335,34 @@ def as_split_network(net: nn.Module, split_block: int | None = None) -> SplitNet
 
 
 # --------------------------------------------------------------------------- parameters
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def _check_params(params: Mapping[str, Any]) -> None:
-    """Raise ValueError naming the first parameter whose value cannot work."""
+    """Raise ValueError naming the first parameter whose value cannot work. GROOD's own parameters are
+    checked by :meth:`GROOD.check_params`, the prototype's by :func:`strategy_params`; the rest here."""
 
     def bad(name: str, expected: str) -> ValueError:
         return ValueError(f"GROODPostprocessor parameter {name}={params[name]!r}: expected {expected}")
 
-    def is_int(value: Any) -> bool:
-        return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
     if params["prototype"] not in PROTOTYPES:
-        raise bad("prototype", f"one of {', '.join(PROTOTYPES)}")
-    lam = params["mixup_lambda"]
-    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not 0.0 <= float(lam) <= 1.0:
-        raise bad("mixup_lambda", "a number in [0, 1] (eq. 9's λ)")
-    if params["num_mixup_images"] is not None and not (is_int(params["num_mixup_images"])
-                                                       and params["num_mixup_images"] >= 1):
-        raise bad("num_mixup_images", "None (every training image) or an integer >= 1")
-    if params["index"] not in INDEX_KINDS:
-        raise bad("index", f"one of {', '.join(INDEX_KINDS)}")
-    if params["index_params"] is not None and not isinstance(params["index_params"], Mapping):
-        raise bad("index_params", "None or a dict of index arguments, e.g. {'nlist': 256, 'nprobe': 8}")
-    if not is_int(params["k"]) or params["k"] < 1:
-        raise bad("k", "an integer >= 1")
-    if params["fit_on"] not in FIT_ON:
-        raise bad("fit_on", f"one of {', '.join(FIT_ON)}")
-    if params["split_block"] is not None and not (is_int(params["split_block"]) and params["split_block"] >= 0):
+        oracle = params["prototype"] in STRATEGIES
+        raise bad("prototype", f"one of {', '.join(PROTOTYPES)}" + (
+            " (an oracle prototype needs its images held out of the scored OOD set, which OpenOOD's Evaluator "
+            "cannot do; grood's pipeline runs it: prototype=local_oracle)" if oracle else ""))
+    try:
+        strategy_params(params["prototype"], {name: params[name] for name in STRATEGY_PARAMS})
+        GROOD.check_params(index=params["index"], k=params["k"], index_params=params["index_params"],
+                           fit_on=params["fit_on"], batch_size=params["batch_size"])
+    except ValueError as error:
+        raise ValueError(f"GROODPostprocessor: {error}") from error
+    if params["split_block"] is not None and not (_is_int(params["split_block"]) and params["split_block"] >= 0):
         raise bad("split_block", "None (the network's default) or an integer >= 0")
-    if not is_int(params["batch_size"]) or params["batch_size"] < 1:
-        raise bad("batch_size", "an integer >= 1")
-    if not is_int(params["seed"]):
+    for name in ("early_layer", "feature_layer", "head_layer"):
+        if params[name] is not None and not isinstance(params[name], str):
+            raise bad(name, "None or a submodule name such as 'layer1'")
+    if not _is_int(params["seed"]):
         raise bad("seed", "an integer")
     if not isinstance(params["progress"], bool):
         raise bad("progress", "True or False")
@@ -377,21 +416,25 @@ class GROODPostprocessor(BasePostprocessor):
         config: OpenOOD's config object, or None. Read: ``config.postprocessor.postprocessor_args``
             (values for the named parameters below), ``.postprocessor_sweep`` (a sweep; OpenOOD's
             ``k_list`` spelling is accepted) and ``.APS_mode``. Named parameters win over the config.
-        prototype: the OOD prototype (eq. 8) strategy: ``"mixup"`` (eq. 9, the paper's default),
-            ``"mean"`` (mean of the class prototypes), ``"uniform"`` (uniform-noise images, the 100 of
-            1000 with the lowest energy) or ``"val_ood"`` (100 images of ``ood_loader_dict['val']``).
-        mixup_lambda: eq. 9's λ.
-        num_mixup_images: training images mixed for eq. 9 (None = all; fewer: a seeded class-balanced sample).
+        prototype: the OOD-prototype strategy (:mod:`grood.method.strategies`): ``"mixup"`` (eq. 9, the
+            paper's default), ``"uniform"`` (noise images, the ``keep`` of ``num_images`` with the lowest
+            energy), ``"val_ood"`` (``num_images`` images of ``ood_loader_dict['val']``), ``"corrupted"``
+            (``num_images`` corrupted images of ``id_loader_dict['val']``) or ``"mean"``.
+        mixup_lambda, num_images, keep, corruptions, filter_quantile, min_keep: the strategies' parameters
+            (each strategy reads its own; None = its default, e.g. ``num_images`` = every training image
+            for the mixup, 100 for "val_ood"); ``filter_quantile`` is the section-5.2 proximity filter.
         index: nearest-neighbour index of eq. 6: ``"exact"`` (FAISS flat), ``"ivf"`` (appendix A.4) or ``"torch"``.
         index_params: the index's arguments, e.g. ``{"nlist": 256, "nprobe": 8}`` for ``"ivf"``, or
             ``{"norm_pruning": True}`` for ``"torch"`` (exact, skips gradients out of reach by norm).
         k: score with the ``k``-th nearest training gradient (Fig. 5).
         fit_on: index the gradients of ``"all"`` training images or of the ``"correct"``-ly classified ones.
         split_block: where ``f_early`` ends (None = the network's default, after the first block).
+        early_layer, feature_layer, head_layer: split a network that is neither a grood SplitNetwork nor
+            one of OpenOOD's five by these submodule names (:func:`grood.wrap`).
         batch_size: images per batch in the passes this postprocessor runs itself (training set, mixup,
-            uniform noise, val OOD); OpenOOD's loaders keep theirs for inference.
+            uniform noise, validation images); OpenOOD's loaders keep theirs for inference.
         device: where the network and GROOD run; None = the device of the network's parameters.
-        seed: seeds the mixup image sample, the uniform noise and the val-OOD image sample.
+        seed: seeds the strategies' samples (mixup images, noise, validation images).
         progress: show progress bars.
         sweep: ``{name: [values, ...]}`` for OpenOOD's automatic parameter search, e.g.
             ``{"k": [1, 2, 5], "mixup_lambda": [0.3, 0.5, 0.7]}``; sets ``APS_mode``.
@@ -412,13 +455,20 @@ class GROODPostprocessor(BasePostprocessor):
         config: Any = None,
         *,
         prototype: str = _UNSET,
-        mixup_lambda: float = _UNSET,
-        num_mixup_images: int | None = _UNSET,
+        mixup_lambda: float | None = _UNSET,
+        num_images: int | None = _UNSET,
+        keep: int | None = _UNSET,
+        corruptions: Sequence[str] | None = _UNSET,
+        filter_quantile: float | None = _UNSET,
+        min_keep: int | None = _UNSET,
         index: str = _UNSET,
         index_params: Mapping[str, Any] | None = _UNSET,
         k: int = _UNSET,
         fit_on: str = _UNSET,
         split_block: int | None = _UNSET,
+        early_layer: str | None = _UNSET,
+        feature_layer: str | None = _UNSET,
+        head_layer: str | None = _UNSET,
         batch_size: int = _UNSET,
         device: str | torch.device | None = _UNSET,
         seed: int = _UNSET,
@@ -426,13 +476,9 @@ class GROODPostprocessor(BasePostprocessor):
         sweep: Mapping[str, Sequence[Any]] | None = None,
     ) -> None:
         super().__init__(config)
-        given = {
-            "prototype": prototype, "mixup_lambda": mixup_lambda, "num_mixup_images": num_mixup_images,
-            "index": index, "index_params": index_params, "k": k, "fit_on": fit_on, "split_block": split_block,
-            "batch_size": batch_size, "device": device, "seed": seed, "progress": progress,
-        }
+        named = {name: value for name, value in locals().items() if name in DEFAULTS and value is not _UNSET}
         section = _config_section(config)
-        params = {**DEFAULTS, **_config_args(section), **{n: v for n, v in given.items() if v is not _UNSET}}
+        params = {**DEFAULTS, **_config_args(section), **named}
         _check_params(params)
         self.params: dict[str, Any] = params
 
@@ -454,8 +500,7 @@ class GROODPostprocessor(BasePostprocessor):
         self.detector: GROOD | None = None
         self.train_outputs: SplitOutputs | None = None
         self._source_net: nn.Module | None = None
-        self._train_images: OpenOODImages | None = None
-        self._val_ood_images: OpenOODImages | None = None
+        self._loaders: dict[str, OpenOODImages | None] = {}
         self._num_workers = 0
         self._early_split: int | None = None  # split_block behind train_outputs' early sums
 
@@ -482,15 +527,23 @@ class GROODPostprocessor(BasePostprocessor):
         The pass over the training set runs over its dataset in index order (``batch_size`` images per
         batch, the loader's ``num_workers``), whatever the loader's shuffling, and keeps logits,
         penultimate features, labels and (for "mixup") per-class sums of the early feature maps.
-        "mixup" then runs the network once more over the (sampled) training images (eq. 9);
-        "val_ood" reads 100 images of ``ood_loader_dict['val']``; "uniform" makes its own noise images.
+        The strategy then reads what it needs: "mixup" runs the network once more over the (sampled)
+        training images (eq. 9), "val_ood" over ``num_images`` images of ``ood_loader_dict['val']``,
+        "corrupted" over corrupted images of ``id_loader_dict['val']`` (whose labels it reads item by
+        item), "uniform" over its own noise images.
         """
-        self._train_images = _loader_dataset(id_loader_dict, "train", "id_loader_dict", required=True)
-        self._val_ood_images = _loader_dataset(ood_loader_dict, "val", "ood_loader_dict", required=False)
+        self._loaders = {
+            "train": _loader_dataset(id_loader_dict, "train", "id_loader_dict", required=True),
+            "id_val": _loader_dataset(id_loader_dict, "val", "id_loader_dict", required=False),
+            "ood_val": _loader_dataset(ood_loader_dict, "val", "ood_loader_dict", required=False),
+        }
         self._num_workers = int(getattr(id_loader_dict["train"], "num_workers", 0))
         self.device = (resolve_device(self.params["device"]) if self.params["device"] is not None
                        else _module_device(net))
-        self.network = as_split_network(net, self.params["split_block"]).to(self.device).eval()
+        self.network = as_split_network(
+            net, self.params["split_block"], early_layer=self.params["early_layer"],
+            feature_layer=self.params["feature_layer"], head_layer=self.params["head_layer"],
+        ).to(self.device).eval()
         self._source_net = net
         self.train_outputs = None
         self.ood_prototype = None
@@ -501,6 +554,12 @@ class GROODPostprocessor(BasePostprocessor):
     def _mixup_may_be_needed(self) -> bool:
         return self.params["prototype"] == "mixup" or "mixup" in self.args_dict.get("prototype", [])
 
+    def _prototype_depends_on(self, strategy: str) -> set[str]:
+        """The parameters whose change recomputes the OOD prototype of ``strategy``."""
+        spec = STRATEGIES[strategy]
+        return ({"prototype", *spec.params, "filter_quantile", "min_keep"} | ({"seed"} if spec.uses_seed else set())
+                | ({"split_block"} if strategy == "mixup" else set()))
+
     def _refit(self, changed: set[str]) -> None:
         """Bring the training pass, the OOD prototype and the GROOD fit up to date with ``self.params``,
         redoing only what the parameters in ``changed`` (and missing state) require."""
@@ -508,11 +567,10 @@ class GROODPostprocessor(BasePostprocessor):
         needs_early = strategy == "mixup" and (
             self.train_outputs is None or self.train_outputs.early_sums is None
             or self._early_split != self.network.split_block)
-        redo_pass = self.train_outputs is None or needs_early
-        if redo_pass:
+        if self.train_outputs is None or needs_early:
             self._extract_train(accumulate_early=self._mixup_may_be_needed())
-        redo_prototype = (self.ood_prototype is None or needs_early or "prototype" in changed
-                          or bool(changed & _PROTOTYPE_INPUTS[strategy]))
+        redo_prototype = (self.ood_prototype is None or needs_early
+                          or bool(changed & self._prototype_depends_on(strategy)))
         if redo_prototype:
             self.ood_prototype = self._compute_ood_prototype()
         if self.detector is None or redo_prototype or changed & _INDEX_INPUTS:
@@ -522,7 +580,7 @@ class GROODPostprocessor(BasePostprocessor):
 
     def _extract_train(self, accumulate_early: bool) -> None:
         """One pass over the training images: logits, penultimate features, labels (+ early-layer sums)."""
-        loader = DataLoader(self._train_images, batch_size=self.params["batch_size"], shuffle=False,
+        loader = DataLoader(self._loaders["train"], batch_size=self.params["batch_size"], shuffle=False,
                             num_workers=self._num_workers, pin_memory=self.device.type == "cuda")
         self.train_outputs = forward_pass(
             self.network, loader, num_classes=self.network.num_classes, accumulate_early=accumulate_early,
@@ -531,66 +589,49 @@ class GROODPostprocessor(BasePostprocessor):
         self._early_split = self.network.split_block if accumulate_early else None
 
     def _compute_ood_prototype(self) -> torch.Tensor:
-        """``[D]`` the OOD prototype of ``params['prototype']`` (eq. 8 over the strategy's candidates)."""
+        """``[D]`` the OOD prototype of ``params['prototype']``, by the strategy registry."""
         train = self.train_outputs.features
-        protos = class_prototypes(train.features, train.labels, self.network.num_classes)
-        strategy, seed, batch_size = self.params["prototype"], self.params["seed"], self.params["batch_size"]
-        if strategy == "mean":
-            return ood_prototypes.mean_prototype(protos)
-        if strategy == "mixup":
-            candidates = ood_prototypes.mixup_features(
-                self.network, self._train_images, train.logits, self.train_outputs.early_prototypes(),
-                mixup_lambda=float(self.params["mixup_lambda"]), num_images=self.params["num_mixup_images"],
-                train_labels=train.labels, seed=seed, batch_size=batch_size, num_workers=self._num_workers,
-                device=self.device, progress=self.params["progress"],
-            )
-        elif strategy == "uniform":
-            mean, std = self._normalization()
-            candidates = ood_prototypes.uniform_noise_features(
-                self.network, image_shape=tuple(self._train_images[0][0].shape), mean=mean, std=std, seed=seed,
-                batch_size=batch_size, device=self.device,
-            )
-        else:  # "val_ood"
-            candidates = self._val_ood_features()
-        return ood_prototypes.finish_prototype(candidates, protos)
+        run = dict(batch_size=self.params["batch_size"], num_workers=self._num_workers, device=self.device,
+                   progress=self.params["progress"])
+        ood_val, id_val = self._loaders["ood_val"], self._loaders["id_val"]
+        inputs = PrototypeInputs(
+            class_prototypes=class_prototypes(train.features, train.labels, self.network.num_classes),
+            network=self.network,
+            training=lambda: TrainingPass(self._loaders["train"], train.logits, train.labels,
+                                          self.train_outputs.early_prototypes()),
+            image_shape=lambda: tuple(self._loaders["train"][0][0].shape),
+            normalization=self._normalization,
+            id_validation=None if id_val is None else (lambda: (id_val, _labels_of(id_val))),
+            val_ood=None if ood_val is None else (lambda: FeatureRows.of_images(
+                self.network, ood_val, description="GROOD: val OOD prototype", **run)),
+            seed=int(self.params["seed"]), **run,
+            advice={
+                "val_ood": "it needs OOD validation images, ood_loader_dict['val'] (OpenOOD's Evaluator passes them), "
+                           "but setup() got none; choose prototype='mixup', 'mean' or 'uniform'",
+                "id_validation": "it needs ID validation images, id_loader_dict['val'] (OpenOOD's Evaluator passes "
+                                 "them), but setup() got none; choose prototype='mixup', 'mean' or 'uniform'",
+            },
+        )
+        return build_ood_prototype(self.params["prototype"], inputs,
+                                   {name: self.params[name] for name in STRATEGY_PARAMS})
 
     def _normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        """The training images' normalisation, for the uniform-noise images (else the network's own)."""
-        found = find_normalization(self._train_images.dataset)
+        """The training images' normalisation, for images grood makes itself (else the network's own)."""
+        found = find_normalization(self._loaders["train"].dataset)
         if found is not None:
             return found
         mean, std = tuple(self.network.input_mean), tuple(self.network.input_std)
-        log.warning("prototype='uniform': no torchvision Normalize found in id_loader_dict['train']'s dataset; "
-                    "normalising the noise images with %s's mean %s and std %s",
-                    type(self.network).__name__, mean, std)
+        log.warning("prototype=%r: no torchvision Normalize found in id_loader_dict['train']'s dataset; "
+                    "normalising the images grood makes with %s's mean %s and std %s",
+                    self.params["prototype"], type(self.network).__name__, mean, std)
         return mean, std
-
-    def _val_ood_features(self) -> torch.Tensor:
-        """``[M, D]`` penultimate features of a seeded sample of ``VAL_OOD_IMAGES`` OOD validation images."""
-        if self._val_ood_images is None:
-            raise ValueError(
-                "prototype='val_ood' needs OOD validation images, ood_loader_dict['val'] (OpenOOD's Evaluator "
-                "passes them), but setup() got none; choose prototype='mixup', 'mean' or 'uniform'"
-            )
-        count = len(self._val_ood_images)
-        if count == 0:
-            raise ValueError("prototype='val_ood': ood_loader_dict['val'] holds no image")
-        generator = torch.Generator().manual_seed(int(self.params["seed"]))
-        rows = torch.randperm(count, generator=generator)[:VAL_OOD_IMAGES].sort().values
-        loader = DataLoader(Subset(self._val_ood_images, rows.tolist()), batch_size=self.params["batch_size"],
-                            num_workers=self._num_workers)
-        outputs = forward_pass(self.network, loader, device=self.device, progress=self.params["progress"],
-                               description="GROOD: val OOD prototype")
-        return outputs.features.features
 
     def _fit_detector(self) -> None:
         """Algorithm 1 on the kept training features: class prototypes, eq. 5 gradients, eq. 6 index."""
-        train = self.train_outputs.features
         detector = GROOD(index=self.params["index"], k=int(self.params["k"]),
                          index_params=dict(self.params["index_params"] or {}), fit_on=self.params["fit_on"],
                          device=self.device, progress=self.params["progress"])
-        detector.fit(train.features, train.labels, ood_prototype=self.ood_prototype,
-                     num_classes=self.network.num_classes, train_predictions=train.logits.argmax(dim=1))
+        detector.fit(self.train_outputs.features, ood_prototype=self.ood_prototype)
         detector.progress = False  # no bar per inference batch
         self.detector = detector
 
@@ -638,11 +679,11 @@ class GROODPostprocessor(BasePostprocessor):
                 OpenOOD's evaluator passes it, a list with one value per key of :attr:`args_dict`, in
                 that dict's key order.
 
-        ``k`` re-uses the index; ``prototype``, ``mixup_lambda``, ``num_mixup_images``, ``seed`` and
-        ``split_block`` recompute the OOD prototype (when the current strategy uses them; a new
-        ``split_block`` also re-reads the training set for the mixup's early prototypes), then the training
-        gradients and the index; ``fit_on``, ``index`` and ``index_params`` recompute the training gradients
-        and rebuild the index. Before :meth:`setup` the values are only stored.
+        ``k`` re-uses the index; ``prototype``, a parameter the current strategy reads, ``seed`` (for the
+        strategies that sample) and ``split_block`` (mixup; a new one also re-reads the training set for
+        the early prototypes) recompute the OOD prototype, then the training gradients and the index;
+        ``fit_on``, ``index`` and ``index_params`` recompute the training gradients and rebuild the index.
+        Before :meth:`setup` the values are only stored.
         """
         if isinstance(hyperparam, Mapping):
             updates = {str(name): value for name, value in hyperparam.items()}
@@ -674,3 +715,8 @@ class GROODPostprocessor(BasePostprocessor):
         """``{name: value}`` of the swept parameters (every sweepable one when there is no sweep)."""
         names = list(self.args_dict) or list(SWEEPABLE)
         return {name: self.params[name] for name in names}
+
+
+def _labels_of(images: OpenOODImages) -> torch.Tensor:
+    """``[N]`` int64 labels of an OpenOOD dataset, read item by item (which loads each image once)."""
+    return torch.tensor([images[index][1] for index in range(len(images))], dtype=torch.long)

@@ -20,7 +20,7 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 import torch
 
-from grood import aps, ood_prototypes
+from grood import aps
 from grood.backbones import build_backbone
 from grood.backbones.base import SplitNetwork
 from grood.config import ConfigError, RunConfig, config_hash, to_plain, validate
@@ -28,13 +28,22 @@ from grood.config.schema import MethodConfig
 from grood.data import Benchmark, benchmark_from_dict, get_benchmark, resolve_spec, test_transform
 from grood.data.benchmarks import DataLayoutError
 from grood.data.imagelist import ImageListError
-from grood.detectors.grood_detector import GROODDetector
 from grood.detectors.registry import DETECTORS, build_detector, detector_parameters
 from grood.evaluation import metrics_table
 from grood.features import FeatureCache, SplitOutputs, cache_key, extract_split
 from grood.featureset import FeatureSet
 from grood.io import atomic_write, write_json
+from grood.method.detector import GROOD
 from grood.method.prototypes import class_prototypes
+from grood.method.strategies import (
+    STRATEGIES,
+    FeatureRows,
+    PrototypeInputs,
+    TrainingPass,
+    build_ood_prototype,
+    oracle_split,
+    strategy_params,
+)
 from grood.metrics import accuracy
 from grood.provenance import git_commit, package_versions, sha256_of_file
 
@@ -331,56 +340,56 @@ def adapt_parameters(name: str, params: Mapping[str, Any], feature_dim: int,
 
 
 # --------------------------------------------------------------------------- GROOD's OOD prototype
+def _prototype_params(prototype_cfg: Any) -> dict[str, Any]:
+    """The strategy's parameters from its typed config (registry names; None = the strategy's default)."""
+    params = {k: v for k, v in dataclasses.asdict(prototype_cfg).items() if k != "strategy"}
+    try:
+        return strategy_params(prototype_cfg.strategy, params)
+    except ValueError as error:
+        raise ConfigError(f"config group prototype: {error}") from error
+
+
 def grood_prototype(run: BenchmarkRun, prototype_cfg: Any, class_protos: torch.Tensor) -> torch.Tensor:
-    """``[D]`` the OOD prototype of a non-oracle strategy (section 5.2 / appendix A.2).
+    """``[D]`` the OOD prototype of a non-oracle strategy (section 5.2 / appendix A.2), built by the one
+    strategy registry (:func:`grood.method.strategies.build_ood_prototype`) on this run's cached outputs.
 
     ``prototype_cfg``: the run's ``prototype`` config (one of :data:`grood.config.schema.PROTOTYPE_SCHEMAS`)."""
     strategy = prototype_cfg.strategy
+    if strategy not in STRATEGIES or STRATEGIES[strategy].per_ood_set:
+        raise ConfigError(
+            f"prototype.strategy={strategy!r} is not a single-prototype strategy; valid: "
+            f"{[name for name, s in STRATEGIES.items() if not s.per_ood_set]} (oracles are handled per OOD set)"
+        )
+    params = _prototype_params(prototype_cfg)
     config = run.config
-    seed = config.seed
-    common = dict(batch_size=config.batch_size, device=run.device)
     spec = run.transform_spec
-    if strategy == "mixup":
+
+    def training() -> TrainingPass:
         train = run.split_outputs("train", accumulate_early=True)
-        candidates = ood_prototypes.mixup_features(
-            run.network, run.dataset("train"), train.features.logits, train.early_prototypes(),
-            mixup_lambda=prototype_cfg.mixup_lambda,
-            num_images=prototype_cfg.num_images, train_labels=train.features.labels, seed=seed,
-            num_workers=config.num_workers, progress=config.progress,
-            **common,
-        )
-    elif strategy == "uniform":
-        image_size = int(spec.get("crop_size") or spec.get("size"))
-        candidates = ood_prototypes.uniform_noise_features(
-            run.network, image_shape=(3, image_size, image_size), mean=spec["mean"], std=spec["std"],
-            num_images=prototype_cfg.num_images, keep=prototype_cfg.keep,
-            seed=seed, **common,
-        )
-    elif strategy == "val_ood":
+        return TrainingPass(run.dataset("train"), train.features.logits, train.features.labels,
+                            train.early_prototypes())
+
+    def val_ood() -> FeatureRows:
         names = list(run.benchmark.val_ood)
         if not names:
             raise ConfigError(f"benchmark {run.benchmark.name!r} has no val OOD list for prototype=val_ood")
-        features = torch.cat([run.features(f"val_ood:{name}").features for name in names])
-        rows = torch.randperm(features.shape[0], generator=torch.Generator().manual_seed(seed))
-        candidates = features[rows[: prototype_cfg.num_images]]
-    elif strategy == "corrupted":
-        split = "val" if run.benchmark.has_split("val") else "test"
-        dataset = run.dataset(split)
-        candidates = ood_prototypes.corrupted_id_features(
-            run.network, dataset, dataset.labels, mean=spec["mean"], std=spec["std"],
-            num_images=prototype_cfg.num_images, seed=seed, **common,
-        )
-    elif strategy == "mean":
-        return ood_prototypes.mean_prototype(class_protos)
-    else:
-        raise ConfigError(
-            f"prototype.strategy={strategy!r} is not a single-prototype strategy; valid: "
-            f"{[s for s in ood_prototypes.STRATEGIES if 'oracle' not in s]} (oracles are handled per OOD set)"
-        )
-    return ood_prototypes.finish_prototype(
-        candidates, class_protos, filter_quantile=prototype_cfg.filter_quantile,
-        min_keep=prototype_cfg.min_keep,
+        return FeatureRows.of_features(torch.cat([run.features(f"val_ood:{name}").features for name in names]))
+
+    def id_validation() -> tuple[Any, torch.Tensor]:
+        dataset = run.dataset("val" if run.benchmark.has_split("val") else "test")
+        return dataset, dataset.labels
+
+    def image_shape() -> tuple[int, int, int]:
+        size = int(spec.get("crop_size") or spec.get("size"))
+        return (3, size, size)
+
+    inputs = PrototypeInputs(
+        class_prototypes=class_protos, network=run.network, training=training, image_shape=image_shape,
+        normalization=lambda: (spec["mean"], spec["std"]), id_validation=id_validation, val_ood=val_ood,
+        seed=config.seed, batch_size=config.batch_size, num_workers=config.num_workers, device=run.device,
+        progress=config.progress,
     )
+    return build_ood_prototype(strategy, inputs, params)
 
 
 # --------------------------------------------------------------------------- scoring
@@ -408,35 +417,30 @@ def score_grood(run: BenchmarkRun, params: Mapping[str, Any]) -> MethodScores:
     prototype_cfg = run.config.prototype
     strategy = prototype_cfg.strategy
     train = run.split_outputs("train", accumulate_early=strategy == "mixup").features
-    head = run.network.linear_head()
     test = run.features("test")
     ood_names = [name for names in _groups(run).values() for name in names]
-    detector = GROODDetector(**_grood_params(run.config, params))
+    detector = GROOD(**_grood_params(run.config, params))
     class_protos = class_prototypes(train.features, train.labels, run.benchmark.num_classes)
     started = time.perf_counter()
-    if strategy not in ("local_oracle", "global_oracle"):
+    if not (strategy in STRATEGIES and STRATEGIES[strategy].per_ood_set):
         p_ood = grood_prototype(run, prototype_cfg, class_protos)
         # of "method:grood", the time of the OOD prototype (mixup: a pass of the network over mixed images)
         run.timings["prototype:grood"] = time.perf_counter() - started
-        detector.set_ood_prototype(p_ood).fit(train, head, class_prototypes=class_protos)
+        detector.fit(train, ood_prototype=p_ood, class_prototypes=class_protos)
         ood_scores = {name: detector.score(run.features(name)) for name in ood_names}
         scores = MethodScores(detector.score(test), ood_scores)
     else:
-        num_oracle = prototype_cfg.num_images
+        oracle_params = _prototype_params(prototype_cfg)
+        num_oracle = strategy_params(strategy, oracle_params)["num_images"]
         seed = run.config.seed
-        splits = {name: ood_prototypes.oracle_split(len(run.features(name)), num_oracle, seed) for name in ood_names}
+        # the rows of each OOD set behind its oracle prototype are held out of its scores
+        splits = {name: oracle_split(len(run.features(name)), num_oracle, seed) for name in ood_names}
+        inputs = PrototypeInputs(class_prototypes=class_protos, ood_names=ood_names, seed=seed,
+                                 ood_test=lambda name: FeatureRows.of_features(run.features(name).features))
         id_scores, ood_scores = {}, {}
         for name in ood_names:
-            if strategy == "local_oracle":
-                candidates = run.features(name).features[splits[name][0]]
-            else:
-                others = [other for other in ood_names if other != name]
-                candidates = torch.cat([run.features(other).features[splits[other][0]] for other in others])
-            p_ood = ood_prototypes.finish_prototype(
-                candidates, class_protos, filter_quantile=prototype_cfg.filter_quantile,
-                min_keep=prototype_cfg.min_keep,
-            )
-            detector.set_ood_prototype(p_ood).fit(train, head, class_prototypes=class_protos)
+            p_ood = build_ood_prototype(strategy, inputs, oracle_params, target=name)
+            detector.fit(train, ood_prototype=p_ood, class_prototypes=class_protos)
             id_scores[name] = detector.score(test)
             ood_scores[name] = detector.score(run.features(name).subset(splits[name][1]))
         scores = MethodScores(id_scores, ood_scores)

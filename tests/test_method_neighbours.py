@@ -397,7 +397,7 @@ def test_torch_index_saves_only_the_vectors_not_the_spare_capacity(tmp_path: Pat
 @pytest.mark.parametrize("k", [1, 5])
 def test_torch_index_merges_database_blocks_exactly(k: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """Many database blocks and query chunks (ragged last ones), with exact ties between duplicated rows."""
-    from grood.method import neighbours
+    from grood.method.neighbours import torch_index as neighbours  # the "torch" index reads its block sizes there
 
     monkeypatch.setattr(neighbours, "TORCH_DATABASE_BLOCK", 70)
     generator = torch.Generator().manual_seed(6)
@@ -433,7 +433,7 @@ def _clustered_gradient_like(count: int, dim: int, seed: int) -> torch.Tensor:
 
 @pytest.mark.parametrize("k", [1, 5])
 def test_norm_pruning_is_exact_and_skips_blocks(k: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    from grood.method import neighbours
+    from grood.method.neighbours import torch_index as neighbours  # the "torch" index reads its block sizes there
 
     monkeypatch.setattr(neighbours, "TORCH_DATABASE_BLOCK", 64)
     monkeypatch.setattr(neighbours, "PRUNING_QUERY_BLOCK", 16)
@@ -504,7 +504,7 @@ def test_norm_pruning_bad_value() -> None:
 def test_norm_pruning_reaches_a_neighbour_whose_norm_differs(monkeypatch: pytest.MonkeyPatch) -> None:
     """The query's own norm band holds only vectors at distance ~0.5; its nearest (distance 0.4) has norm
     0.6, four blocks away: the search must widen its window to the reach of what it found first."""
-    from grood.method import neighbours
+    from grood.method.neighbours import torch_index as neighbours  # the "torch" index reads its block sizes there
 
     monkeypatch.setattr(neighbours, "TORCH_DATABASE_BLOCK", 64)
     generator = torch.Generator().manual_seed(12)

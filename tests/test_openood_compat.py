@@ -20,16 +20,18 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import Compose, Normalize
 
 import grood.method.detector as detector_module
-from grood import ood_prototypes
+from grood.method import strategies
 from grood.backbones import CheckpointMismatchError, SplitNetwork
 from grood.features import forward_pass
 from grood.metrics import auroc
 from grood.method.detector import GROOD, NotFittedError
+from grood.method.prototypes import class_prototypes
 from grood.openood_compat import (
     OPENOOD_AVAILABLE,
     BasePostprocessor,
     FallbackBasePostprocessor,
     GROODPostprocessor,
+    OpenOODImages,
     as_split_network,
     find_normalization,
 )
@@ -284,7 +286,7 @@ def test_setup_and_inference_on_an_openood_network():
     """The whole OpenOOD sequence on a fake OpenOOD ResNet18_32x32: arrays of OpenOOD's shapes and dtypes."""
     net = randomise_batchnorm(ResNet18_32x32(num_classes=NUM_CLASSES))
     id_dict, ood_dict = loader_dicts(per_class=4)
-    postprocessor = GROODPostprocessor(progress=False, num_mixup_images=6)
+    postprocessor = GROODPostprocessor(progress=False, num_images=6)
     postprocessor.setup(net, id_dict, ood_dict)
     assert type(postprocessor.network).__module__ == "grood.backbones.resnet18_32x32"
     pred, conf, label = postprocessor.inference(net, id_dict["test"], False)
@@ -315,12 +317,12 @@ def _library_scores(net: SplitNetwork, id_dict, prototype: str = "mixup", **groo
                          device="cpu", progress=False)
     protos = torch.stack([train.features.features[train.features.labels == c].mean(0) for c in range(NUM_CLASSES)])
     if prototype == "mixup":
-        candidates = ood_prototypes.mixup_features(
+        candidates = strategies.mixup_features(
             net, pairs, train.features.logits, train.early_prototypes(), mixup_lambda=0.5,
             train_labels=train.features.labels, device="cpu", progress=False)
-        p_ood = ood_prototypes.finish_prototype(candidates, protos)
+        p_ood = strategies.finish_prototype(candidates, protos)
     else:
-        p_ood = ood_prototypes.mean_prototype(protos)
+        p_ood = strategies.mean_prototype(protos)
     detector = GROOD(device="cpu", **grood_args).fit(train.features.features, train.features.labels, p_ood,
                                                      num_classes=NUM_CLASSES,
                                                      train_predictions=train.features.logits.argmax(1))
@@ -423,7 +425,7 @@ def test_uniform_prototype_uses_the_datasets_normalisation(trained_net):
     assert find_normalization(Blobs(1, seed=0)) is None
     postprocessor = GROODPostprocessor(prototype="uniform", seed=3, progress=False)
     postprocessor.setup(trained_net, id_dict, ood_dict)
-    candidates = ood_prototypes.uniform_noise_features(trained_net, image_shape=(3, SIZE, SIZE), mean=mean,
+    candidates = strategies.uniform_noise_features(trained_net, image_shape=(3, SIZE, SIZE), mean=mean,
                                                        std=std, seed=3, device="cpu")
     torch.testing.assert_close(postprocessor.ood_prototype, candidates.mean(0), rtol=1e-5, atol=1e-6)
 
@@ -477,10 +479,10 @@ def test_set_hyperparam_list_follows_args_dict_key_order():
 
 def test_set_hyperparam_refits_only_what_it_needs(monkeypatch):
     index_builds, mixups = [], []
-    build_index, mixup_features = detector_module.build_index, ood_prototypes.mixup_features
+    build_index, mixup_features = detector_module.build_index, strategies.mixup_features
     monkeypatch.setattr(detector_module, "build_index",
                         lambda *a, **kw: index_builds.append(a) or build_index(*a, **kw))
-    monkeypatch.setattr(ood_prototypes, "mixup_features",
+    monkeypatch.setattr(strategies, "mixup_features",
                         lambda *a, **kw: mixups.append(kw) or mixup_features(*a, **kw))
 
     net = TinyNet().eval()  # random weights: unsaturated NCP probabilities, so the training gradients differ
@@ -659,3 +661,106 @@ def test_openood_evaluator_runs_grood(tmp_path):
     assert postprocessor.hyperparam_search_done
     metrics = evaluator.eval_ood(fsood=False)
     assert {"FPR@95", "AUROC"} <= set(metrics.columns) and np.isfinite(metrics["AUROC"].to_numpy()).all()
+
+
+# --------------------------------------------------------------------------- any network, by layer name
+def _evaluator_calls(postprocessor: GROODPostprocessor, net: nn.Module, id_dict, ood_dict) -> dict:
+    """The calls OpenOOD v1.5's Evaluator makes (evaluation_api/evaluator.py): setup; in APS mode one
+    positional set_hyperparam per combination of args_dict's lists (in its key order), inference on ID val
+    and OOD val, the best AUROC set again; then inference on every test loader."""
+    postprocessor.setup(net, id_dict, ood_dict)
+    if postprocessor.APS_mode and not postprocessor.hyperparam_search_done:
+        names = list(postprocessor.args_dict)
+        combinations = [[]]
+        for name in names:
+            combinations = [c + [value] for c in combinations for value in postprocessor.args_dict[name]]
+        aurocs = []
+        for combination in combinations:
+            postprocessor.set_hyperparam(combination)
+            _, id_conf, _ = postprocessor.inference(net, id_dict["val"], False)
+            _, ood_conf, _ = postprocessor.inference(net, ood_dict["val"], False)
+            aurocs.append(auroc(torch.from_numpy(id_conf), torch.from_numpy(ood_conf)))
+        postprocessor.set_hyperparam(combinations[int(np.argmax(aurocs))])
+        postprocessor.hyperparam_search_done = True
+    loaders = {"id": id_dict["test"], **{name: dl for group in ("near", "far") for name, dl in ood_dict[group].items()}}
+    return {name: postprocessor.inference(net, dl, False) for name, dl in loaders.items()}
+
+
+def test_a_wrapped_torchvision_network_runs_through_the_evaluators_calls():
+    """A torchvision ResNet-18 (no grood or OpenOOD class) split by layer name, on CPU, as the Evaluator drives it."""
+    from grood.backbones import WrappedNetwork, wrap
+
+    torch.manual_seed(0)
+    net = randomise_batchnorm(torchvision.models.resnet18(num_classes=NUM_CLASSES))
+    id_dict, ood_dict = loader_dicts(per_class=4)
+    with pytest.raises(TypeError, match="early_layer, feature_layer and head_layer"):
+        GROODPostprocessor(progress=False).setup(net, id_dict, ood_dict)
+    postprocessor = GROODPostprocessor(early_layer="layer1", feature_layer="avgpool", head_layer="fc",
+                                       progress=False, sweep={"k": [1, 2], "prototype": ["mixup", "val_ood"]})
+    results = _evaluator_calls(postprocessor, net, id_dict, ood_dict)
+    assert isinstance(postprocessor.network, WrappedNetwork) and postprocessor.network.model is net
+    assert postprocessor.hyperparam_search_done
+    chosen = postprocessor.get_hyperparam()
+    assert chosen["k"] in (1, 2) and chosen["prototype"] in ("mixup", "val_ood")
+
+    pred, conf, label = results["id"]
+    count = len(id_dict["test"].dataset)
+    assert pred.shape == conf.shape == label.shape == (count,) and conf.dtype == np.float64
+    with torch.no_grad():
+        np.testing.assert_array_equal(pred, net(id_dict["test"].dataset.images).argmax(1).numpy())
+    assert set(results) == {"id", "blobs"} and (results["blobs"][2] == -1).all()
+
+    # the same numbers as the library on the same split network: the one GROOD and the strategy registry
+    network = wrap(net, "layer1", "avgpool", "fc")
+    train_data = id_dict["train"].dataset
+    pairs = [(train_data.images[i], int(train_data.labels[i])) for i in range(len(train_data))]
+    outputs = forward_pass(network, DataLoader(pairs, batch_size=5), num_classes=NUM_CLASSES, accumulate_early=True,
+                           device="cpu", progress=False)
+    protos = class_prototypes(outputs.features.features, outputs.features.labels, NUM_CLASSES)
+    inputs = strategies.PrototypeInputs(
+        class_prototypes=protos, network=network, device="cpu",
+        training=lambda: strategies.TrainingPass(pairs, outputs.features.logits, outputs.features.labels,
+                                                 outputs.early_prototypes()),
+        val_ood=lambda: strategies.FeatureRows.of_images(network, OpenOODImages(ood_dict["val"].dataset, "val"),
+                                                         device="cpu"))
+    p_ood = strategies.build_ood_prototype(chosen["prototype"], inputs)
+    torch.testing.assert_close(postprocessor.ood_prototype, p_ood, rtol=1e-5, atol=1e-6)
+    detector = GROOD(device="cpu", k=chosen["k"]).fit(outputs.features, ood_prototype=p_ood)
+    with torch.no_grad():
+        expected = detector.score(network.mid(network.early(id_dict["test"].dataset.images)))
+    # float32: other batch sizes, FAISS's squared distances (|a|^2 + |b|^2 - 2ab) near 0
+    np.testing.assert_allclose(conf, expected.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_layer_names_are_checked():
+    with pytest.raises(ValueError, match="early_layer=3"):
+        GROODPostprocessor(early_layer=3)
+    with pytest.raises(TypeError, match="unexpected keyword argument .num_mixup_image."):
+        GROODPostprocessor(num_mixup_image=4)
+    id_dict, ood_dict = loader_dicts(per_class=2)
+    with pytest.raises(ValueError, match="needs early_layer and head_layer"):
+        GROODPostprocessor(early_layer="layer1", progress=False).setup(torchvision.models.resnet18(), id_dict, ood_dict)
+    with pytest.raises(ValueError, match="already a grood SplitNetwork"):
+        GROODPostprocessor(early_layer="stem", head_layer="fc", progress=False).setup(TinyNet(), id_dict, ood_dict)
+    with pytest.raises(ValueError, match=r"valid names: conv1"):
+        GROODPostprocessor(early_layer="layer9", head_layer="fc", progress=False).setup(
+            torchvision.models.resnet18(), id_dict, ood_dict)
+    with pytest.raises(ValueError, match="oracle prototype needs its images held out"):
+        GROODPostprocessor(prototype="local_oracle")
+
+
+def test_corrupted_prototype_reads_the_id_validation_images(trained_net):
+    """'corrupted' (appendix A.2), from id_loader_dict['val'], as the registry computes it."""
+    mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+    id_dict, ood_dict = loader_dicts()
+    id_dict["train"].dataset.preprocessor = _Preprocessor(mean, std)
+    postprocessor = GROODPostprocessor(prototype="corrupted", num_images=6, seed=2, progress=False)
+    postprocessor.setup(trained_net, id_dict, ood_dict)
+    val = id_dict["val"].dataset
+    candidates = strategies.corrupted_id_features(
+        trained_net, [(val.images[i], int(val.labels[i])) for i in range(len(val))], val.labels, mean=mean,
+        std=std, num_images=6, seed=2, device="cpu")
+    torch.testing.assert_close(postprocessor.ood_prototype, candidates.mean(0), rtol=1e-5, atol=1e-6)
+    del id_dict["val"]
+    with pytest.raises(ValueError, match=r"id_loader_dict\['val'\]"):
+        GROODPostprocessor(prototype="corrupted", progress=False).setup(trained_net, id_dict, ood_dict)

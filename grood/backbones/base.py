@@ -35,7 +35,7 @@ the output of ``layer1``).
 Modes and devices
 -----------------
 A network is built like any ``torch.nn.Module``, in training mode: callers put it in ``eval()`` mode
-before extracting features (``grood.features`` and ``grood.ood_prototypes`` do). Nothing here calls
+before extracting features (``grood.features`` and ``grood.method.strategies`` do). Nothing here calls
 ``.cuda()``; move the network with ``.to(device)``.
 """
 

@@ -51,8 +51,8 @@ def _walk_problems(node: Any, prefix: str) -> list[str]:
     found: list[str] = []
     if not dataclasses.is_dataclass(node):
         return found
-    if hasattr(node, "problems"):
-        found += [f"{prefix}{problem}" for problem in node.problems()]
+    if hasattr(node, "problems"):  # "key=value: why", or ": why" for the node as a whole
+        found += [f"{prefix[:-1] if problem.startswith(': ') else prefix}{problem}" for problem in node.problems()]
     for item in dataclasses.fields(node):
         found += _walk_problems(getattr(node, item.name), f"{prefix}{item.name}.")
     return found

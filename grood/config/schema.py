@@ -42,15 +42,6 @@ def _at_least(problems: list[str], key: str, value: Any, low: int) -> None:
         problems.append(f"{key}={value!r}: must be an integer >= {low}")
 
 
-def _between(problems: list[str], key: str, value: Any, low: float, high: float, inclusive: bool = False) -> None:
-    if value is None:
-        return
-    inside = low <= value <= high if inclusive else low < value < high
-    if not inside or (isinstance(value, float) and math.isnan(value)):
-        bounds = f"[{low}, {high}]" if inclusive else f"({low}, {high})"
-        problems.append(f"{key}={value!r}: must lie in {bounds}")
-
-
 def _one_of(problems: list[str], key: str, value: Any, valid: tuple[str, ...]) -> None:
     if value is not None and value not in valid:
         problems.append(f"{key}={value!r}: must be one of {list(valid)}")
@@ -141,18 +132,20 @@ class DatasetConfig:
 # --------------------------------------------------------------------------- methods
 @dataclass
 class GROODParams:
-    """GROOD's own parameters (never searched by APS)."""
+    """GROOD's own parameters (never searched by APS); checked by :meth:`grood.method.GROOD.check_params`."""
 
     k: int = 1                 # eq. 6: distance to the k-th nearest training gradient (Fig. 5)
     fit_on: str = "all"        # all | correct (only correctly classified training samples are indexed)
     variant: str = "grood"     # grood | ood_distance | gradient_l1 | class_gradient (Table 4)
 
     def problems(self) -> list[str]:
-        found: list[str] = []
-        _at_least(found, "k", self.k, 1)
-        _one_of(found, "fit_on", self.fit_on, ("all", "correct"))
-        _one_of(found, "variant", self.variant, ("grood", "ood_distance", "gradient_l1", "class_gradient"))
-        return found
+        from grood.method.detector import GROOD
+
+        try:
+            GROOD.check_params(k=self.k, fit_on=self.fit_on, variant=self.variant)
+        except ValueError as error:
+            return [f": {error} (k={self.k!r}, fit_on={self.fit_on!r}, variant={self.variant!r})"]
+        return []
 
 
 def _baseline_params_dataclass(name: str) -> type:
@@ -179,46 +172,17 @@ def _baseline_params_dataclass(name: str) -> type:
             raise TypeError(f"detector {name!r}: parameter {key!r} has an annotation ({annotation}) the config "
                             "schema cannot declare; give it int, float, bool, str, Sequence[float] or dict")
         fields.append((key, kind, field(default=None)))
-    ranges = BASELINE_RANGES.get(name, {})
 
     def problems(self: Any) -> list[str]:
-        found: list[str] = []
-        for key, check in ranges.items():
-            check(found, key, getattr(self, key))
-        _at_least(found, "batch_size", getattr(self, "batch_size", None), 1)
-        return found
+        """The detector's own constructor checks the values that are set (the one place they are checked)."""
+        given = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        try:
+            cls(**given)
+        except (TypeError, ValueError) as error:
+            return [f": {error} (set: {given})"]
+        return []
 
     return dataclasses.make_dataclass(f"{name.upper()}Params", fields, namespace={"problems": problems})
-
-
-def _percentile(found: list[str], key: str, value: Any) -> None:
-    _between(found, key, value, 0, 100)
-
-
-def _positive(found: list[str], key: str, value: Any) -> None:
-    if value is not None and not value > 0:
-        found.append(f"{key}={value!r}: must be > 0")
-
-
-def _non_negative(found: list[str], key: str, value: Any) -> None:
-    if value is not None and not value >= 0:
-        found.append(f"{key}={value!r}: must be >= 0")
-
-
-#: Per baseline: parameter -> range check (what each detector's constructor documents).
-BASELINE_RANGES: dict[str, dict[str, Any]] = {
-    "openmax": {"tail_size": lambda f, k, v: _at_least(f, k, v, 1), "alpha": lambda f, k, v: _at_least(f, k, v, 1)},
-    "odin": {"temperature": _positive, "noise": _non_negative},
-    "ebo": {"temperature": _positive},
-    "react": {"percentile": _percentile},
-    "vim": {"dim": lambda f, k, v: _at_least(f, k, v, 1)},
-    "knn": {"k": lambda f, k, v: _at_least(f, k, v, 1)},
-    "dice": {"p": lambda f, k, v: _between(f, k, v, 0, 100, inclusive=True)},
-    "ash": {"percentile": _percentile, "variant": lambda f, k, v: _one_of(f, k, v, ("ash-b", "ash-p", "ash-s"))},
-    "gen": {"gamma": _positive, "m": lambda f, k, v: _at_least(f, k, v, 1)},
-    "nci": {"alpha": _non_negative},
-    "scale": {"percentile": _percentile},
-}
 
 
 def _method_params() -> dict[str, type]:
@@ -251,73 +215,46 @@ class MethodConfig:
 
 
 # --------------------------------------------------------------------------- GROOD's OOD prototype
-@dataclass
-class PrototypeConfig:
-    """Settings every OOD-prototype strategy shares (section 5.2's proximity filter)."""
-
-    strategy: str = MISSING
-    filter_quantile: Optional[float] = None   # proximity filter (e.g. 0.5); None = off
-    min_keep: int = 1
-
-    def problems(self) -> list[str]:
-        found: list[str] = []
-        _between(found, "filter_quantile", self.filter_quantile, 0, 1)
-        _at_least(found, "min_keep", self.min_keep, 1)
-        return found
-
-
-@dataclass
-class MixupPrototypeConfig(PrototypeConfig):
-    """Eq. 9: mixup of early-layer class prototypes, passed through the rest of the network."""
-
-    mixup_lambda: float = 0.5
-    num_images: Optional[int] = None          # None = all training images
-
-    def problems(self) -> list[str]:
-        found = PrototypeConfig.problems(self)
-        _between(found, "mixup_lambda", self.mixup_lambda, 0, 1)
-        _at_least(found, "num_images", self.num_images, 1)
-        return found
-
-
-@dataclass
-class UniformPrototypeConfig(PrototypeConfig):
-    """Appendix A.2: uniform-noise images, the ``keep`` of lowest energy."""
-
-    num_images: int = 1000
-    keep: int = 100
-
-    def problems(self) -> list[str]:
-        found = PrototypeConfig.problems(self)
-        _at_least(found, "num_images", self.num_images, 1)
-        _at_least(found, "keep", self.keep, 1)
-        if not found and self.keep > self.num_images:
-            found.append(f"keep={self.keep}: must not exceed num_images={self.num_images}")
-        return found
-
-
-@dataclass
-class SampledPrototypeConfig(PrototypeConfig):
-    """Strategies that average ``num_images`` real images (val_ood, corrupted, the oracles)."""
-
-    num_images: int = 100
-
-    def problems(self) -> list[str]:
-        found = PrototypeConfig.problems(self)
-        _at_least(found, "num_images", self.num_images, 1)
-        return found
-
-
-#: Strategy -> its schema.
-PROTOTYPE_SCHEMAS: dict[str, type] = {
-    "mixup": MixupPrototypeConfig,
-    "uniform": UniformPrototypeConfig,
-    "mean": PrototypeConfig,
-    "val_ood": SampledPrototypeConfig,
-    "corrupted": SampledPrototypeConfig,
-    "local_oracle": SampledPrototypeConfig,
-    "global_oracle": SampledPrototypeConfig,
+#: The type of each OOD-prototype parameter (names and defaults: grood.method.strategies' registry).
+PROTOTYPE_PARAM_TYPES: dict[str, Any] = {
+    "mixup_lambda": float, "num_images": Optional[int], "keep": int, "corruptions": List[str],
+    "filter_quantile": Optional[float], "min_keep": int,
 }
+
+
+def _prototype_schema(strategy: str) -> type:
+    """``prototype=<strategy>``'s dataclass: its registry parameters (and the proximity filter's) with the
+    registry's defaults; :func:`grood.method.strategies.strategy_params` checks them."""
+    from grood.method.strategies import FILTER_PARAMS, STRATEGIES, strategy_params
+
+    fields: list[tuple[str, Any, Any]] = [("strategy", str, field(default=strategy))]
+    for key, default in {**STRATEGIES[strategy].params, **FILTER_PARAMS}.items():
+        if key not in PROTOTYPE_PARAM_TYPES:
+            raise TypeError(f"OOD-prototype parameter {key!r} has no declared type; add it to PROTOTYPE_PARAM_TYPES")
+        value = field(default_factory=lambda d=default: list(d)) if isinstance(default, (list, tuple)) \
+            else field(default=default)
+        fields.append((key, PROTOTYPE_PARAM_TYPES[key], value))
+
+    def problems(self: Any) -> list[str]:
+        params = {k: v for k, v in dataclasses.asdict(self).items() if k != "strategy"}
+        try:
+            strategy_params(self.strategy, params)
+        except ValueError as error:
+            return [f": {error}"]
+        return []
+
+    name = "".join(part.title() for part in strategy.split("_")) + "PrototypeConfig"
+    return dataclasses.make_dataclass(name, fields, namespace={"problems": problems})
+
+
+def _prototype_schemas() -> dict[str, type]:
+    from grood.method.strategies import STRATEGIES
+
+    return {strategy: _prototype_schema(strategy) for strategy in STRATEGIES}
+
+
+#: Strategy -> its schema (every strategy of grood.method.strategies.STRATEGIES).
+PROTOTYPE_SCHEMAS: dict[str, type] = _prototype_schemas()
 
 
 # --------------------------------------------------------------------------- nearest-neighbour index
@@ -430,6 +367,6 @@ def register_configs() -> None:
         store.store(group="schema/method", name=name, node=MethodConfig(name=name, params=params()))
     store.store(group="schema/method", name="all", node=MethodConfig(name="all", params=AllParams()))
     for strategy, schema in PROTOTYPE_SCHEMAS.items():
-        store.store(group="schema/prototype", name=strategy, node=schema(strategy=strategy))
+        store.store(group="schema/prototype", name=strategy, node=schema())
     for kind, schema in INDEX_SCHEMAS.items():
         store.store(group="schema/index", name=kind, node=IndexConfig(kind=kind, params=schema()))

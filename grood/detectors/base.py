@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Mapping
 import torch
 
 from grood.featureset import FeatureSet, LinearHead
-from grood.method.detector import NotFittedError  # one exception for GROOD and every baseline
+from grood.method.detector import GROOD, NotFittedError  # one exception for GROOD and every baseline
 
 __all__ = ["Detector", "NotFittedError"]
 
@@ -54,3 +54,8 @@ class Detector(ABC):
     def _check_fitted(self) -> None:
         if not getattr(self, "_fitted", False):
             raise NotFittedError(f"{type(self).__name__}.score() called before fit(); call fit(train, head) first")
+
+
+# GROOD (grood.method, which imports nothing from grood.detectors) has the Detector interface: fit(train
+# FeatureSet, head), score(FeatureSet), name, reference, needs_network, fit_split. It is registered here.
+Detector.register(GROOD)

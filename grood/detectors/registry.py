@@ -14,12 +14,12 @@ from grood.detectors.base import Detector
 from grood.detectors.distance_based import KNN, MDS, RMDS, SHE
 from grood.detectors.fdbd import FDBD
 from grood.detectors.gradnorm import GradNorm
-from grood.detectors.grood_detector import GROODDetector
 from grood.detectors.logit_based import EBO, GEN, MLS, MSP
 from grood.detectors.nci import NCI
 from grood.detectors.odin import ODIN
 from grood.detectors.openmax import OpenMax
 from grood.detectors.vim import ViM
+from grood.method.detector import GROOD
 
 #: The post-hoc baselines of the paper's Table 2, in its row order (GAIA and CIDER are not here:
 #: GAIA needs gradients inside the network, CIDER a differently trained network).
@@ -32,7 +32,7 @@ DETECTORS: dict[str, type[Detector]] = {
     cls.name: cls
     for cls in (
         OpenMax, MSP, ODIN, MDS, EBO, ReAct, MLS, GradNorm, ViM, KNN, DICE, ASH, SHE, GEN, FDBD, NCI,
-        RMDS, SCALE, GROODDetector,
+        RMDS, SCALE, GROOD,
     )
 }  # fmt: skip
 

@@ -6,10 +6,13 @@ detector's and index's own save/load. Imports nothing from the rest of grood exc
   proximity filter, appendix A.2 mean of prototypes.
 - :mod:`grood.method.ncp`: eq. 2 (NCP logits), eq. 3 (probabilities), eq. 4 (loss), eq. 5 (gradient)
   and the Table 4 ablation quantities.
-- :mod:`grood.method.neighbours`: eq. 6 (nearest-neighbour distance); exact / IVF / torch indexes.
+- :mod:`grood.method.strategies`: eq. 9 and appendix A.2 / Table 1, the one registry of OOD-prototype
+  strategies (mixup, uniform, val_ood, corrupted, mean, local / global oracle, proximity filter).
+- :mod:`grood.method.neighbours`: eq. 6 (nearest-neighbour distance); exact / IVF / torch indexes, one
+  module each.
 - :mod:`grood.method.kmeans`: the IVF index's cells (k-means in log-polar coordinates, balanced).
 - :mod:`grood.method.faiss_loader`: ``import faiss`` with its bundled OpenBLAS on the CPU's fast kernels.
-- :mod:`grood.method.detector`: the :class:`GROOD` detector (Algorithms 1 and 2).
+- :mod:`grood.method.detector`: the :class:`GROOD` detector (Algorithms 1 and 2), grood's only one.
 - :mod:`grood.method.synthetic`: clustered synthetic features for tests and benchmarks.
 """
 
@@ -35,10 +38,14 @@ from grood.method.prototypes import (
     ood_prototype,
     proximity_filter,
 )
+from grood.method.strategies import STRATEGIES, PrototypeInputs, build_ood_prototype
 
 __all__ = [
     "GROOD",
     "NotFittedError",
+    "STRATEGIES",
+    "PrototypeInputs",
+    "build_ood_prototype",
     "ClassMeanAccumulator",
     "build_index",
     "class_prototype_gradient",

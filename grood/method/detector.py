@@ -4,15 +4,22 @@
 (eq. 7), the gradient (eq. 5) of every training sample and indexes those gradients;
 ``.score(features)`` returns **minus** the eq. 6 distance to the nearest training gradient, so that
 **higher = more in-distribution** (OpenOOD's convention, the one of every grood detector).
+
+This is grood's one GROOD: the pipeline, the OpenOOD postprocessor (:mod:`grood.openood_compat`) and
+the detector registry (:mod:`grood.detectors`, where it is registered as a
+:class:`~grood.detectors.base.Detector`) all fit and score with it. ``fit`` and ``score`` also take a
+:class:`~grood.featureset.FeatureSet` (labels and the classifier's predictions then come from it). The
+OOD prototype ``p_ood`` comes from :func:`grood.method.strategies.build_ood_prototype`.
 """
 
 from __future__ import annotations
 
 import json
+import numbers
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from tqdm.auto import tqdm
@@ -45,6 +52,11 @@ class NotFittedError(RuntimeError):
     """A GROOD detector was used (score, predict, save) before :meth:`GROOD.fit`."""
 
 
+def _is_feature_set(data: Any) -> bool:
+    """True for a :class:`~grood.featureset.FeatureSet` (duck-typed: grood.method imports nothing above it)."""
+    return all(hasattr(data, name) for name in ("features", "logits", "labels")) and not isinstance(data, torch.Tensor)
+
+
 class GROOD:
     """GROOD on features: eq. 7 prototypes, eq. 5 gradients, eq. 6 nearest-neighbour score.
 
@@ -67,6 +79,13 @@ class GROOD:
     ``device``), ``index`` (None for the variants without a search), ``num_indexed``.
     """
 
+    # the Detector interface of grood.detectors (which registers this class as a Detector)
+    name: ClassVar[str] = "grood"
+    reference: ClassVar[str] = "GROOD: Gradient-Aware Out-of-Distribution Detection (this repository's paper)"
+    needs_network: ClassVar[bool] = False  # the OOD prototype's network pass happens before fit
+    fit_split: ClassVar[str] = "train"
+    uses_labels: ClassVar[bool] = True
+
     def __init__(
         self,
         index: str = "exact",
@@ -78,16 +97,8 @@ class GROOD:
         device: str | torch.device | None = None,
         progress: bool = False,
     ) -> None:
-        if index not in INDEX_KINDS:
-            raise ValueError(f"unknown index kind {index!r}; valid kinds: {', '.join(INDEX_KINDS)}")
-        if variant not in VARIANTS:
-            raise ValueError(f"unknown GROOD variant {variant!r}; valid variants: {', '.join(VARIANTS)}")
-        if fit_on not in FIT_ON:
-            raise ValueError(f"fit_on must be one of {', '.join(FIT_ON)}; got {fit_on!r}")
-        if isinstance(k, bool) or int(k) != k or k < 1:
-            raise ValueError(f"k must be an integer >= 1; got {k}")
-        if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+        self.check_params(index=index, k=k, index_params=index_params, fit_on=fit_on, variant=variant,
+                          batch_size=batch_size)
         self.index_kind = index
         self.k = int(k)
         self.index_params = dict(index_params or {})
@@ -102,6 +113,27 @@ class GROOD:
         self.num_indexed = 0
         #: class_gradient only: "network" when fit used train_predictions as the label y, else "ncp".
         self.class_labels_from = "ncp"
+
+    @staticmethod
+    def check_params(
+        index: str = "exact", k: int = 1, index_params: Any = None, fit_on: str = "all", variant: str = "grood",
+        batch_size: int = 8192,
+    ) -> None:
+        """Raise ValueError naming the first constructor argument whose value cannot work (the one place
+        GROOD's parameters are checked: the postprocessor checks a sweep's values with it before setup)."""
+        if index not in INDEX_KINDS:
+            raise ValueError(f"unknown index kind {index!r}; valid kinds: {', '.join(INDEX_KINDS)}")
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown GROOD variant {variant!r}; valid variants: {', '.join(VARIANTS)}")
+        if fit_on not in FIT_ON:
+            raise ValueError(f"fit_on must be one of {', '.join(FIT_ON)}; got {fit_on!r}")
+        if isinstance(k, bool) or not isinstance(k, numbers.Real) or int(k) != k or k < 1:
+            raise ValueError(f"k must be an integer >= 1; got {k!r}")
+        if index_params is not None and not hasattr(index_params, "keys"):
+            raise ValueError(f"index_params must be None or a dict of index arguments, e.g. {{'nlist': 256, "
+                             f"'nprobe': 8}}; got {index_params!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1; got {batch_size!r}")
 
     # ------------------------------------------------------------------------------------ helpers
     @property
@@ -167,8 +199,8 @@ class GROOD:
     # ---------------------------------------------------------------------------------------- fit
     def fit(
         self,
-        train_features: torch.Tensor,
-        train_labels: torch.Tensor,
+        train_features: Any,
+        train_labels: Any = None,
         ood_prototype: torch.Tensor | None = None,
         num_classes: int | None = None,
         train_predictions: torch.Tensor | None = None,
@@ -177,12 +209,16 @@ class GROOD:
         """Algorithm 1: class prototypes (eq. 7), training gradients (eq. 5) and their index.
 
         Args:
-            train_features: ``[N, D]`` penultimate features of the ID training set.
-            train_labels: ``[N]`` integer labels in ``0..C-1``.
+            train_features: ``[N, D]`` penultimate features of the ID training set, or its
+                :class:`~grood.featureset.FeatureSet`: the labels, ``num_classes`` (default) and
+                ``train_predictions`` (``logits.argmax(1)``, default) then come from it, and
+                ``train_labels`` may only be None or the linear head that the
+                :class:`~grood.detectors.base.Detector` interface passes (GROOD does not read it).
+            train_labels: ``[N]`` integer labels in ``0..C-1`` (with a feature tensor).
             ood_prototype: ``[D]`` the OOD prototype ``p_ood`` (eq. 8). None: the **mean of the class
                 prototypes** (appendix A.2 "Mean of Prototypes"), the only choice that needs no data
                 beyond the training features; the paper's default (mixup, eq. 9) needs the network and is
-                built in :mod:`grood.ood_prototypes`.
+                built by :func:`grood.method.strategies.build_ood_prototype`.
             num_classes: ``C``; default ``max(train_labels) + 1``. Every class needs a training sample.
             train_predictions: ``[N]`` the classifier's predicted classes. Required by
                 ``fit_on="correct"`` (rows with ``prediction == label`` are indexed); for the
@@ -194,6 +230,15 @@ class GROOD:
         Returns:
             ``self``.
         """
+        if _is_feature_set(train_features):
+            if isinstance(train_labels, torch.Tensor):
+                raise ValueError("fit(FeatureSet) takes the labels from the FeatureSet; pass no train_labels")
+            data = train_features
+            train_features, train_labels = data.features, data.labels
+            num_classes = data.num_classes if num_classes is None else num_classes
+            train_predictions = data.logits.argmax(dim=1) if train_predictions is None else train_predictions
+        elif train_labels is None:
+            raise ValueError("fit(train_features [N, D], train_labels [N], ...): train_labels is missing")
         check_matrix("train_features", train_features)
         count, dim = train_features.shape
         if count == 0:
@@ -293,9 +338,19 @@ class GROOD:
         self.index = index
 
     # -------------------------------------------------------------------------------------- score
-    def gradients(self, features: torch.Tensor, predictions: torch.Tensor | None = None) -> torch.Tensor:
+    def _unpack(self, data: Any, predictions: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(features, predictions)`` of a feature tensor or a FeatureSet (predictions from its logits,
+        when this detector scores with the network's predictions)."""
+        if not _is_feature_set(data):
+            return data, predictions
+        if predictions is None and self.class_labels_from == "network" and self.variant == "class_gradient":
+            predictions = data.logits.argmax(dim=1)
+        return data.features, predictions
+
+    def gradients(self, features: Any, predictions: torch.Tensor | None = None) -> torch.Tensor:
         """``[N, D]`` the vectors this detector searches: eq. 5 gradients (class-prototype gradients for
-        the "class_gradient" variant), on ``device``."""
+        the "class_gradient" variant), on ``device``. ``features``: ``[N, D]`` or a FeatureSet."""
+        features, predictions = self._unpack(features, predictions)
         self._check_features(features)
         labels = self._class_labels_for_scoring(predictions, features.shape[0])
         out = torch.empty((features.shape[0], self.dim), dtype=torch.float32, device=self.device)
@@ -304,7 +359,7 @@ class GROOD:
             self._gradient(features[rows].to(device=self.device, dtype=torch.float32), y, out=out[rows])
         return out
 
-    def score(self, features: torch.Tensor, predictions: torch.Tensor | None = None) -> torch.Tensor:
+    def score(self, features: Any, predictions: torch.Tensor | None = None) -> torch.Tensor:
         """Algorithm 2: ``[N, D]`` features -> ``[N]`` float32 scores, **higher = more in-distribution**.
 
         By variant:
@@ -319,12 +374,14 @@ class GROOD:
           far from it means ID (the sign of the author's port, ``-1 * (-||h - p_ood||)``).
 
         Args:
-            features: ``[N, D]`` finite features, ``D`` as at fit.
+            features: ``[N, D]`` finite features, ``D`` as at fit, or a FeatureSet (its logits give the
+                predictions).
             predictions: ``[N]`` the network's predicted classes; used (and then required) only by the
                 "class_gradient" variant fitted with ``train_predictions``; ignored by the others.
         Returns:
             ``[N]`` float32 on the device of ``features``.
         """
+        features, predictions = self._unpack(features, predictions)
         self._check_features(features)
         labels = self._class_labels_for_scoring(predictions, features.shape[0])
         scores = torch.empty(features.shape[0], dtype=torch.float32, device=self.device)
@@ -341,8 +398,10 @@ class GROOD:
                 scores[rows] = -distances.to(self.device)
         return scores.to(features.device)
 
-    def predict(self, features: torch.Tensor) -> torch.Tensor:
-        """``[N]`` int64: the class of the nearest class prototype (the paper's "NCP Acc." classifier)."""
+    def predict(self, features: Any) -> torch.Tensor:
+        """``[N]`` int64: the class of the nearest class prototype (the paper's "NCP Acc." classifier);
+        ``features``: ``[N, D]`` or a FeatureSet."""
+        features, _ = self._unpack(features, None)
         self._check_features(features)
         out = torch.empty(features.shape[0], dtype=torch.long, device=self.device)
         for rows in self._batches(features.shape[0], "GROOD NCP predictions"):

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from grood import ood_prototypes
 from grood.backbones import build_backbone
 from grood.data import get_benchmark, test_transform
 from grood.features import FeatureCache, extract_split
+from grood.method import strategies
 from grood.method.prototypes import class_prototypes, nearest_prototype_distance
 from grood.metrics import accuracy
 
@@ -40,7 +40,7 @@ def test_resnet20_reaches_75_percent_on_the_smoke_test_list(smoke) -> None:
 
 def test_mixup_features_lie_farther_from_the_class_prototypes_than_id_training_features(smoke) -> None:
     train = smoke["train"]
-    mixed = ood_prototypes.mixup_features(
+    mixed = strategies.mixup_features(
         smoke["network"], smoke["datasets"]["train"], train.features.logits, train.early_prototypes(),
         num_images=1000, train_labels=train.features.labels, seed=0, batch_size=250, progress=False,
     )
@@ -56,56 +56,56 @@ def test_every_network_strategy_yields_a_finite_prototype_of_the_feature_dimensi
     train, spec = smoke["train"], smoke["benchmark"].transform
     network, protos = smoke["network"], smoke["class_prototypes"]
     if strategy == "mixup":
-        candidates = ood_prototypes.mixup_features(network, smoke["datasets"]["train"], train.features.logits,
+        candidates = strategies.mixup_features(network, smoke["datasets"]["train"], train.features.logits,
                                                    train.early_prototypes(), num_images=200,
                                                    train_labels=train.features.labels, progress=False)
     elif strategy == "uniform":
-        candidates = ood_prototypes.uniform_noise_features(network, image_shape=(3, 32, 32), mean=spec["mean"],
+        candidates = strategies.uniform_noise_features(network, image_shape=(3, 32, 32), mean=spec["mean"],
                                                            std=spec["std"], num_images=300, keep=50)
         assert candidates.shape[0] == 50
     elif strategy == "corrupted":
         val = smoke["datasets"]["val"]
-        candidates = ood_prototypes.corrupted_id_features(network, val, val.labels, mean=spec["mean"],
+        candidates = strategies.corrupted_id_features(network, val, val.labels, mean=spec["mean"],
                                                           std=spec["std"], num_images=100)
         assert candidates.shape[0] == 100
     else:
         candidates = protos
-    prototype = ood_prototypes.finish_prototype(candidates, protos, filter_quantile=0.5, min_keep=5)
+    prototype = strategies.finish_prototype(candidates, protos, filter_quantile=0.5, min_keep=5)
     assert prototype.shape == (64,) and torch.isfinite(prototype).all()
 
 
 def test_the_proximity_filter_moves_the_prototype_away_from_the_id_classes(smoke) -> None:
     train = smoke["train"]
-    candidates = ood_prototypes.mixup_features(smoke["network"], smoke["datasets"]["train"], train.features.logits,
+    candidates = strategies.mixup_features(smoke["network"], smoke["datasets"]["train"], train.features.logits,
                                                train.early_prototypes(), num_images=300,
                                                train_labels=train.features.labels, progress=False)
     protos = smoke["class_prototypes"]
     filtered_distance = nearest_prototype_distance(
-        ood_prototypes.proximity_filter(candidates, protos, 0.75, 1), protos).mean()
+        strategies.proximity_filter(candidates, protos, 0.75, 1), protos).mean()
     assert filtered_distance > nearest_prototype_distance(candidates, protos).mean()
 
 
 def test_stratified_sample_draws_across_classes_and_is_seeded() -> None:
     labels = torch.arange(10).repeat_interleave(100)  # sorted by class, as image lists are
-    rows = ood_prototypes.stratified_sample(labels, 50, seed=3)
+    rows = strategies.stratified_sample(labels, 50, seed=3)
     assert torch.equal(torch.bincount(labels[rows], minlength=10), torch.full((10,), 5))
-    assert torch.equal(rows, ood_prototypes.stratified_sample(labels, 50, seed=3))
-    assert not torch.equal(rows, ood_prototypes.stratified_sample(labels, 50, seed=4))
-    assert torch.equal(ood_prototypes.stratified_sample(labels, None, seed=0), torch.arange(1000))
+    assert torch.equal(rows, strategies.stratified_sample(labels, 50, seed=3))
+    assert not torch.equal(rows, strategies.stratified_sample(labels, 50, seed=4))
+    assert torch.equal(strategies.stratified_sample(labels, None, seed=0), torch.arange(1000))
 
 
 def test_oracle_split_holds_the_prototype_images_out_of_the_scored_set() -> None:
-    oracle, scored = ood_prototypes.oracle_split(1000, 100, seed=0)
+    oracle, scored = strategies.oracle_split(1000, 100, seed=0)
     assert len(oracle) == 100 and len(scored) == 900
     assert not set(oracle.tolist()) & set(scored.tolist())
     with pytest.raises(ValueError, match="more than 100"):
-        ood_prototypes.oracle_split(100, 100, seed=0)
+        strategies.oracle_split(100, 100, seed=0)
 
 
 def test_bad_inputs_name_the_fault() -> None:
     with pytest.raises(ValueError, match="unknown corruption 'fog'"):
-        ood_prototypes.corrupt_images(torch.zeros(1, 3, 4, 4), "fog", (0.5,) * 3, (0.5,) * 3, torch.Generator())
+        strategies.corrupt_images(torch.zeros(1, 3, 4, 4), "fog", (0.5,) * 3, (0.5,) * 3, torch.Generator())
     with pytest.raises(ValueError, match="NaN or inf"):
-        ood_prototypes.finish_prototype(torch.tensor([[float("nan"), 0.0]]), torch.zeros(2, 2))
+        strategies.finish_prototype(torch.tensor([[float("nan"), 0.0]]), torch.zeros(2, 2))
     with pytest.raises(ValueError, match="mixup_lambda"):
-        ood_prototypes.mixup_features(torch.nn.Identity(), [], torch.zeros(0, 2), torch.zeros(2, 1), mixup_lambda=2)
+        strategies.mixup_features(torch.nn.Identity(), [], torch.zeros(0, 2), torch.zeros(2, 1), mixup_lambda=2)
