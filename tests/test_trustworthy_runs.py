@@ -273,3 +273,33 @@ def test_case9_a_folder_of_another_configuration_is_refused_and_set_aside(tmp_pa
     assert job_complete(folder, ["grood"], mean) and not job_complete(folder, ["grood"], mixup)
     moved = set_aside(folder)
     assert moved.name == "run.superseded-1" and (moved / "run.json").is_file() and not folder.exists()
+
+
+# ------------------------------------------------------------------------ 7. silent degradations
+def test_case7_an_ood_prototype_on_a_class_prototype_is_an_error_naming_the_class():
+    from grood.method import GROOD, class_prototypes
+
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(300, 8, generator=generator) + 3 * torch.eye(3, 8).repeat(100, 1)
+    labels = torch.arange(3).repeat(100)
+    protos = class_prototypes(features, labels, 3)
+    for p_ood in (protos[2].clone(), protos[2] + 1e-7):
+        with pytest.raises(ValueError, match=r"coincides with the prototype of class 2"):
+            GROOD(index="torch").fit(features, labels, ood_prototype=p_ood, num_classes=3)
+    GROOD(index="torch").fit(features, labels, ood_prototype=protos[2] + 0.5, num_classes=3)  # distinct: fine
+
+
+def test_case7_an_empty_class_of_a_declared_count_is_an_error_naming_it(caplog):
+    from grood.featureset import FeatureSet
+    from grood.method import GROOD
+
+    features = torch.randn(90, 8, generator=torch.Generator().manual_seed(1))
+    labels = torch.arange(9).repeat(10)  # class 9 of 10 has no sample
+    data = FeatureSet(torch.randn(90, 10), features, labels)  # the benchmark's 10 classes: the logits' width
+    with pytest.raises(ValueError, match=r"class\(es\) \[9\] of 10 have no sample"):
+        GROOD(index="torch").fit(data)
+    with pytest.raises(ValueError, match=r"class\(es\) \[9\] of 10 have no sample"):
+        GROOD(index="torch").fit(features, labels, num_classes=10)
+    with caplog.at_level("WARNING"):  # inferred: said, not silent
+        assert GROOD(index="torch").fit(features, labels).num_classes == 9
+    assert "num_classes inferred as max(train_labels) + 1 = 9" in caplog.text

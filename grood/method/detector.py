@@ -14,6 +14,8 @@ OOD prototype ``p_ood`` comes from :func:`grood.method.strategies.build_ood_prot
 
 from __future__ import annotations
 
+import logging
+
 import json
 import numbers
 import os
@@ -35,7 +37,9 @@ from grood.method.ncp import (
     ood_prototype_distance,
 )
 from grood.method.neighbours import INDEX_KINDS, NeighbourIndex, build_index, kth_neighbour_distance, load_index
-from grood.method.prototypes import ClassMeanAccumulator, mean_of_class_prototypes
+from grood.method.prototypes import ClassMeanAccumulator, check_ood_prototype_separated, mean_of_class_prototypes
+
+log = logging.getLogger(__name__)
 
 #: The full method and the ablations of the paper's Table 4.
 VARIANTS = ("grood", "ood_distance", "gradient_l1", "class_gradient")
@@ -251,6 +255,9 @@ class GROOD:
             if train_labels.is_floating_point():
                 raise ValueError(f"train_labels must hold integer class indices; got dtype {train_labels.dtype}")
             num_classes = int(train_labels.max()) + 1
+            log.warning("GROOD.fit: num_classes inferred as max(train_labels) + 1 = %d; a class above every label "
+                        "would be missed: pass num_classes= (or a FeatureSet) when the benchmark declares it",
+                        num_classes)
         if int(num_classes) < 1:
             raise ValueError(f"num_classes must be >= 1; got {num_classes}")
         check_labels("train_labels", train_labels, count, int(num_classes))
@@ -285,6 +292,7 @@ class GROOD:
             check_vector("ood_prototype", ood_prototype, dim)
             check_finite("ood_prototype", ood_prototype)
             self.ood_prototype = ood_prototype.detach().to(device=self.device, dtype=torch.float32)
+        check_ood_prototype_separated(self.ood_prototype, self.class_prototypes)
 
         self.index = None
         self.num_indexed = 0

@@ -151,3 +151,27 @@ def proximity_filter(
         keep = torch.zeros_like(keep)
         keep[farthest] = True
     return candidates[keep]
+
+
+#: Relative tolerance under which an OOD prototype counts as equal to a class prototype (float32 rounding
+#: of features of norm ~1-100 is ~1e-7 relative; 1e-5 leaves room for a mean over many rows).
+PROTOTYPE_SEPARATION_RTOL = 1e-5
+
+
+def check_ood_prototype_separated(ood_prototype: torch.Tensor, class_prototypes: torch.Tensor,
+                                  rtol: float = PROTOTYPE_SEPARATION_RTOL) -> None:
+    """Raise ValueError naming the class whose prototype ``class_prototypes [C, D]`` equals the OOD prototype
+    ``[D]`` within ``rtol`` times the largest prototype norm: eq. 3 then gives that class and the OOD class
+    the same logit, and eq. 5's gradients stop separating ID from OOD."""
+    protos = class_prototypes.to(torch.float64)
+    p_ood = ood_prototype.to(device=protos.device, dtype=torch.float64)
+    distances = (protos - p_ood).norm(dim=1)
+    scale = max(float(protos.norm(dim=1).max()), float(p_ood.norm()), 1e-12)
+    nearest = int(distances.argmin())
+    if float(distances[nearest]) <= rtol * scale:
+        raise ValueError(
+            f"the OOD prototype coincides with the prototype of class {nearest} (distance "
+            f"{float(distances[nearest]):.3g}, tolerance {rtol * scale:.3g} = {rtol:g} x the largest prototype "
+            "norm): GROOD cannot tell that class from OOD. Build the OOD prototype from OOD-like data (another "
+            "prototype strategy, e.g. mixup) or check the images it was made from"
+        )
