@@ -112,6 +112,30 @@ class FeatureCache:
         return path
 
 
+    def prototype_path(self, key: str) -> Path:
+        return self.root / "prototypes" / f"{key}.pt"
+
+    def load_prototype(self, key: str) -> torch.Tensor | None:
+        """The cached OOD prototype ``[D]`` for ``key``, or None when absent or unreadable (recomputed)."""
+        path = self.prototype_path(key)
+        if not path.exists():
+            return None
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)["prototype"]
+        except Exception as error:  # a corrupt entry is recomputed, with a visible warning
+            log.warning("prototype cache entry %s is unreadable (%s); recomputing it", path, error)
+            return None
+
+    def save_prototype(self, key: str, prototype: torch.Tensor, parts: Mapping[str, Any]) -> Path:
+        """Write an OOD prototype ``[D]`` atomically, with the settings that determined it beside it."""
+        path = self.prototype_path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(path, "wb") as handle:
+            torch.save({"prototype": prototype.detach().cpu()}, handle)
+        write_json(path.with_suffix(".json"), dict(parts))
+        return path
+
+
 @torch.no_grad()
 def forward_pass(
     network: torch.nn.Module,

@@ -351,7 +351,8 @@ def test_figures_4_5_and_the_timing_table_from_runs(tmp_path, compose):
                                         ("knn", "knn", "exact", 9.0)):
         fake_run(runs / "appendix_a4_smoke" / "cifar10_smoke" / tag / "seed0", benchmark="cifar10_smoke",
                  method=method, experiment="appendix_a4_smoke", groups=smoke_groups, extra={"index": index},
-                 timings={f"method:{method}": seconds, "forward:test": 0.5})
+                 timings={f"method:{method}": seconds, "forward:test": 0.5,
+                          **({"prototype:grood": 1.5} if method == "grood" else {})})
     out = tmp_path / "out"
     for name in ("figure4", "figure5", "appendix_a4"):
         assert reproduce_target(load_spec(name, smoke=True), compose, runs, out, tables_only=True).ok
@@ -361,11 +362,14 @@ def test_figures_4_5_and_the_timing_table_from_runs(tmp_path, compose):
     k_curve = pd.read_csv(out / "figures" / "figure5.csv")
     assert k_curve.query("k == 50 and group == 'far'")["mean"].item() == 88.0
     table = read_table_csv(out / "appendix_a4" / "appendix_a4.csv")
-    assert table.loc["GROOD (IVF)", ("cifar10_smoke", "mean")] == 2.0
-    assert table.loc["KNN", ("cifar10_smoke", "mean")] == 9.0
+    assert table.loc["GROOD (IVF)", ("cifar10_smoke", "cached", "mean")] == 2.0  # on cached features
+    assert table.loc["GROOD (IVF)", ("cifar10_smoke", "network", "mean")] == 1.5  # its prototype's pass, apart
+    assert table.loc["KNN", ("cifar10_smoke", "cached", "mean")] == 9.0
+    assert table.loc["KNN", ("cifar10_smoke", "network", "mean")] == 0.0
     assert r"\textbf{2.0}" in (out / "appendix_a4" / "appendix_a4.tex").read_text()  # fastest in bold
     compared = pd.read_csv(out / "appendix_a4" / "paper_vs_ours.csv")
-    assert compared.query("row == 'KNN'")["paper"].item() == 434.0  # CIFAR-10 through the smoke alias
+    assert compared.query("row == 'KNN' and group == 'cached'")["paper"].item() == 434.0  # CIFAR-10, smoke alias
+    assert compared.query("group == 'network'")["paper"].isna().all()  # the paper times no network pass
     assert compared.query("row == 'GROOD (exact search)'")["paper"].isna().all()
 
 

@@ -489,6 +489,7 @@ class Strategy:
         params: its own parameters and their defaults (besides the proximity filter's, which all take).
         uses_seed: its candidates depend on ``PrototypeInputs.seed``.
         per_ood_set: one prototype per OOD test set (the oracles; :func:`build_ood_prototype` needs ``target``).
+        uses_network: its candidates need a pass of the network over images (a caller may cache the result).
     """
 
     name: str
@@ -497,17 +498,20 @@ class Strategy:
     params: Mapping[str, Any]
     uses_seed: bool
     per_ood_set: bool = False
+    uses_network: bool = False
 
 
 #: The proximity filter (section 5.2), a parameter of every strategy: None = off.
 FILTER_PARAMS: dict[str, Any] = {"filter_quantile": None, "min_keep": 1}
 
 STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
-    Strategy("mixup", "eq. 9, section 5.2", _mixup, {"mixup_lambda": 0.5, "num_images": None}, uses_seed=True),
-    Strategy("uniform", "appendix A.2 'Uniform'", _uniform, {"num_images": 1000, "keep": 100}, uses_seed=True),
+    Strategy("mixup", "eq. 9, section 5.2", _mixup, {"mixup_lambda": 0.5, "num_images": None}, uses_seed=True,
+             uses_network=True),
+    Strategy("uniform", "appendix A.2 'Uniform'", _uniform, {"num_images": 1000, "keep": 100}, uses_seed=True,
+             uses_network=True),
     Strategy("val_ood", "appendix A.2 'OpenOOD Val'", _val_ood, {"num_images": 100}, uses_seed=True),
     Strategy("corrupted", "appendix A.2 'ID-Corrupted Val'", _corrupted,
-             {"num_images": 100, "corruptions": tuple(CORRUPTIONS)}, uses_seed=True),
+             {"num_images": 100, "corruptions": tuple(CORRUPTIONS)}, uses_seed=True, uses_network=True),
     Strategy("mean", "appendix A.2 'Mean of Prototypes'", _mean, {}, uses_seed=False),
     Strategy("local_oracle", "Table 1 'Local Oracle'", _local_oracle, {"num_images": 100}, uses_seed=True,
              per_ood_set=True),

@@ -48,15 +48,44 @@ def select_rows(frame: pd.DataFrame, select: Mapping[str, Any], where: str) -> p
 
 def value_frame(long: pd.DataFrame, value: str) -> pd.DataFrame:
     """One row per (run, group) with ``group`` and ``value``: the ``nearood`` / ``farood`` rows of a metric,
-    or, for ``seconds``, one row per run with the time of its method (``timings_s.method:<method>``)."""
+    or, for ``seconds``, two rows per run (appendix A.4), told apart by ``group``:
+
+    - ``cached``: the method's time on cached network outputs (``timings_s.method:<method>``: fit + scoring);
+      NaN for a method that scores by running the network (ODIN);
+    - ``network``: the time of its extra network passes: GROOD's OOD prototype (``timings_s.prototype:grood``:
+      the mixup pass, or a cache read when the prototype was cached), ODIN's perturbed passes (its whole
+      ``method:odin`` time); 0 for methods with none.
+    """
     if value == "seconds":
+        from grood.detectors.registry import DETECTORS
+
         runs = long.drop_duplicates("run_dir").copy()
-        runs["group"] = ""
-        runs["seconds"] = [row.get(f"timings_s.method:{row['method']}", math.nan) for _, row in runs.iterrows()]
-        return runs
+        parts = []
+        for group in SECONDS_GROUPS:
+            part = runs.copy()
+            part["group"] = group
+            part["seconds"] = [_seconds(row, group, DETECTORS) for _, row in runs.iterrows()]
+            parts.append(part)
+        return pd.concat(parts, ignore_index=True)
     rows = long[long["dataset"].isin(list(GROUP_ROWS))].copy()
     rows["group"] = rows["dataset"].map(GROUP_ROWS)
     return rows
+
+
+#: The two timing columns of appendix A.4 (see :func:`value_frame`).
+SECONDS_GROUPS: tuple[str, ...] = ("cached", "network")
+
+
+def _seconds(row: pd.Series, group: str, detectors: Mapping[str, Any]) -> float:
+    method = row["method"]
+    own = row.get(f"timings_s.method:{method}", math.nan)
+    runs_network = method in detectors and getattr(detectors[method], "needs_network", False)
+    if group == "cached":
+        return math.nan if runs_network else own
+    if runs_network:
+        return own
+    extra = row.get(f"timings_s.prototype:{method}", math.nan)
+    return 0.0 if extra is None or (isinstance(extra, float) and math.isnan(extra)) else float(extra)
 
 
 def _stats(values: pd.Series) -> dict[str, float]:

@@ -225,15 +225,15 @@ def load_spec(name: str, smoke: bool = False, spec_dir: str | Path = SPEC_DIR) -
     for column in columns:
         if column not in COLUMN_KEYS:
             raise _fail(path, "columns", f"{column!r} is not one of {', '.join(COLUMN_KEYS)}")
-    groups = _str_list(raw.get("groups", ["near", "far"]), path, "groups")
-    for group in groups:
-        if group not in ("near", "far"):
-            raise _fail(path, "groups", f"{group!r} is not 'near' or 'far'")
     value = raw.get("value", "AUROC")
     if value not in VALUES:
         raise _fail(path, "value", f"{value!r} is not one of {', '.join(VALUES)}")
-    if value == "seconds" and "group" in columns:
-        raise _fail(path, "columns", "timings (value: seconds) have no OOD group; drop 'group'")
+    # timings have two groups: on cached outputs, and extra network passes (grood/reproduce/collect.py)
+    valid_groups = ("cached", "network") if value == "seconds" else ("near", "far")
+    groups = _str_list(raw.get("groups", list(valid_groups)), path, "groups")
+    for group in groups:
+        if group not in valid_groups:
+            raise _fail(path, "groups", f"{group!r} is not one of {list(valid_groups)} (value: {value})")
 
     runs = []
     for i, run in enumerate(raw.get("runs") or []):
