@@ -29,14 +29,21 @@ def _readme_commands(prefixes: tuple[str, ...]) -> list[str]:
     """Command lines of README.md (fenced code blocks and inline code) that start with one of ``prefixes``."""
     text = README.read_text()
     found: list[str] = []
-    for block in re.findall(r"```(?:bash|sh|console)?\n(.*?)```", text, flags=re.S):
-        for line in block.splitlines():
+    in_block, prose = False, []
+    for line in text.splitlines():
+        if line.startswith("```"):
+            in_block = not in_block
+            continue
+        if in_block:
             line = re.sub(r"\s+#.*$", "", line).strip()
             if line.startswith(prefixes):
                 found.append(line)
-    for inline in re.findall(r"`([^`\n]+)`", text):
+        else:
+            prose.append(line)
+    for inline in re.findall(r"`([^`]+)`", "\n".join(prose)):
+        inline = " ".join(inline.split())  # inline code may wrap across lines
         if inline.startswith(prefixes):
-            found.append(inline.strip())
+            found.append(inline)
     return list(dict.fromkeys(found))
 
 
@@ -74,7 +81,7 @@ def test_every_make_command_dry_runs_and_what_it_runs_composes(command: str) -> 
     args = shlex.split(PLACEHOLDER.sub("placeholder", command))[1:]
     result = subprocess.run(["make", "-n", *args], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, f"`{command}`: {result.stderr}"
-    for line in result.stdout.splitlines():
+    for line in result.stdout.replace("\\\n", " ").splitlines():  # recipes continued with a backslash
         if "scripts/run.py" in line:
             check_command_line(_args_after(line, "scripts/run.py"))
         elif "scripts/reproduce.py" in line:
