@@ -479,6 +479,9 @@ def score_grood(run: BenchmarkRun, params: Mapping[str, Any]) -> MethodScores:
         scores = MethodScores(id_scores, ood_scores)
     scores.info["ncp_accuracy"] = 100.0 * accuracy(detector.predict(test), test.labels)
     scores.info["prototype"] = strategy
+    if detector.index is not None:  # the index that ran ("exact" picks one per device)
+        built = detector.index
+        scores.info["index_built"] = built.kind + ("+norm_pruning" if getattr(built, "norm_pruning", False) else "")
     run.timings["method:grood"] = time.perf_counter() - started
     return scores
 

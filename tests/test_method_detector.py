@@ -224,7 +224,7 @@ def test_bad_fit_inputs(blobs) -> None:
 
 
 def test_bad_constructor_arguments() -> None:
-    with pytest.raises(ValueError, match="unknown index kind 'annoy'; valid kinds: exact, ivf, torch"):
+    with pytest.raises(ValueError, match="unknown index kind 'annoy'; valid kinds: exact, faiss_flat, ivf, torch"):
         GROOD(index="annoy")
     with pytest.raises(ValueError, match="unknown GROOD variant 'knn'; valid variants: grood, ood_distance"):
         GROOD(variant="knn")

@@ -10,6 +10,7 @@ import torch
 
 from grood.method.neighbours import (
     DEFAULT_NPROBE,
+    INDEX_CLASSES,
     INDEX_KINDS,
     IVFIndex,
     build_index,
@@ -42,7 +43,7 @@ def _assert_matches_brute_force(index_kind: str, database: torch.Tensor, queries
     assert torch.equal(indices[clear], expected_indices[clear])
 
 
-@pytest.mark.parametrize("kind", ["exact", "torch"])
+@pytest.mark.parametrize("kind", ["faiss_flat", "torch"])
 def test_exact_kinds_equal_brute_force_cdist(kind: str) -> None:
     database, queries = torch.randn(2000, 24), torch.randn(300, 24)
     _assert_matches_brute_force(kind, database, queries, k=5)
@@ -51,16 +52,16 @@ def test_exact_kinds_equal_brute_force_cdist(kind: str) -> None:
 def test_torch_index_equals_exact_index() -> None:
     database, queries = torch.randn(1500, 16), torch.randn(200, 16)
     results = {}
-    for kind in ("exact", "torch"):
+    for kind in ("faiss_flat", "torch"):
         index = build_index(kind, 16)
         index.add(database[:700])
         index.add(database[700:])  # several adds keep the global row numbering
         results[kind] = index.search(queries, 3)
-    torch.testing.assert_close(results["torch"][0], results["exact"][0], rtol=1e-4, atol=1e-4)
-    assert (results["torch"][1] == results["exact"][1]).float().mean() > 0.99
+    torch.testing.assert_close(results["torch"][0], results["faiss_flat"][0], rtol=1e-4, atol=1e-4)
+    assert (results["torch"][1] == results["faiss_flat"][1]).float().mean() > 0.99
 
 
-@pytest.mark.parametrize("kind", list(INDEX_KINDS))
+@pytest.mark.parametrize("kind", list(INDEX_CLASSES))
 def test_distances_are_not_squared(kind: str) -> None:
     database = torch.zeros(50, 2)
     database[:, 0] = torch.arange(50.0) + 100.0  # far away, so that the origin neighbour is the nearest
@@ -76,7 +77,7 @@ def test_distances_are_not_squared(kind: str) -> None:
 
 def test_kth_neighbour_distance_takes_column_k_and_chunks() -> None:
     database, queries = torch.randn(500, 8), torch.randn(130, 8)
-    index = build_index("exact", 8)
+    index = build_index("faiss_flat", 8)
     index.add(database)
     distances, _ = index.search(queries, 4)
     for k in (1, 4):
@@ -92,7 +93,7 @@ def _recall_at_1(num_vectors: int, dim: int, num_queries: int, **ivf_params) -> 
     """
     database, _, centres, basis = clustered_vectors(num_vectors, dim, seed=0)
     queries, _, _, _ = clustered_vectors(num_queries, dim, seed=1, centres=centres, basis=basis)
-    exact = build_index("exact", dim)
+    exact = build_index("faiss_flat", dim)
     exact.add(database)
     exact_distances, exact_indices = exact.search(queries, 1)
     ivf = build_index("ivf", dim, **ivf_params)
@@ -141,7 +142,7 @@ def test_ivf_missing_neighbours_is_a_clear_error() -> None:
         index.search(torch.zeros(1, 3), 60)
 
 
-@pytest.mark.parametrize("kind", list(INDEX_KINDS))
+@pytest.mark.parametrize("kind", list(INDEX_CLASSES))
 def test_search_errors(kind: str) -> None:
     index = build_index(kind, 4, **({"nlist": 2} if kind == "ivf" else {}))
     with pytest.raises(ValueError, match="cannot search an empty"):
@@ -160,15 +161,41 @@ def test_search_errors(kind: str) -> None:
 
 
 def test_build_index_errors() -> None:
-    with pytest.raises(ValueError, match="unknown index kind 'hnsw'; valid kinds: exact, ivf, torch"):
+    with pytest.raises(ValueError, match="unknown index kind 'hnsw'; valid kinds: exact, faiss_flat, ivf, torch"):
         build_index("hnsw", 8)
-    with pytest.raises(ValueError, match=r"bad parameter\(s\) \['nlist'\] for index kind 'exact'"):
+    with pytest.raises(ValueError, match=r"bad parameter\(s\) \['nlist'\] for index kind 'faiss_flat'"):
+        build_index("faiss_flat", 8, nlist=4)
+    with pytest.raises(ValueError, match=r"index kind 'exact' takes no parameters \(got \['nlist'\]\)"):
         build_index("exact", 8, nlist=4)
+
+
+def test_exact_is_the_fastest_exact_search_for_the_device(monkeypatch) -> None:
+    """On the CPU: the torch search with norm pruning (it beat FAISS flat at both bench scales); on CUDA
+    with faiss-gpu: FAISS flat. Either gives the same neighbours as FAISS flat."""
+    from grood.method import neighbours
+
+    assert neighbours.exact_choice("cpu") == ("torch", {"norm_pruning": True})
+    index = build_index("exact", 6, device="cpu")
+    assert index.kind == "torch" and index.norm_pruning
+    import grood.device
+
+    monkeypatch.setattr(grood.device, "resolve_device", lambda device=None: torch.device("cuda"))
+    monkeypatch.setattr(neighbours, "_faiss_gpu_available", lambda: True)
+    assert neighbours.exact_choice("cuda") == ("faiss_flat", {})
+    monkeypatch.setattr(neighbours, "_faiss_gpu_available", lambda: False)
+    assert neighbours.exact_choice("cuda") == ("torch", {"norm_pruning": True})
+    database, queries = torch.randn(3000, 16), torch.randn(200, 16) * 2
+    exact, flat = build_index("exact", 16, device="cpu"), build_index("faiss_flat", 16)
+    exact.add(database)
+    flat.add(database)
+    (d_exact, i_exact), (d_flat, i_flat) = exact.search(queries, 3), flat.search(queries, 3)
+    assert torch.equal(i_exact, i_flat)
+    torch.testing.assert_close(d_exact, d_flat, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="nprobe must be >= 1"):
         build_index("ivf", 8, nprobe=0)
 
 
-@pytest.mark.parametrize("kind", list(INDEX_KINDS))
+@pytest.mark.parametrize("kind", list(INDEX_CLASSES))
 def test_save_load_round_trip(kind: str, tmp_path: Path) -> None:
     database, queries = torch.randn(800, 6), torch.randn(50, 6)
     index = build_index(kind, 6, **({"nlist": 8, "nprobe": 3} if kind == "ivf" else {}))
@@ -186,8 +213,8 @@ def test_save_load_round_trip(kind: str, tmp_path: Path) -> None:
 
 def test_load_errors(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no index file"):
-        load_index(tmp_path / "missing.faiss", "exact")
-    index = build_index("exact", 3)
+        load_index(tmp_path / "missing.faiss", "faiss_flat")
+    index = build_index("faiss_flat", 3)
     index.add(torch.randn(10, 3))
     index.save(tmp_path / "flat.faiss")
     with pytest.raises(ValueError, match="flat.faiss is not an index file written by grood's 'ivf' index"):
@@ -202,7 +229,7 @@ def test_load_errors(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("kind", list(INDEX_KINDS))
+@pytest.mark.parametrize("kind", list(INDEX_CLASSES))
 def test_cuda_inputs(kind: str) -> None:
     database, queries = torch.randn(2000, 16), torch.randn(100, 16)
     reference = build_index("torch", 16)
@@ -339,7 +366,7 @@ def test_exact_index_warns_when_cuda_vectors_meet_cpu_only_faiss(caplog: pytest.
 
     if _faiss_gpu_available():
         pytest.skip("this faiss has GPU support: the index moves to the GPU instead of warning")
-    index = build_index("exact", 4)
+    index = build_index("faiss_flat", 4)
     with caplog.at_level("WARNING", logger="grood.method.neighbours"):
         index._move_to_gpu_if_cuda(torch.device("cuda"))  # what add() does with CUDA vectors
     assert "no GPU support" in caplog.text and "index='torch'" in caplog.text
@@ -350,7 +377,7 @@ def test_exact_index_warns_when_cuda_vectors_meet_cpu_only_faiss(caplog: pytest.
     assert caplog.text == ""
 
 
-@pytest.mark.parametrize("kind", ["exact", "torch"])
+@pytest.mark.parametrize("kind", ["faiss_flat", "torch"])
 def test_batched_adds_after_reserve_equal_one_add(kind: str, tmp_path: Path) -> None:
     generator = torch.Generator().manual_seed(5)
     database = torch.randn(1000, 24, generator=generator)
@@ -372,7 +399,7 @@ def test_batched_adds_after_reserve_equal_one_add(kind: str, tmp_path: Path) -> 
 
 
 def test_exact_index_reserve_allocates_the_faiss_storage_once() -> None:
-    index = build_index("exact", 16)
+    index = build_index("faiss_flat", 16)
     index.reserve(4096)
     storage = index.index.codes.data()
     for start in range(0, 4096, 512):

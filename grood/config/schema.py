@@ -286,7 +286,8 @@ class TorchIndexParams:
 
 
 #: Index kind -> its params' schema.
-INDEX_SCHEMAS: dict[str, type] = {"exact": ExactIndexParams, "ivf": IVFIndexParams, "torch": TorchIndexParams}
+INDEX_SCHEMAS: dict[str, type] = {"exact": ExactIndexParams, "faiss_flat": ExactIndexParams, "ivf": IVFIndexParams,
+                                   "torch": TorchIndexParams}
 
 
 @dataclass

@@ -173,7 +173,7 @@ class KNN(BaselineDetector):
         self._start_fit(train, head)
         if self.k > len(train):
             raise ValueError(f"KNN: k={self.k} exceeds the {len(train)} training samples; use k <= {len(train)}")
-        self.index = build_index(self.index_kind, self.feature_dim, **self.index_params)
+        self.index = build_index(self.index_kind, self.feature_dim, device=self.device, **self.index_params)
         for start in range(0, len(train), self.batch_size):
             rows = train.features[start : start + self.batch_size].to(self.device, torch.float32)
             self.index.add(l2_normalise(rows))

@@ -65,8 +65,9 @@ class GROOD:
     """GROOD on features: eq. 7 prototypes, eq. 5 gradients, eq. 6 nearest-neighbour score.
 
     Args:
-        index: nearest-neighbour index kind for eq. 6: ``"exact"`` (FAISS flat, default), ``"ivf"``
-            (inverted file, appendix A.4) or ``"torch"`` (no FAISS); see :mod:`grood.method.neighbours`.
+        index: nearest-neighbour index kind for eq. 6: ``"exact"`` (default: the fastest exact search for the
+            device, :func:`grood.method.neighbours.exact_choice`), ``"faiss_flat"`` (FAISS ``IndexFlatL2``),
+            ``"ivf"`` (inverted file, appendix A.4) or ``"torch"`` (no FAISS); see :mod:`grood.method.neighbours`.
         k: score with the distance to the ``k``-th nearest training gradient (``1`` = eq. 6; Fig. 5).
         index_params: keyword arguments of the index, e.g. ``{"nlist": 256, "nprobe": 8}`` for "ivf", or
             ``{"norm_pruning": True}`` for "torch" (exact search that skips gradients out of reach by norm).
@@ -316,7 +317,7 @@ class GROOD:
         if self.k > self.num_indexed:
             raise ValueError(f"k={self.k} exceeds the {self.num_indexed} training gradients to index; lower k")
 
-        index = build_index(self.index_kind, features.shape[1], **self.index_params)
+        index = build_index(self.index_kind, features.shape[1], device=self.device, **self.index_params)
         # Indexes that take batched adds get each batch's gradients from one reused buffer (no [N, D]
         # gradient matrix beside the index's own copy); "ivf" trains on one add of all of them.
         if index.incremental_add:
@@ -453,6 +454,7 @@ class GROOD:
             "num_indexed": self.num_indexed,
             "class_labels_from": self.class_labels_from,
             "index_file": None if self.index is None else self._index_file_name(),
+            "index_built": None if self.index is None else self.index.kind,  # "exact": the kind it chose
         }
         with atomic_directory(target) as tmp:
             torch.save(
@@ -465,7 +467,7 @@ class GROOD:
                 config_path.write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
 
     def _index_file_name(self) -> str:
-        return "index.faiss" if self.index_kind == "exact" else "index.pt"
+        return "index.faiss" if self.index.kind == "faiss_flat" else "index.pt"
 
     @classmethod
     def load(
@@ -489,5 +491,8 @@ class GROOD:
         detector.num_indexed = int(meta["num_indexed"])
         detector.class_labels_from = meta["class_labels_from"]
         if meta["index_file"] is not None:
-            detector.index = load_index(directory / meta["index_file"], detector.index_kind, device=detector.device)
+            # saves before "exact" chose per device hold a FAISS flat index (index.faiss) and no "index_built"
+            built = meta.get("index_built") or ("faiss_flat" if meta["index_file"] == "index.faiss"
+                                                else detector.index_kind)
+            detector.index = load_index(directory / meta["index_file"], built, device=detector.device)
         return detector

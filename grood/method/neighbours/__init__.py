@@ -1,9 +1,10 @@
 """Nearest-neighbour search in gradient space (paper eq. 6 and appendix A.4): one module per index kind.
 
 Three index kinds behind one small interface (:class:`NeighbourIndex`: ``add``, ``search``,
-``ntotal``, ``dim``, ``save``, ``load``), made by :func:`build_index`:
+``ntotal``, ``dim``, ``save``, ``load``), made by :func:`build_index`, and ``"exact"`` (the default), which
+builds the fastest exact one for the device (:func:`exact_choice`):
 
-- ``"exact"`` (default): FAISS ``IndexFlatL2``, exact search.
+- ``"faiss_flat"``: FAISS ``IndexFlatL2``, exact search.
 - ``"ivf"``: an inverted-file index (appendix A.4) in torch: the vectors are split into k-means cells
   and a query scans only the ``nprobe`` cells nearest to it, the cells regrouped so that each is
   compared with all the queries that probe it in one matrix product, and cells balanced for vectors
@@ -54,23 +55,53 @@ from grood.method.neighbours.torch_index import PRUNING_QUERY_BLOCK, TORCH_DATAB
 __all__ = [
     "DEFAULT_KMEANS_ITERATIONS", "DEFAULT_NPROBE", "DEFAULT_ROUTING_DIM", "INDEX_KINDS", "MAX_TRAIN_POINTS_PER_LIST",
     "MIN_TRAIN_POINTS_PER_LIST", "PRUNING_QUERY_BLOCK", "TORCH_DATABASE_BLOCK", "ExactIndex", "IVFIndex",
-    "NeighbourIndex", "TorchIndex", "build_index", "default_nlist", "kth_neighbour_distance", "load_index",
+    "INDEX_CLASSES", "NeighbourIndex", "TorchIndex", "build_index", "default_nlist", "exact_choice",
+    "kth_neighbour_distance", "load_index",
 ]
 
 
-INDEX_KINDS: dict[str, type[NeighbourIndex]] = {"exact": ExactIndex, "ivf": IVFIndex, "torch": TorchIndex}
+#: The index classes by kind.
+INDEX_CLASSES: dict[str, type[NeighbourIndex]] = {"faiss_flat": ExactIndex, "ivf": IVFIndex, "torch": TorchIndex}
+#: Every kind a caller may ask for: ``"exact"`` (the fastest exact search here, :func:`exact_choice`) and
+#: each index class's kind.
+INDEX_KINDS: tuple[str, ...] = ("exact", *INDEX_CLASSES)
 
 
-def build_index(kind: str, dim: int, **params: Any) -> NeighbourIndex:
-    """A new empty index: ``kind`` in ``"exact"`` (default elsewhere), ``"ivf"``, ``"torch"``.
+def exact_choice(device: str | torch.device | None = None) -> tuple[str, dict[str, Any]]:
+    """``(kind, params)`` of the fastest exact search for ``device`` (what ``kind="exact"`` builds):
+
+    - CUDA with a faiss that has GPU support: FAISS ``IndexFlatL2`` on the GPU (``"faiss_flat"``);
+    - otherwise: the torch search with exact norm pruning (``"torch"``, ``norm_pruning=True``). On a CPU it
+      was faster than FAISS flat at both scales of ``scripts/bench_method.py`` (see docs/performance.md), it
+      gives FAISS's neighbours (distances equal to float32 rounding), and it needs no faiss.
+    """
+    from grood.device import resolve_device
+
+    if resolve_device(device).type == "cuda":
+        try:
+            if _faiss_gpu_available():
+                return "faiss_flat", {}
+        except ImportError:
+            pass  # no faiss at all: the torch search, as on the CPU
+    return "torch", {"norm_pruning": True}
+
+
+def build_index(kind: str, dim: int, device: str | torch.device | None = None, **params: Any) -> NeighbourIndex:
+    """A new empty index of ``kind`` (one of :data:`INDEX_KINDS`); ``"exact"`` builds :func:`exact_choice`
+    for ``device`` (the device of the vectors it will hold). The built index's ``kind`` says which.
 
     ``params`` go to the index's constructor (``nlist``, ``nprobe``, ``niter``, ``routing_dim`` for "ivf";
-    ``device``, ``max_chunk_elements``, ``norm_pruning`` for "torch"; none for "exact").
+    ``max_chunk_elements``, ``norm_pruning`` for "torch"; none for "exact" and "faiss_flat").
     """
     if kind not in INDEX_KINDS:
         raise ValueError(f"unknown index kind {kind!r}; valid kinds: {', '.join(INDEX_KINDS)}")
+    if kind == "exact":
+        if params:
+            raise ValueError(f"index kind 'exact' takes no parameters (got {sorted(params)}); it picks the fastest "
+                             "exact search itself: name 'faiss_flat' or 'torch' to set one")
+        kind, params = exact_choice(device)
     try:
-        return INDEX_KINDS[kind](dim, **params)
+        return INDEX_CLASSES[kind](dim, **params)
     except TypeError as error:
         raise ValueError(f"bad parameter(s) {sorted(params)} for index kind {kind!r}: {error}") from error
 
@@ -78,11 +109,11 @@ def build_index(kind: str, dim: int, **params: Any) -> NeighbourIndex:
 def load_index(
     path: str | os.PathLike[str], kind: str, device: str | torch.device | None = None
 ) -> NeighbourIndex:
-    """Read the index of ``kind`` that :meth:`NeighbourIndex.save` wrote to ``path`` (onto ``device``,
-    see :meth:`NeighbourIndex.load`)."""
-    if kind not in INDEX_KINDS:
-        raise ValueError(f"unknown index kind {kind!r}; valid kinds: {', '.join(INDEX_KINDS)}")
-    return INDEX_KINDS[kind].load(path, device=device)
+    """Read the index of ``kind`` (a built index's ``kind``, see :data:`INDEX_CLASSES`) that
+    :meth:`NeighbourIndex.save` wrote to ``path`` (onto ``device``, see :meth:`NeighbourIndex.load`)."""
+    if kind not in INDEX_CLASSES:
+        raise ValueError(f"unknown index kind {kind!r}; valid kinds: {', '.join(INDEX_CLASSES)}")
+    return INDEX_CLASSES[kind].load(path, device=device)
 
 
 def kth_neighbour_distance(

@@ -76,7 +76,7 @@ class _FaissIndex(NeighbourIndex):
 class ExactIndex(_FaissIndex):
     """``"exact"``: FAISS ``IndexFlatL2`` (brute force, exact)."""
 
-    kind = "exact"
+    kind = "faiss_flat"
     faiss_type = "IndexFlatL2"
 
     def __init__(self, dim: int) -> None:
