@@ -24,10 +24,11 @@ from typing import Callable, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
-from tqdm.auto import tqdm
 
 from grood.device import resolve_device
 from grood.method.prototypes import mean_of_class_prototypes, ood_prototype, proximity_filter
+from grood.progress import track
+from grood.resources import loader_workers
 
 STRATEGIES = ("mixup", "uniform", "val_ood", "corrupted", "mean", "local_oracle", "global_oracle")
 
@@ -114,9 +115,9 @@ def mixup_features(
     rows = stratified_sample(strata, num_images, seed)
     second = second_predicted_class(train_logits)[rows]
     prototypes = early_prototypes.to(device)
-    loader = DataLoader(Subset(train_dataset, rows.tolist()), batch_size=batch_size, num_workers=num_workers)
+    loader = DataLoader(Subset(train_dataset, rows.tolist()), batch_size=batch_size, num_workers=loader_workers(num_workers))
     outputs, start = [], 0
-    for images, _ in tqdm(loader, desc="mixup prototype", disable=not progress, leave=False):
+    for images, _ in track(loader, "mixup prototype", progress):
         images = images.to(device)
         c2 = second[start : start + images.shape[0]].to(device)
         start += images.shape[0]

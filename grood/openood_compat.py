@@ -40,7 +40,6 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 from torchvision.transforms import Normalize
 from torchvision.transforms.v2 import Normalize as NormalizeV2
-from tqdm.auto import tqdm
 
 from grood import ood_prototypes
 from grood.backbones.base import SplitNetwork
@@ -51,6 +50,8 @@ from grood.features import SplitOutputs, forward_pass
 from grood.method.detector import FIT_ON, GROOD, NotFittedError
 from grood.method.neighbours import INDEX_KINDS
 from grood.method.prototypes import class_prototypes
+from grood.progress import track
+from grood.resources import loader_workers
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +146,7 @@ def run_inference(
         OpenOOD's ``BasePostprocessor.inference``.
     """
     preds, confs, labels = [], [], []
-    for batch in tqdm(data_loader, desc="GROOD inference", disable=not progress, leave=False):
+    for batch in track(data_loader, "GROOD inference", progress):
         data, label = _batch_data_label(batch, "inference")
         pred, conf = postprocess(net, data.to(device))
         preds.append(pred.detach().cpu().reshape(-1))
@@ -487,7 +488,7 @@ class GROODPostprocessor(BasePostprocessor):
         """
         self._train_images = _loader_dataset(id_loader_dict, "train", "id_loader_dict", required=True)
         self._val_ood_images = _loader_dataset(ood_loader_dict, "val", "ood_loader_dict", required=False)
-        self._num_workers = int(getattr(id_loader_dict["train"], "num_workers", 0))
+        self._num_workers = loader_workers(int(getattr(id_loader_dict["train"], "num_workers", 0)))
         self.device = (resolve_device(self.params["device"]) if self.params["device"] is not None
                        else _module_device(net))
         self.network = as_split_network(net, self.params["split_block"]).to(self.device).eval()

@@ -29,6 +29,7 @@ from grood.io import atomic_write, write_json
 from grood.method.prototypes import class_prototypes
 from grood import aps, ood_prototypes
 from grood.provenance import git_commit, package_versions, sha256_of_file
+from grood.resources import loader_workers
 
 log = logging.getLogger(__name__)
 
@@ -300,8 +301,9 @@ def baseline_split_scores(
     scores = {}
     for split in splits:
         loader = torch.utils.data.DataLoader(run.dataset(split), batch_size=batch_size,
-                                             num_workers=int(run.config.get("num_workers", 0)))
-        scores[split] = detector.score_images(run.network, loader, device=run.device)
+                                             num_workers=loader_workers(int(run.config.get("num_workers", 0))))
+        scores[split] = detector.score_images(run.network, loader, device=run.device, description=f"ODIN {split}",
+                                              progress=bool(run.config.get("progress", True)))
     return scores
 
 

@@ -24,12 +24,14 @@ from omegaconf import DictConfig, OmegaConf
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from grood.pipeline import run_evaluation  # noqa: E402
+from grood.resources import configure_threads  # noqa: E402
 
 log = logging.getLogger("grood.run")
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="config")
 def main(cfg: DictConfig) -> float | None:
+    configure_threads()
     config = OmegaConf.to_container(cfg, resolve=True)
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     tables = run_evaluation(config, output_dir)

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from grood.device import resolve_device
 from grood.io import atomic_directory, atomic_file
@@ -29,6 +28,7 @@ from grood.method.ncp import (
 )
 from grood.method.neighbours import INDEX_KINDS, NeighbourIndex, build_index, kth_neighbour_distance, load_index
 from grood.method.prototypes import ClassMeanAccumulator, mean_of_class_prototypes
+from grood.progress import track
 
 #: The full method and the ablations of the paper's Table 4.
 VARIANTS = ("grood", "ood_distance", "gradient_l1", "class_gradient")
@@ -124,7 +124,7 @@ class GROOD:
 
     def _batches(self, count: int, description: str) -> Iterator[slice]:
         starts = range(0, count, self.batch_size)
-        for start in tqdm(starts, desc=description, disable=not self.progress, leave=False):
+        for start in track(starts, f"{description} ({count:,} rows)", self.progress):
             yield slice(start, min(start + self.batch_size, count))
 
     def _check_features(self, features: torch.Tensor, name: str = "features") -> None:

@@ -34,12 +34,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from grood.io import atomic_file
 from grood.method._checks import check_finite, check_matrix
 from grood.method.faiss_loader import import_faiss
 from grood.method.kmeans import balanced_centroids, direction_projection, nearest_cells, routing_coordinates
+from grood.progress import phase, track
 
 log = logging.getLogger(__name__)
 
@@ -420,7 +420,8 @@ class IVFIndex(NeighbourIndex):
         sample_vectors = vectors[sample.to(vectors.device)]
         self.projection = direction_projection(sample_vectors, self.routing_dim)
         coordinates = routing_coordinates(sample_vectors, self.projection)
-        self.centroids = balanced_centroids(coordinates, nlist, iterations=self.niter)
+        with phase(f"IVF k-means ({nlist} cells)", coordinates.shape[0]):
+            self.centroids = balanced_centroids(coordinates, nlist, iterations=self.niter)
         self.nlist = nlist
         self.offsets = torch.zeros(self.num_cells + 1, dtype=torch.long, device=self.device)
 
@@ -814,6 +815,6 @@ def kth_neighbour_distance(
     starts = range(0, queries.shape[0], int(batch_size))
     parts = [
         index.search(queries[start : start + batch_size], k)[0][:, k - 1]
-        for start in tqdm(starts, desc=f"{index.kind} neighbour search", disable=not progress, leave=False)
+        for start in track(starts, f"{index.kind} neighbour search ({queries.shape[0]:,} queries)", progress)
     ]
     return torch.cat(parts)
