@@ -74,8 +74,8 @@ def track(
     started, done, finished = time.perf_counter(), 0, False
     try:
         for element in iterable:
+            done += 1  # handed out: a consumer that breaks after it has had `done` elements
             yield element
-            done += 1
         finished = True
     finally:
         seconds = time.perf_counter() - started
