@@ -39,9 +39,18 @@ def _sized(obj: object) -> int | None:
         return None
 
 
+def _counted(count: int, unit: str) -> str:
+    """``"1 batch"``, ``"3 batches"``: plural units lose their plural ending for a count of one."""
+    if count == 1 and unit.endswith("es") and unit[:-2].endswith(("ch", "sh", "s", "x")):
+        unit = unit[:-2]
+    elif count == 1 and unit.endswith("s"):
+        unit = unit[:-1]
+    return f"{count:,} {unit}"
+
+
 def _counts(total: int | None, unit: str, items: int | None, item_unit: str) -> str:
-    text = f"{total:,} {unit}" if total is not None else f"? {unit}"
-    return f"{text} ({items:,} {item_unit})" if items is not None else text
+    text = _counted(total, unit) if total is not None else f"? {unit}"
+    return f"{text} ({_counted(items, item_unit)})" if items is not None else text
 
 
 def track(

@@ -51,6 +51,12 @@ def test_track_that_stops_early_says_how_far_it_got(caplog):
     assert re.fullmatch(r"APS knn: stopped after 2 of 4 combinations in \d+\.\d s", lines[1]), lines
 
 
+def test_track_counts_one_batch_in_the_singular(caplog):
+    caplog.set_level(logging.INFO, logger=PROGRESS_LOGGER)
+    list(track(DataLoader(TensorDataset(torch.arange(1.0)), batch_size=4), "one", progress=False))
+    assert _lines(caplog)[0] == "one: started, 1 batch (1 image)"
+
+
 def test_track_of_an_unsized_iterable(caplog):
     caplog.set_level(logging.INFO, logger=PROGRESS_LOGGER)
     assert sum(track((i for i in range(3)), "gen", progress=False)) == 3
