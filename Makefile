@@ -18,7 +18,7 @@ METHOD ?= grood
 SMOKE ?= 0
 CSID ?= 0
 
-.PHONY: help setup test test-slow smoke run data checkpoints bench-method bench-eval train \
+.PHONY: help setup test test-slow smoke gpu-check run data checkpoints bench-method bench-eval train \
         reproduce-table1 reproduce-table2 reproduce-table3 reproduce-table4 reproduce-table5 \
         reproduce-table6 reproduce-table7 reproduce-figures reproduce-all clean-cache
 
@@ -27,6 +27,7 @@ help:
 	@echo "make test              setup + fast test suite (what CI runs)"
 	@echo "make test-slow         setup + the slow tests"
 	@echo "make smoke             setup + every method on the shared CIFAR-10 smoke benchmark"
+	@echo "make gpu-check         setup + CUDA tests, smoke on CUDA vs CPU, AMP training smoke, FAISS GPU (CUDA machine)"
 	@echo "make run DATASET=cifar10 METHOD=grood   setup + data + checkpoints + one evaluation"
 	@echo "make data / checkpoints  download OpenOOD v1.5 data / checkpoints (online; data CSID=1: + csid sets)"
 	@echo "make train DATASET=cifar100 SEEDS=0,1,2 [MIXUP=1]  train ResNet-18 (paper recipe); re-running resumes"
@@ -62,6 +63,12 @@ smoke: setup
 	GROOD_SHARED_DIR=$(SHARED) $(PY) scripts/run.py $(SMOKE_RUN)
 	GROOD_SHARED_DIR=$(SHARED) GROOD_SMOKE_RESULTS=results/smoke GROOD_SMOKE_ARGS="$(SMOKE_RUN)" \
 		$(PY) -m pytest -m smoke tests/test_smoke.py
+
+# Everything that needs CUDA, in one command under 10 minutes: the CUDA-marked tests, `make smoke` with
+# device=cuda against the CPU run (AUROCs within 0.05), the AMP training smoke, FAISS on the GPU when faiss-gpu is
+# installed; summary in results/gpu_check/summary.md. Stops at once on a machine without CUDA.
+gpu-check: setup
+	GROOD_SHARED_DIR=$(SHARED) $(PY) scripts/gpu_check.py --out results/gpu_check
 
 # The main job: OpenOOD v1.5 data and checkpoints (online), then one evaluation.
 run: setup data checkpoints

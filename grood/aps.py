@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from grood.data.benchmarks import VAL_OOD_PREFIX, Benchmark
 from grood.detectors.registry import DETECTORS
 from grood.metrics import auroc
+from grood.progress import track
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def search_parameters(
     id_split, ood_splits = validation_splits(benchmark)
     result = SearchResult(chosen={}, searched=space, id_split=id_split, ood_splits=ood_splits)
     best: tuple[float, dict[str, Any]] | None = None
-    for combination in tqdm(combinations, desc=f"APS {name}", disable=not progress, leave=False):
+    for combination in track(combinations, f"APS {name}", progress, unit="combinations"):
         params = {**fixed, **combination}
         try:
             scores = fit_and_score(name, params, [id_split, *ood_splits])

@@ -23,12 +23,13 @@ from typing import Any, Mapping
 
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from grood.device import resolve_device
 from grood.featureset import FeatureSet
 from grood.io import atomic_write, write_json
 from grood.method.prototypes import ClassMeanAccumulator
+from grood.progress import track
+from grood.resources import loader_workers
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +164,7 @@ def forward_pass(
     network = network.to(device).eval()
     logits, features, labels = [], [], []
     accumulator: ClassMeanAccumulator | None = None
-    for images, batch_labels in tqdm(loader, desc=description, disable=not progress, leave=False):
+    for images, batch_labels in track(loader, description, progress):
         images = images.to(device, non_blocking=True)
         h_early = network.early(images)
         h_pen = network.mid(h_early)
@@ -213,7 +214,7 @@ def extract_split(
         dataset,
         batch_size=batch_size,
         shuffle=False,
-        num_workers=num_workers,
+        num_workers=loader_workers(num_workers),
         pin_memory=resolve_device(device).type == "cuda",
     )
     outputs = forward_pass(

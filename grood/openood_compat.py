@@ -43,7 +43,6 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 from torchvision.transforms import Normalize
 from torchvision.transforms.v2 import Normalize as NormalizeV2
-from tqdm.auto import tqdm
 
 from grood.backbones.base import SplitNetwork
 from grood.backbones.checkpoints import load_state_dict_checked
@@ -63,6 +62,8 @@ from grood.method.strategies import (
     build_ood_prototype,
     strategy_params,
 )
+from grood.progress import track
+from grood.resources import loader_workers
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +164,7 @@ def run_inference(
         OpenOOD's ``BasePostprocessor.inference``.
     """
     preds, confs, labels = [], [], []
-    for batch in tqdm(data_loader, desc="GROOD inference", disable=not progress, leave=False):
+    for batch in track(data_loader, "GROOD inference", progress):
         data, label = _batch_data_label(batch, "inference")
         pred, conf = postprocess(net, data.to(device))
         preds.append(pred.detach().cpu().reshape(-1))
@@ -537,7 +538,7 @@ class GROODPostprocessor(BasePostprocessor):
             "id_val": _loader_dataset(id_loader_dict, "val", "id_loader_dict", required=False),
             "ood_val": _loader_dataset(ood_loader_dict, "val", "ood_loader_dict", required=False),
         }
-        self._num_workers = int(getattr(id_loader_dict["train"], "num_workers", 0))
+        self._num_workers = loader_workers(int(getattr(id_loader_dict["train"], "num_workers", 0)))
         self.device = (resolve_device(self.params["device"]) if self.params["device"] is not None
                        else _module_device(net))
         self.network = as_split_network(

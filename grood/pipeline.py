@@ -46,6 +46,7 @@ from grood.method.strategies import (
 )
 from grood.metrics import accuracy
 from grood.provenance import git_commit, package_versions, sha256_of_file
+from grood.resources import loader_workers
 
 log = logging.getLogger(__name__)
 
@@ -506,8 +507,9 @@ def baseline_split_scores(
     scores = {}
     for split in splits:
         loader = torch.utils.data.DataLoader(run.dataset(split), batch_size=run.config.batch_size,
-                                             num_workers=run.config.num_workers)
-        scores[split] = detector.score_images(run.network, loader, device=run.device)
+                                             num_workers=loader_workers(run.config.num_workers))
+        scores[split] = detector.score_images(run.network, loader, device=run.device, description=f"ODIN {split}",
+                                              progress=run.config.progress)
     return scores
 
 

@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 
 from grood.device import resolve_device
 from grood.io import atomic_write, write_json
+from grood.resources import loader_workers
 
 log = logging.getLogger(__name__)
 
@@ -374,7 +375,7 @@ def train(
     loader_generator = torch.Generator().manual_seed(config.seed)
     mixup_generator = torch.Generator().manual_seed(config.seed + 1)
     train_loader = DataLoader(
-        train_set, batch_size=config.batch_size, shuffle=True, num_workers=config.num_workers,
+        train_set, batch_size=config.batch_size, shuffle=True, num_workers=loader_workers(config.num_workers),
         generator=loader_generator, drop_last=False, pin_memory=device.type == "cuda",
     )
     sizes = data_sizes(len(train_set), len(test_set) if test_set is not None else 0, config)
@@ -388,7 +389,7 @@ def train(
     use_amp = config.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     test_loader = (
-        DataLoader(test_set, batch_size=config.batch_size, num_workers=config.num_workers,
+        DataLoader(test_set, batch_size=config.batch_size, num_workers=loader_workers(config.num_workers),
                    pin_memory=device.type == "cuda")
         if test_set is not None else None
     )

@@ -30,6 +30,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from grood.config import ConfigError, to_plain  # noqa: E402
+from grood.resources import configure_threads  # noqa: E402
 from grood.reproduce import (  # noqa: E402
     SPEC_DIR,
     Compose,
@@ -79,6 +80,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    configure_threads()
     try:
         targets = expand_targets(args.targets, args.spec_dir)
         specs = [load_spec(name, args.smoke, args.spec_dir) for name in targets]

@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from grood.config import ConfigError, check_command_line, register_configs, validate  # noqa: E402
 from grood.pipeline import (MethodsFailedError, MissingInputError, RunInputError,  # noqa: E402
                             check_results_folder, run_evaluation)
+from grood.resources import configure_threads  # noqa: E402
 
 log = logging.getLogger("grood.run")
 register_configs()
@@ -38,6 +39,7 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="config")
 def main(cfg: DictConfig) -> float | None:
+    configure_threads()
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         config = validate(cfg)

@@ -43,6 +43,7 @@ from grood.data import Benchmark, ImageListError, resolve_spec, test_transform  
 from grood.io import write_json  # noqa: E402
 from grood.pipeline import resolve_benchmark  # noqa: E402
 from grood.provenance import git_commit, package_versions  # noqa: E402
+from grood.resources import configure_threads  # noqa: E402
 from grood.data.download import manual_notes  # noqa: E402
 from grood.training import (  # noqa: E402
     ResumeMismatchError,
@@ -219,6 +220,7 @@ def run_training(cfg: DictConfig) -> Path:
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    configure_threads()
     try:
         last = run_training(cfg)
     except (TrainingDataError, ResumeMismatchError) as error:  # setup problems: the message, no traceback

@@ -249,6 +249,7 @@ def test_gradients_flow_through_the_split() -> None:
     assert net.conv1.weight.grad is not None and net.conv1.weight.grad.abs().sum() > 0
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_runs_on_cuda(networks: dict[str, SplitNetwork], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # full fp32, comparable to the CPU

@@ -240,6 +240,7 @@ def test_ivf_too_small_training_set_error_reaches_the_user(blobs) -> None:
         detector.fit(blobs["train"], blobs["train_labels"])
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("index", ["exact", "torch"])
 def test_cuda_device_matches_cpu(blobs, index: str) -> None:

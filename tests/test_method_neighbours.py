@@ -228,6 +228,7 @@ def test_load_errors(tmp_path: Path) -> None:
         build_index("torch", 3).save(tmp_path / "empty.pt")
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("kind", list(INDEX_CLASSES))
 def test_cuda_inputs(kind: str) -> None:

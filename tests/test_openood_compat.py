@@ -372,7 +372,8 @@ def test_batches_must_be_openood_dicts(trained_net):
         GROODPostprocessor(progress=False).setup(trained_net, {"test": DataLoader(pairs)}, {})
 
 
-@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[
+    pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")])])
 def test_runs_on_the_device_of_the_network(device, trained_net, fitted):
     """No .cuda(): the network's device decides; a CUDA run scores like the CPU run."""
     reference, id_dict, ood_dict = fitted

@@ -19,6 +19,8 @@ import torch
 from PIL import Image, ImageFile
 from torch.utils.data import DataLoader, Dataset
 
+from grood.resources import loader_workers
+
 
 class ImageListError(ValueError):
     """An image list that cannot be used: malformed line, missing image, label out of range."""
@@ -258,7 +260,7 @@ def build_loader(
         dataset,
         batch_size=batch_size,
         shuffle=shuffle,
-        num_workers=num_workers,
+        num_workers=loader_workers(num_workers),
         generator=generator,
         pin_memory=torch.cuda.is_available(),
         drop_last=False,

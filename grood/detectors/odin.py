@@ -29,6 +29,7 @@ from torch import nn
 from grood.detectors._common import DEFAULT_BATCH_SIZE, BaselineDetector
 from grood.device import resolve_device
 from grood.featureset import FeatureSet, LinearHead
+from grood.progress import track
 
 #: OpenOOD v1.5's normalisation std per ID dataset (``openood/preprocessors/transform.py``), the
 #: ``input_std`` it uses for ODIN (unknown datasets fall back to 0.5 per channel there).
@@ -146,7 +147,8 @@ class ODIN(BaselineDetector):
         return images.detach() - self.noise * direction / std
 
     def score_images(
-        self, network: nn.Module, loader: Iterable[Any], device: str | torch.device | None = None
+        self, network: nn.Module, loader: Iterable[Any], device: str | torch.device | None = None,
+        progress: bool = False, description: str = "ODIN perturbation pass",
     ) -> torch.Tensor:
         """``[N]`` CPU ODIN scores (higher = more ID) of every image the loader yields, in order.
 
@@ -156,6 +158,7 @@ class ODIN(BaselineDetector):
             loader: yields image tensors, ``(images, labels, ...)`` tuples or ``{"data": images}`` dicts.
             device: where the images go (None: the device of the network's parameters, else the
                 detector's ``device``). The network is not moved.
+            progress: a tqdm bar; False logs the pass's start and end (:mod:`grood.progress`).
         """
         self._check_fitted()
         run_on = resolve_device(device) if device is not None else _network_device(network, self.device)
@@ -163,7 +166,7 @@ class ODIN(BaselineDetector):
         network.eval()
         parts = []
         try:
-            for batch in loader:
+            for batch in track(loader, description, progress):
                 images = _images_of(batch).to(run_on)
                 perturbed = self.perturb(network, images)
                 with torch.no_grad():

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from tqdm.auto import tqdm
 
 from grood.device import resolve_device
 from grood.io import atomic_directory, atomic_file
@@ -38,6 +37,7 @@ from grood.method.ncp import (
 )
 from grood.method.neighbours import INDEX_KINDS, NeighbourIndex, build_index, kth_neighbour_distance, load_index
 from grood.method.prototypes import ClassMeanAccumulator, check_ood_prototype_separated, mean_of_class_prototypes
+from grood.progress import track
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ class GROOD:
 
     def _batches(self, count: int, description: str) -> Iterator[slice]:
         starts = range(0, count, self.batch_size)
-        for start in tqdm(starts, desc=description, disable=not self.progress, leave=False):
+        for start in track(starts, f"{description} ({count:,} rows)", self.progress):
             yield slice(start, min(start + self.batch_size, count))
 
     def _check_features(self, features: torch.Tensor, name: str = "features") -> None:

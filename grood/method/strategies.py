@@ -32,10 +32,11 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
-from tqdm.auto import tqdm
 
 from grood.device import resolve_device
 from grood.method.prototypes import mean_of_class_prototypes, ood_prototype, proximity_filter
+from grood.progress import track
+from grood.resources import loader_workers
 
 def stratified_sample(labels: torch.Tensor, count: int | None, seed: int) -> torch.Tensor:
     """Indices of a seeded random sample of ``count`` rows drawn evenly across the classes in ``labels``.
@@ -119,9 +120,10 @@ def mixup_features(
     rows = stratified_sample(strata, num_images, seed)
     second = second_predicted_class(train_logits)[rows]
     prototypes = early_prototypes.to(device)
-    loader = DataLoader(Subset(train_dataset, rows.tolist()), batch_size=batch_size, num_workers=num_workers)
+    loader = DataLoader(Subset(train_dataset, rows.tolist()), batch_size=batch_size,
+                        num_workers=loader_workers(num_workers))
     outputs, start = [], 0
-    for images, _ in tqdm(loader, desc="mixup prototype", disable=not progress, leave=False):
+    for images, _ in track(loader, "mixup prototype", progress):
         images = images.to(device)
         c2 = second[start : start + images.shape[0]].to(device)
         start += images.shape[0]
@@ -337,9 +339,9 @@ def network_features(
         raise ValueError(f"{description}: no image to run the network on")
     device = resolve_device(device)
     network = network.to(device).eval()
-    loader = DataLoader(images, batch_size=batch_size, num_workers=num_workers)
+    loader = DataLoader(images, batch_size=batch_size, num_workers=loader_workers(num_workers))
     outputs = [network.mid(network.early(batch.to(device))).float().cpu()
-               for batch, _ in tqdm(loader, desc=description, disable=not progress, leave=False)]
+               for batch, _ in track(loader, description, progress)]
     return torch.cat(outputs)
 
 

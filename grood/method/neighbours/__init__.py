@@ -36,9 +36,9 @@ import os
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from grood.method._checks import check_matrix
+from grood.progress import track
 from grood.method.neighbours.base import NeighbourIndex, _faiss_gpu_available  # noqa: F401 - tests import it here
 from grood.method.neighbours.exact import ExactIndex
 from grood.method.neighbours.ivf import (
@@ -141,6 +141,6 @@ def kth_neighbour_distance(
     starts = range(0, queries.shape[0], int(batch_size))
     parts = [
         index.search(queries[start : start + batch_size], k)[0][:, k - 1]
-        for start in tqdm(starts, desc=f"{index.kind} neighbour search", disable=not progress, leave=False)
+        for start in track(starts, f"{index.kind} neighbour search ({queries.shape[0]:,} queries)", progress)
     ]
     return torch.cat(parts)

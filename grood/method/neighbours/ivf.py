@@ -7,6 +7,7 @@ import os
 
 import torch
 
+from grood.progress import phase
 from grood.io import atomic_file
 from grood.method.kmeans import balanced_centroids, direction_projection, nearest_cells, routing_coordinates
 from grood.method.neighbours.base import (
@@ -179,7 +180,8 @@ class IVFIndex(NeighbourIndex):
         sample_vectors = vectors[sample.to(vectors.device)]
         self.projection = direction_projection(sample_vectors, self.routing_dim)
         coordinates = routing_coordinates(sample_vectors, self.projection)
-        self.centroids = balanced_centroids(coordinates, nlist, iterations=self.niter)
+        with phase(f"IVF k-means ({nlist} cells)", coordinates.shape[0]):
+            self.centroids = balanced_centroids(coordinates, nlist, iterations=self.niter)
         self.nlist = nlist
         self.offsets = torch.zeros(self.num_cells + 1, dtype=torch.long, device=self.device)
 
