@@ -212,6 +212,16 @@ class MethodConfig:
 
     name: str = MISSING
     params: Any = None
+    preset: Optional[str] = None    # set by a preset of settings (configs/method/grood_openood.yaml); see PRESETS
+
+
+#: A method preset (``method=<preset>``, a ``# @package _global_`` option that also selects other groups) ->
+#: the method it runs (``method.name``, so results tables list it as that method) and the settings that make
+#: it that preset. :func:`grood.config.validate` refuses a run that records the preset but changed one of them.
+PRESETS: dict[str, dict[str, Any]] = {
+    "grood_openood": {"method.name": "grood", "prototype.strategy": "val_ood", "index.kind": "faiss_ivf",
+                      "method.params.fit_on": "correct"},
+}
 
 
 # --------------------------------------------------------------------------- GROOD's OOD prototype
@@ -285,8 +295,25 @@ class TorchIndexParams:
         return []
 
 
+@dataclass
+class FaissIVFIndexParams:
+    """``index=faiss_ivf``: FAISS ``IndexIVFFlat`` with the author's OpenOOD rule (grood.method.neighbours.faiss_ivf)."""
+
+    nprobe: int = 4                   # cells scanned per query (the port's 4)
+    nlist: Optional[int] = None       # None = int(4 * sqrt(train_batches))
+    train_batches: Optional[int] = None  # None = min(600, floor(0.8 * batches)) loader batches train the cells
+    loader_batch_size: int = 200      # training rows per loader batch (OpenOOD's Evaluator default)
+
+    def problems(self) -> list[str]:
+        found: list[str] = []
+        for key in ("nprobe", "nlist", "train_batches", "loader_batch_size"):
+            _at_least(found, key, getattr(self, key), 1)
+        return found
+
+
 #: Index kind -> its params' schema.
-INDEX_SCHEMAS: dict[str, type] = {"exact": ExactIndexParams, "ivf": IVFIndexParams, "torch": TorchIndexParams}
+INDEX_SCHEMAS: dict[str, type] = {"exact": ExactIndexParams, "ivf": IVFIndexParams, "torch": TorchIndexParams,
+                                  "faiss_ivf": FaissIVFIndexParams}
 
 
 @dataclass

@@ -66,7 +66,8 @@ class GROOD:
 
     Args:
         index: nearest-neighbour index kind for eq. 6: ``"exact"`` (FAISS flat, default), ``"ivf"``
-            (inverted file, appendix A.4) or ``"torch"`` (no FAISS); see :mod:`grood.method.neighbours`.
+            (inverted file, appendix A.4), ``"torch"`` (no FAISS) or ``"faiss_ivf"`` (FAISS ``IndexIVFFlat``
+            with the author's OpenOOD cell rule); see :mod:`grood.method.neighbours`.
         k: score with the distance to the ``k``-th nearest training gradient (``1`` = eq. 6; Fig. 5).
         index_params: keyword arguments of the index, e.g. ``{"nlist": 256, "nprobe": 8}`` for "ivf", or
             ``{"norm_pruning": True}`` for "torch" (exact search that skips gradients out of reach by norm).
@@ -341,8 +342,9 @@ class GROOD:
             else:
                 self._gradient(h, y, out=gradients[filled : filled + h.shape[0]])
             filled += h.shape[0]
-        if not index.incremental_add:
-            index.add(gradients)
+        if not index.incremental_add:  # with each gradient's training row ("faiss_ivf" trains on the first batches)
+            rows = torch.arange(features.shape[0]) if keep is None else keep.nonzero().flatten().cpu()
+            index.add_training(gradients, rows, total_rows=features.shape[0])
         self.index = index
 
     # -------------------------------------------------------------------------------------- score
@@ -465,7 +467,7 @@ class GROOD:
                 config_path.write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
 
     def _index_file_name(self) -> str:
-        return "index.faiss" if self.index_kind == "exact" else "index.pt"
+        return "index.faiss" if self.index_kind in ("exact", "faiss_ivf") else "index.pt"
 
     @classmethod
     def load(
