@@ -51,6 +51,8 @@ UNSET_OPTIONAL_KEYS: tuple[str, ...] = (
     "method.preset", "backbone.target", "backbone.early_layer", "backbone.feature_layer", "backbone.head_layer",
     "backbone.kwargs",
 )
+#: Config nodes whose keys are free (not declared in the schema), and what they hold.
+OPEN_KEYS: dict[str, str] = {"backbone.kwargs": "the keyword arguments of backbone.target (backbone=module)"}
 
 # --------------------------------------------------------------------------- validation
 def _walk_problems(node: Any, prefix: str) -> list[str]:
@@ -225,6 +227,9 @@ def explain_override_error(error: BaseException, cfg: DictConfig | None = None) 
     if cause is None or not full_key or cfg is None:
         return message
     parent_key = full_key.rpartition(".")[0]
+    if parent_key in OPEN_KEYS:  # a dict of free keys: Hydra adds a new one with '+'
+        return (f"{message}\n{parent_key} holds {OPEN_KEYS[parent_key]}; add a key with +{full_key}=<value> "
+                f"(Hydra's '+' for a key the config does not hold yet)")
     node = OmegaConf.select(cfg, parent_key) if parent_key else cfg
     if isinstance(node, DictConfig):
         valid = ", ".join(str(k) for k in node.keys())

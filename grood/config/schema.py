@@ -103,10 +103,31 @@ class BackboneConfig:
     split_block: Optional[int] = None   # None = the default split (after the first block)
     weights: Optional[str] = None       # torchvision weight name or file (ImageNet nets)
     transform: TransformConfig = field(default_factory=TransformConfig)
+    # backbone=module only: any importable network factory, split by layer name (grood.wrap). Its checkpoint
+    # is dataset.checkpoint, the one checkpoint setting (the issue's `backbone.checkpoint`).
+    target: Optional[str] = None        # e.g. torchvision.models.resnet50 (called with kwargs)
+    early_layer: Optional[str] = None   # e.g. layer1: the early split (eq. 9's mixup layer)
+    feature_layer: Optional[str] = None  # e.g. avgpool; None = the input of head_layer
+    head_layer: Optional[str] = None    # e.g. fc: the final classifier layer
+    kwargs: Dict[str, Any] = field(default_factory=dict)  # the factory's keyword arguments, e.g. num_classes: 10
 
     def problems(self) -> list[str]:
         found: list[str] = []
         _at_least(found, "split_block", self.split_block, 0)
+        module_keys = {"target": self.target, "early_layer": self.early_layer, "feature_layer": self.feature_layer,
+                       "head_layer": self.head_layer, "kwargs": self.kwargs or None}
+        if self.name == "module":
+            for key in ("target", "early_layer", "head_layer"):
+                if not module_keys[key]:
+                    found.append(f"{key}={module_keys[key]!r}: backbone=module needs it (e.g. backbone.target="
+                                 "torchvision.models.resnet18 backbone.early_layer=layer1 backbone.head_layer=fc)")
+            for key in ("split_block", "weights"):
+                if getattr(self, key) is not None:
+                    found.append(f"{key}={getattr(self, key)!r}: not read by backbone=module (the split is "
+                                 "early_layer; torchvision weights go in kwargs.weights); leave it null")
+        else:
+            found += [f"{key}={value!r}: read only by backbone=module; leave it unset"
+                      for key, value in module_keys.items() if value is not None]
         return found + [f"transform.{p}" for p in self.transform.problems()]
 
 

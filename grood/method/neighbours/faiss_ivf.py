@@ -28,7 +28,7 @@ import os
 import torch
 
 from grood.method._checks import check_finite, check_matrix
-from grood.method.neighbours.base import NeighbourIndex, _faiss, _to_faiss
+from grood.method.neighbours.base import NeighbourIndex, _faiss, _to_faiss, log
 from grood.method.neighbours.exact import _FaissIndex
 
 #: OpenOOD v1.5's ``Evaluator`` default batch size: the loader batches the author's rule counts.
@@ -133,6 +133,9 @@ class FaissIVFIndex(_FaissIndex):
         index.train(_to_faiss(vectors[training.to(vectors.device)]))
         index.nprobe = min(self.nprobe, nlist)
         self.index, self.nlist, self.train_batches = index, nlist, train_batches
+        log.info("faiss_ivf: %d training rows = %d loader batches of %d; cells trained on the vectors of the first %d "
+                 "(%d vectors), nlist %d, nprobe %d", total_rows, math.ceil(int(total_rows) / self.loader_batch_size),
+                 self.loader_batch_size, train_batches, count, nlist, index.nprobe)
         self.add(vectors)
 
     def _add(self, vectors: torch.Tensor) -> None:
