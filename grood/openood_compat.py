@@ -424,7 +424,10 @@ class GROODPostprocessor(BasePostprocessor):
         mixup_lambda, num_images, keep, corruptions, filter_quantile, min_keep: the strategies' parameters
             (each strategy reads its own; None = its default, e.g. ``num_images`` = every training image
             for the mixup, 100 for "val_ood"); ``filter_quantile`` is the section-5.2 proximity filter.
-        index: nearest-neighbour index of eq. 6: ``"exact"`` (FAISS flat), ``"ivf"`` (appendix A.4) or ``"torch"``.
+        index: nearest-neighbour index of eq. 6: ``"exact"`` (the fastest exact search), ``"faiss_flat"``, ``"ivf"`` (appendix A.4), ``"torch"``
+            or ``"faiss_ivf"`` (FAISS IndexIVFFlat, the author's cell rule). The author's OpenOOD configuration
+            (``method=grood_openood`` in the pipeline): ``prototype="val_ood", num_images=200, fit_on="correct",
+            index="faiss_ivf"``.
         index_params: the index's arguments, e.g. ``{"nlist": 256, "nprobe": 8}`` for ``"ivf"``, or
             ``{"norm_pruning": True}`` for ``"torch"`` (exact, skips gradients out of reach by norm).
         k: score with the ``k``-th nearest training gradient (Fig. 5).

@@ -107,6 +107,8 @@ class BenchmarkRun:
             "backbone": backbone.name,
             "split_block": backbone.split_block,
             "weights": backbone.weights,
+            **({"module": [backbone.target, backbone.early_layer, backbone.feature_layer, backbone.head_layer,
+                           dict(backbone.kwargs)]} if backbone.name == "module" else {}),
             "transform": repr(self.transform),
             "data_root": str(self.data_root),
             "list_sha256": self.dataset(split).list_sha256,
@@ -243,9 +245,12 @@ def prepare_run(config: RunConfig) -> BenchmarkRun:
         )
     else:
         try:
-            network = build_backbone(config.backbone.name, num_classes=benchmark.num_classes,
-                                     checkpoint=checkpoint_path, split_block=config.backbone.split_block,
-                                     weights=config.backbone.weights)
+            backbone = config.backbone
+            network = build_backbone(backbone.name, num_classes=benchmark.num_classes,
+                                     checkpoint=checkpoint_path, split_block=backbone.split_block,
+                                     weights=backbone.weights, target=backbone.target,
+                                     early_layer=backbone.early_layer, feature_layer=backbone.feature_layer,
+                                     head_layer=backbone.head_layer, kwargs=dict(backbone.kwargs) or None)
         except (ValueError, RuntimeError) as error:  # unreadable or mismatched checkpoint, bad split_block
             unusable.append(f"backbone {config.backbone.name} with checkpoint {checkpoint_path}: {error}")
     feature_dim = 0

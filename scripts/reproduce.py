@@ -56,7 +56,7 @@ def hydra_composer(config_dir: Path = CONFIG_DIR) -> Iterator[Compose]:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("targets", nargs="+", help="table1..table7, figure2..figure5, appendix_a4, figures, all")
+    parser.add_argument("targets", nargs="+", help="table1..table7, figure2..figure5, appendix_a4, author, figures, all")
     parser.add_argument("--smoke", action="store_true", help="the smoke version (shared smoke benchmark, CPU)")
     parser.add_argument("--force", action="store_true", help="re-run jobs whose results already exist")
     parser.add_argument("--tables-only", action="store_true",

@@ -88,7 +88,7 @@ def networks(torchvision_pairs: dict[str, tuple[torch.nn.Module, SplitNetwork]])
 
 # ----------------------------------------------------------------------------- interface and shapes
 def test_registry_lists_every_backbone() -> None:
-    assert sorted(backbone_names()) == sorted(ALL)
+    assert sorted(backbone_names()) == sorted([*ALL, "module"])  # module: any factory (tests/test_module_backbone.py)
 
 
 @pytest.mark.parametrize("name", ALL)

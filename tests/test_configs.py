@@ -11,6 +11,7 @@ from grood.backbones import backbone_names
 from grood.data import available_benchmarks
 from grood.detectors import DETECTORS
 from grood.config import ConfigError, compose_run_config, hydra_compose
+from grood.config.schema import PRESETS
 from grood.pipeline import method_list
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -31,9 +32,13 @@ def test_every_group_option_composes_and_names_a_real_thing() -> None:
         assert config["backbone"]["name"] in backbone_names(), dataset
     for backbone in _options("backbone"):
         assert _compose([f"backbone={backbone}"])["backbone"]["name"] == backbone
-    assert set(_options("method")) == set(DETECTORS) | {"all"}
+    assert set(_options("method")) == set(DETECTORS) | {"all"} | set(PRESETS)
     for method in _options("method"):
-        assert _compose([f"method={method}"])["method"]["name"] == method
+        composed = _compose([f"method={method}"])["method"]
+        if method in PRESETS:  # a preset runs its method and records its own name
+            assert (composed["name"], composed["preset"]) == (PRESETS[method]["method.name"], method)
+        else:
+            assert composed["name"] == method
     for group in ("prototype", "index", "experiment"):
         for option in _options(group):
             _compose([f"{group}={option}"])

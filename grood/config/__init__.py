@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from grood.config.schema import (
     INDEX_SCHEMAS,
     METHOD_PARAMS,
+    PRESETS,
     PROTOTYPE_SCHEMAS,
     AllParams,
     ConfigError,
@@ -44,6 +45,14 @@ NON_RESULT_KEYS: tuple[str, ...] = (
     "paths.shared_dir", "paths.smoke_data_root", "paths.checkpoint_root", "cache.verify", "check_files",
 )
 
+#: Keys added after results were first recorded, left out of :func:`result_config` while unset (None or
+#: ``{}``), so that the runs recorded before them keep their config hash.
+UNSET_OPTIONAL_KEYS: tuple[str, ...] = (
+    "method.preset", "backbone.target", "backbone.early_layer", "backbone.feature_layer", "backbone.head_layer",
+    "backbone.kwargs",
+)
+#: Config nodes whose keys are free (not declared in the schema), and what they hold.
+OPEN_KEYS: dict[str, str] = {"backbone.kwargs": "the keyword arguments of backbone.target (backbone=module)"}
 
 # --------------------------------------------------------------------------- validation
 def _walk_problems(node: Any, prefix: str) -> list[str]:
@@ -83,6 +92,25 @@ def _check_group_types(config: RunConfig) -> list[str]:
     return found
 
 
+def _check_preset(config: RunConfig) -> list[str]:
+    """A run that records ``method.preset`` holds that preset's settings (:data:`~grood.config.schema.PRESETS`):
+    changing one of them is another configuration, which ``method=grood`` with the settings wanted runs."""
+    preset = getattr(config.method, "preset", None)
+    if preset is None:
+        return []
+    if preset not in PRESETS:
+        return [f"method.preset={preset!r}: unknown preset; valid: {sorted(PRESETS)}"]
+    found = []
+    for key, wanted in PRESETS[preset].items():
+        value: Any = config
+        for part in key.split("."):
+            value = getattr(value, part, None)
+        if value != wanted:
+            found.append(f"{key}={value!r}: method={preset} sets {key}={wanted!r}; to change it, run method=grood "
+                         f"with the settings you want instead of the preset")
+    return found
+
+
 def validate(cfg: DictConfig | RunConfig) -> RunConfig:
     """The composed config as a checked :class:`RunConfig`; every problem is reported at once.
 
@@ -108,6 +136,8 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
             raise ConfigError("undeclared configuration key(s), which nothing would read: " + ", ".join(undeclared)
                               + "\n(every key is declared in grood/config/schema.py; check the spelling)")
     problems = _check_group_types(config)
+    if not problems:
+        problems = _check_preset(config)
     if not problems:
         problems = _walk_problems(config, "")
     if problems:
@@ -152,12 +182,12 @@ def result_config(plain: dict[str, Any]) -> dict[str, Any]:
     dataset = out.get("dataset") or {}
     if dataset.get("checkpoint"):
         dataset["checkpoint"] = str(Path(dataset["checkpoint"]).expanduser().resolve())
-    for dotted in NON_RESULT_KEYS:
+    for dotted in (*NON_RESULT_KEYS, *UNSET_OPTIONAL_KEYS):
         node = out
         *parents, last = dotted.split(".")
         for key in parents:
             node = node.get(key, {}) if isinstance(node, dict) else {}
-        if isinstance(node, dict):
+        if isinstance(node, dict) and (dotted in NON_RESULT_KEYS or node.get(last) in (None, {})):
             node.pop(last, None)
     return out
 
@@ -197,6 +227,9 @@ def explain_override_error(error: BaseException, cfg: DictConfig | None = None) 
     if cause is None or not full_key or cfg is None:
         return message
     parent_key = full_key.rpartition(".")[0]
+    if parent_key in OPEN_KEYS:  # a dict of free keys: Hydra adds a new one with '+'
+        return (f"{message}\n{parent_key} holds {OPEN_KEYS[parent_key]}; add a key with +{full_key}=<value> "
+                f"(Hydra's '+' for a key the config does not hold yet)")
     node = OmegaConf.select(cfg, parent_key) if parent_key else cfg
     if isinstance(node, DictConfig):
         valid = ", ".join(str(k) for k in node.keys())

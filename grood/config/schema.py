@@ -103,10 +103,31 @@ class BackboneConfig:
     split_block: Optional[int] = None   # None = the default split (after the first block)
     weights: Optional[str] = None       # torchvision weight name or file (ImageNet nets)
     transform: TransformConfig = field(default_factory=TransformConfig)
+    # backbone=module only: any importable network factory, split by layer name (grood.wrap). Its checkpoint
+    # is dataset.checkpoint, the one checkpoint setting (the issue's `backbone.checkpoint`).
+    target: Optional[str] = None        # e.g. torchvision.models.resnet50 (called with kwargs)
+    early_layer: Optional[str] = None   # e.g. layer1: the early split (eq. 9's mixup layer)
+    feature_layer: Optional[str] = None  # e.g. avgpool; None = the input of head_layer
+    head_layer: Optional[str] = None    # e.g. fc: the final classifier layer
+    kwargs: Dict[str, Any] = field(default_factory=dict)  # the factory's keyword arguments, e.g. num_classes: 10
 
     def problems(self) -> list[str]:
         found: list[str] = []
         _at_least(found, "split_block", self.split_block, 0)
+        module_keys = {"target": self.target, "early_layer": self.early_layer, "feature_layer": self.feature_layer,
+                       "head_layer": self.head_layer, "kwargs": self.kwargs or None}
+        if self.name == "module":
+            for key in ("target", "early_layer", "head_layer"):
+                if not module_keys[key]:
+                    found.append(f"{key}={module_keys[key]!r}: backbone=module needs it (e.g. backbone.target="
+                                 "torchvision.models.resnet18 backbone.early_layer=layer1 backbone.head_layer=fc)")
+            for key in ("split_block", "weights"):
+                if getattr(self, key) is not None:
+                    found.append(f"{key}={getattr(self, key)!r}: not read by backbone=module (the split is "
+                                 "early_layer; torchvision weights go in kwargs.weights); leave it null")
+        else:
+            found += [f"{key}={value!r}: read only by backbone=module; leave it unset"
+                      for key, value in module_keys.items() if value is not None]
         return found + [f"transform.{p}" for p in self.transform.problems()]
 
 
@@ -212,6 +233,16 @@ class MethodConfig:
 
     name: str = MISSING
     params: Any = None
+    preset: Optional[str] = None    # set by a preset of settings (configs/method/grood_openood.yaml); see PRESETS
+
+
+#: A method preset (``method=<preset>``, a ``# @package _global_`` option that also selects other groups) ->
+#: the method it runs (``method.name``, so results tables list it as that method) and the settings that make
+#: it that preset. :func:`grood.config.validate` refuses a run that records the preset but changed one of them.
+PRESETS: dict[str, dict[str, Any]] = {
+    "grood_openood": {"method.name": "grood", "prototype.strategy": "val_ood", "index.kind": "faiss_ivf",
+                      "method.params.fit_on": "correct"},
+}
 
 
 # --------------------------------------------------------------------------- GROOD's OOD prototype
@@ -285,9 +316,25 @@ class TorchIndexParams:
         return []
 
 
+@dataclass
+class FaissIVFIndexParams:
+    """``index=faiss_ivf``: FAISS ``IndexIVFFlat`` with the author's OpenOOD rule (grood.method.neighbours.faiss_ivf)."""
+
+    nprobe: int = 4                   # cells scanned per query (the port's 4)
+    nlist: Optional[int] = None       # None = int(4 * sqrt(train_batches))
+    train_batches: Optional[int] = None  # None = min(600, floor(0.8 * batches)) loader batches train the cells
+    loader_batch_size: int = 200      # training rows per loader batch (OpenOOD's Evaluator default)
+
+    def problems(self) -> list[str]:
+        found: list[str] = []
+        for key in ("nprobe", "nlist", "train_batches", "loader_batch_size"):
+            _at_least(found, key, getattr(self, key), 1)
+        return found
+
+
 #: Index kind -> its params' schema.
 INDEX_SCHEMAS: dict[str, type] = {"exact": ExactIndexParams, "faiss_flat": ExactIndexParams, "ivf": IVFIndexParams,
-                                   "torch": TorchIndexParams}
+                                  "torch": TorchIndexParams, "faiss_ivf": FaissIVFIndexParams}
 
 
 @dataclass

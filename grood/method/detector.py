@@ -67,7 +67,8 @@ class GROOD:
     Args:
         index: nearest-neighbour index kind for eq. 6: ``"exact"`` (default: the fastest exact search for the
             device, :func:`grood.method.neighbours.exact_choice`), ``"faiss_flat"`` (FAISS ``IndexFlatL2``),
-            ``"ivf"`` (inverted file, appendix A.4) or ``"torch"`` (no FAISS); see :mod:`grood.method.neighbours`.
+            ``"ivf"`` (inverted file, appendix A.4), ``"torch"`` (no FAISS) or ``"faiss_ivf"`` (FAISS
+            ``IndexIVFFlat`` with the author's OpenOOD cell rule); see :mod:`grood.method.neighbours`.
         k: score with the distance to the ``k``-th nearest training gradient (``1`` = eq. 6; Fig. 5).
         index_params: keyword arguments of the index, e.g. ``{"nlist": 256, "nprobe": 8}`` for "ivf", or
             ``{"norm_pruning": True}`` for "torch" (exact search that skips gradients out of reach by norm).
@@ -342,8 +343,9 @@ class GROOD:
             else:
                 self._gradient(h, y, out=gradients[filled : filled + h.shape[0]])
             filled += h.shape[0]
-        if not index.incremental_add:
-            index.add(gradients)
+        if not index.incremental_add:  # with each gradient's training row ("faiss_ivf" trains on the first batches)
+            rows = torch.arange(features.shape[0]) if keep is None else keep.nonzero().flatten().cpu()
+            index.add_training(gradients, rows, total_rows=features.shape[0])
         self.index = index
 
     # -------------------------------------------------------------------------------------- score
@@ -467,7 +469,7 @@ class GROOD:
                 config_path.write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
 
     def _index_file_name(self) -> str:
-        return "index.faiss" if self.index.kind == "faiss_flat" else "index.pt"
+        return "index.faiss" if self.index.kind in ("faiss_flat", "faiss_ivf") else "index.pt"
 
     @classmethod
     def load(

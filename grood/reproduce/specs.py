@@ -22,7 +22,7 @@ SPEC_DIR = package_data_dir("grood.reproduce", "targets")
 GROUPS = {
     "figures": ["figure2", "figure3", "figure4", "figure5", "appendix_a4"],
     "all": ["table2", "table1", "table3", "table4", "table5", "table6", "table7",
-            "figure2", "figure3", "figure4", "figure5", "appendix_a4"],
+            "figure2", "figure3", "figure4", "figure5", "appendix_a4", "author"],
 }
 
 

@@ -1,6 +1,6 @@
 """Nearest-neighbour search in gradient space (paper eq. 6 and appendix A.4): one module per index kind.
 
-Three index kinds behind one small interface (:class:`NeighbourIndex`: ``add``, ``search``,
+Four index kinds behind one small interface (:class:`NeighbourIndex`: ``add``, ``search``,
 ``ntotal``, ``dim``, ``save``, ``load``), made by :func:`build_index`, and ``"exact"`` (the default), which
 builds the fastest exact one for the device (:func:`exact_choice`):
 
@@ -10,6 +10,9 @@ builds the fastest exact one for the device (:func:`exact_choice`):
   compared with all the queries that probe it in one matrix product, and cells balanced for vectors
   whose norms span orders of magnitude (see :class:`IVFIndex`). Defaults: ``nlist = round(sqrt(N))``
   (at most ``N // 39``), ``nprobe`` :data:`DEFAULT_NPROBE`. Runs on the vectors' device, CUDA included.
+- ``"faiss_ivf"``: FAISS's own ``IndexIVFFlat`` with the cell rule of the paper author's OpenOOD port
+  (``nlist = int(4 sqrt(T))``, ``T = min(600, floor(0.8 * batches))`` training batches of 200 rows,
+  ``nprobe`` 4); see :mod:`~grood.method.neighbours.faiss_ivf`.
 - ``"torch"``: exact search in pure torch (blocks of queries against blocks of vectors), no FAISS
   needed; runs on the vectors' device, CUDA included. ``norm_pruning=True`` skips, still exactly, the
   vectors whose norm alone puts them out of reach (see :class:`TorchIndex`).
@@ -25,7 +28,8 @@ Inputs may live on any device; they are converted to contiguous float32 numpy fo
 when they already are CPU float32 contiguous tensors).
 
 Modules: :mod:`~grood.method.neighbours.base` (the interface), :mod:`~grood.method.neighbours.exact`,
-:mod:`~grood.method.neighbours.ivf`, :mod:`~grood.method.neighbours.torch_index`; this package holds the
+:mod:`~grood.method.neighbours.ivf`, :mod:`~grood.method.neighbours.torch_index`,
+:mod:`~grood.method.neighbours.faiss_ivf`; this package holds the
 registry (:data:`INDEX_KINDS`, :func:`build_index`, :func:`load_index`) and eq. 6
 (:func:`kth_neighbour_distance`).
 """
@@ -41,6 +45,7 @@ from grood.method._checks import check_matrix
 from grood.progress import track
 from grood.method.neighbours.base import NeighbourIndex, _faiss_gpu_available  # noqa: F401 - tests import it here
 from grood.method.neighbours.exact import ExactIndex
+from grood.method.neighbours.faiss_ivf import FaissIVFIndex
 from grood.method.neighbours.ivf import (
     DEFAULT_KMEANS_ITERATIONS,
     DEFAULT_NPROBE,
@@ -53,7 +58,7 @@ from grood.method.neighbours.ivf import (
 from grood.method.neighbours.torch_index import PRUNING_QUERY_BLOCK, TORCH_DATABASE_BLOCK, TorchIndex
 
 __all__ = [
-    "DEFAULT_KMEANS_ITERATIONS", "DEFAULT_NPROBE", "DEFAULT_ROUTING_DIM", "INDEX_KINDS", "MAX_TRAIN_POINTS_PER_LIST",
+    "DEFAULT_KMEANS_ITERATIONS", "DEFAULT_NPROBE", "DEFAULT_ROUTING_DIM", "FaissIVFIndex", "INDEX_KINDS", "MAX_TRAIN_POINTS_PER_LIST",
     "MIN_TRAIN_POINTS_PER_LIST", "PRUNING_QUERY_BLOCK", "TORCH_DATABASE_BLOCK", "ExactIndex", "IVFIndex",
     "INDEX_CLASSES", "NeighbourIndex", "TorchIndex", "build_index", "default_nlist", "exact_choice",
     "kth_neighbour_distance", "load_index",
@@ -61,7 +66,8 @@ __all__ = [
 
 
 #: The index classes by kind.
-INDEX_CLASSES: dict[str, type[NeighbourIndex]] = {"faiss_flat": ExactIndex, "ivf": IVFIndex, "torch": TorchIndex}
+INDEX_CLASSES: dict[str, type[NeighbourIndex]] = {"faiss_flat": ExactIndex, "ivf": IVFIndex, "torch": TorchIndex,
+                                                   "faiss_ivf": FaissIVFIndex}
 #: Every kind a caller may ask for: ``"exact"`` (the fastest exact search here, :func:`exact_choice`) and
 #: each index class's kind.
 INDEX_KINDS: tuple[str, ...] = ("exact", *INDEX_CLASSES)
@@ -91,7 +97,8 @@ def build_index(kind: str, dim: int, device: str | torch.device | None = None, *
     for ``device`` (the device of the vectors it will hold). The built index's ``kind`` says which.
 
     ``params`` go to the index's constructor (``nlist``, ``nprobe``, ``niter``, ``routing_dim`` for "ivf";
-    ``max_chunk_elements``, ``norm_pruning`` for "torch"; none for "exact" and "faiss_flat").
+    ``max_chunk_elements``, ``norm_pruning`` for "torch"; ``nprobe``, ``nlist``, ``train_batches``,
+    ``loader_batch_size`` for "faiss_ivf"; none for "exact" and "faiss_flat").
     """
     if kind not in INDEX_KINDS:
         raise ValueError(f"unknown index kind {kind!r}; valid kinds: {', '.join(INDEX_KINDS)}")

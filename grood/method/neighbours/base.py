@@ -82,6 +82,13 @@ class NeighbourIndex:
             raise ValueError("add() got 0 vectors; give at least one")
         self._add(vectors)
 
+    def add_training(self, vectors: torch.Tensor, rows: torch.Tensor, total_rows: int) -> None:
+        """Add ``vectors [M, dim]`` taken from the training rows ``rows [M]`` (ascending, in
+        ``0 .. total_rows-1``; fewer than ``total_rows`` when a fit keeps only some rows). Indexes whose
+        training depends on the rows' positions ("faiss_ivf": the first loader batches) use them; the
+        others just :meth:`add` the vectors."""
+        self.add(vectors)
+
     def reserve(self, count: int) -> None:
         """Make room for ``count`` more vectors, so that adding them in batches allocates (and copies)
         the storage once. A hint: indexes that cannot reserve ignore it."""

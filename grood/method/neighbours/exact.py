@@ -1,4 +1,4 @@
-"""``"exact"``: FAISS ``IndexFlatL2``, exact search (CPU, or GPU when faiss has it and the vectors are CUDA)."""
+"""``"faiss_flat"``: FAISS ``IndexFlatL2``, exact search (CPU, or GPU when faiss has it and the vectors are CUDA)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from grood.method.neighbours.base import NeighbourIndex, _faiss, _faiss_gpu_avai
 
 
 class _FaissIndex(NeighbourIndex):
-    """FAISS plumbing shared by "exact" and "ivf": GPU copy, squared-distance conversion, file I/O."""
+    """FAISS plumbing shared by "faiss_flat" and "faiss_ivf": GPU copy, squared-distance conversion, file I/O."""
 
     faiss_type: ClassVar[str] = ""
 
@@ -74,7 +74,7 @@ class _FaissIndex(NeighbourIndex):
 
 
 class ExactIndex(_FaissIndex):
-    """``"exact"``: FAISS ``IndexFlatL2`` (brute force, exact)."""
+    """``"faiss_flat"``: FAISS ``IndexFlatL2`` (brute force, exact)."""
 
     kind = "faiss_flat"
     faiss_type = "IndexFlatL2"
