@@ -3,6 +3,7 @@
 
     python scripts/bench_eval.py [--data-root ...] [--checkpoint ...] [--cache-dir DIR]
     python scripts/bench_eval.py --against-openood [--methods grood msp ...] [--log FILE]
+    python scripts/bench_eval.py --warm-runs       # a second GROOD run on the same cache against a warm MSP run
 
 Default: the forward pass over every split (train, test and each OOD set) runs on an empty cache, then
 each method runs on the cached outputs (issue target: all methods <= 1.5x the forward pass). GROOD's
@@ -61,7 +62,7 @@ from torch import nn  # noqa: E402
 
 from grood.backbones.base import SplitNetwork  # noqa: E402
 from grood.detectors import DETECTORS  # noqa: E402
-from grood.pipeline import prepare_run, score_baseline, score_grood  # noqa: E402
+from grood.pipeline import method_list, prepare_run, score_baseline, score_grood  # noqa: E402
 from grood.resources import configure_threads  # noqa: E402
 
 #: The benchmark name registered in OpenOOD's tables for the smoke root.
@@ -87,42 +88,88 @@ throwaway virtual environment (never in this project's .venv), from a copy of it
 
 # --------------------------------------------------------------------------- the default benchmark
 def forward_vs_methods(args: argparse.Namespace) -> None:
-    """The forward pass over every split against every method on the cache (the default mode)."""
+    """The forward pass over every split against every method on the cache (the default mode), and the
+    forward pass against the bare network's throughput on random tensors of the benchmark's shape."""
     cache_dir = args.cache_dir or tempfile.mkdtemp(prefix="grood-bench-")
-    config = {
-        "seed": 0, "device": "auto", "batch_size": args.batch_size, "num_workers": 0, "progress": False,
-        "check_files": True, "paths": {"cache_dir": cache_dir, "data_root": args.data_root},
-        "dataset": {"name": SMOKE_NAME, "benchmark": SMOKE_NAME, "data_root": args.data_root,
-                    "checkpoint": args.checkpoint, "transform": {}},
-        "backbone": {"name": "resnet20", "split_block": None, "weights": None},
-        "prototype": {"strategy": "mixup", "mixup_lambda": 0.5},
-        "index": {"kind": "exact", "params": {}},
-        "method": {"name": "all", "params": {}},
-    }
+    config = smoke_config(cache_dir, [f"paths.data_root={args.data_root}", f"dataset.checkpoint={args.checkpoint}",
+                                      f"batch_size={args.batch_size}", "num_workers=0", "method=all"])
+    per_method = dict(method_list(config.method))
     run = prepare_run(config)
     started = time.perf_counter()
     run.split_outputs("train", accumulate_early=True)
     for split in ["test", *run.benchmark.near, *run.benchmark.far, *(["val"] if run.benchmark.has_split("val") else [])]:
         run.split_outputs(split)
     forward = time.perf_counter() - started
+    images = sum(len(o.features) for k, o in run.outputs.items() if "+" not in k)
+    floor = bare_network_throughput(run.network, run.transform_spec, args.batch_size, images, run.device)
 
     rows = []
     for name in ["grood", *[n for n in DETECTORS if n != "grood"]]:
-        params = {"dim": 32} if name == "vim" else {}  # ResNet-20 features have D = 64
         started = time.perf_counter()
-        score_grood(run, params) if name == "grood" else score_baseline(run, name, params)
+        score_grood(run, per_method[name]) if name == "grood" else score_baseline(run, name, per_method[name])
         rows.append((name, time.perf_counter() - started))
 
     on_cache = sum(seconds for name, seconds in rows if name != "odin")
-    print(f"\nsmoke benchmark ({sum(len(o.features) for k, o in run.outputs.items() if '+' not in k)} images "
-          f"over {len([k for k in run.outputs if '+' not in k])} splits), cache {cache_dir}")
+    print(f"\nsmoke benchmark ({images} images over {len([k for k in run.outputs if '+' not in k])} splits), "
+          f"cache {cache_dir}")
     print(f"{'method':<10}{'seconds':>10}")
     for name, seconds in rows:
         print(f"{name:<10}{seconds:>10.2f}")
-    print(f"\none forward pass over every split:       {forward:8.2f} s")
+    print(f"\none forward pass over every split:       {forward:8.2f} s ({images / forward:,.0f} images/s)")
+    print(f"bare network on random tensors:           {images / floor:8.2f} s ({floor:,.0f} images/s)")
+    ratio = (images / forward) / floor
+    print(f"feature extraction / bare network (target >= 0.9): {ratio:.2f}: {'met' if ratio >= 0.9 else 'NOT met'}")
     print(f"all methods on the cache (ODIN excluded): {on_cache:8.2f} s")
     print(f"ratio (target <= 1.5):                    {on_cache / forward:8.2f}")
     print(f"ODIN (re-runs the network):               {dict(rows)['odin']:8.2f} s")
+
+
+def bare_network_throughput(network: SplitNetwork, spec: dict, batch_size: int, images: int, device: str) -> float:
+    """Images per second of ``early -> mid -> head`` alone on random ``[B, 3, H, W]`` tensors (no data loading,
+    no cache): the floor feature extraction is compared with."""
+    from grood.device import resolve_device
+
+    device = resolve_device(device)
+    network = network.to(device).eval()
+    size = int(spec["crop_size"])
+    batch = torch.randn(batch_size, 3, size, size, device=device)
+    with torch.no_grad():
+        network.head(network.mid(network.early(batch)))  # warm-up
+        started = time.perf_counter()
+        done = 0
+        while done < images:
+            network.head(network.mid(network.early(batch[: min(batch_size, images - done)])))
+            done += min(batch_size, images - done)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    return images / (time.perf_counter() - started)
+
+
+def warm_runs(args: argparse.Namespace) -> int:
+    """``scripts/run.py experiment=smoke method=grood`` a second time on the same cache against a warm
+    ``method=msp`` run (issue target: no longer than MSP's plus 20%): wall-clock seconds of each command."""
+    import subprocess
+
+    cache_dir = args.cache_dir or tempfile.mkdtemp(prefix="grood-bench-warm-")
+    results = tempfile.mkdtemp(prefix="grood-bench-warm-results-")
+    env = {**os.environ}
+
+    def timed(method: str) -> float:
+        command = [sys.executable, str(REPO / "scripts" / "run.py"), "experiment=smoke", f"method={method}",
+                   "progress=false", f"paths.cache_dir={cache_dir}", f"paths.results_dir={results}",
+                   f"paths.data_root={args.data_root}", f"dataset.checkpoint={args.checkpoint}"]
+        started = time.perf_counter()
+        subprocess.run(command, cwd=REPO, env=env, check=True, capture_output=True)
+        return time.perf_counter() - started
+
+    cold_msp, cold_grood = timed("msp"), timed("grood")  # fill the feature and prototype caches
+    warm_msp, warm_grood = timed("msp"), timed("grood")
+    print(f"scripts/run.py experiment=smoke, cache {cache_dir}")
+    print(f"  method=msp    first {cold_msp:6.1f} s   again {warm_msp:6.1f} s")
+    print(f"  method=grood  first {cold_grood:6.1f} s   again {warm_grood:6.1f} s")
+    ratio = warm_grood / warm_msp
+    print(f"warm GROOD / warm MSP (target <= 1.2): {ratio:.2f}: {'met' if ratio <= 1.2 else 'NOT met'}")
+    return 0
 
 
 # --------------------------------------------------------------------------- OpenOOD's side
@@ -300,24 +347,20 @@ def run_openood(evaluation_api: Any, net: OpenOODInterface, methods: Sequence[st
 
 
 # --------------------------------------------------------------------------- grood's side
-def smoke_config(cache_dir: str, overrides: Sequence[str]) -> dict[str, Any]:
-    """The resolved config of ``scripts/run.py experiment=smoke progress=false`` plus ``overrides``."""
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
+def smoke_config(cache_dir: str, overrides: Sequence[str]) -> Any:
+    """The validated config of ``scripts/run.py experiment=smoke progress=false`` plus ``overrides``."""
+    from grood.config import compose_run_config
 
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3", job_name="bench_eval"):
-        cfg = compose(config_name="config", overrides=["experiment=smoke", "progress=false",
-                                                         f"paths.cache_dir={cache_dir}", *overrides])
-        return OmegaConf.to_container(cfg, resolve=True)
+    return compose_run_config(["experiment=smoke", "progress=false", f"paths.cache_dir={cache_dir}", *overrides])
 
 
-def run_grood(config: dict[str, Any], methods: Sequence[str]) -> tuple[float, dict[str, tuple[float, dict]]]:
+def run_grood(config: Any, methods: Sequence[str]) -> tuple[float, dict[str, tuple[float, dict]]]:
     """(seconds of building the run and its forward passes, method -> (seconds, AUROCs)), as run.py does."""
     from grood import pipeline
     from grood.evaluation import metrics_table
     from grood.metrics import accuracy
 
-    per_method = dict(pipeline.method_list({"name": "all", "params": config["method"]["params"]}))
+    per_method = dict(pipeline.method_list(config.method))
     started = time.perf_counter()
     run = pipeline.prepare_run(config)
     if "grood" in methods:
@@ -329,7 +372,7 @@ def run_grood(config: dict[str, Any], methods: Sequence[str]) -> tuple[float, di
     for name in methods:
         started = time.perf_counter()
         params = per_method[name]
-        if name != "grood" and config.get("aps", False):
+        if name != "grood" and config.aps:
             params = pipeline.search_baseline_parameters(run, name, params).chosen
         scores = pipeline.score_grood(run, params) if name == "grood" else pipeline.score_baseline(run, name, params)
         table = metrics_table(scores.id_scores, scores.ood_scores, pipeline._groups(run), id_accuracy)
@@ -397,11 +440,11 @@ def against_openood(args: argparse.Namespace) -> int:
     if unknown:
         print(f"error: unknown methods {unknown}; valid: grood {' '.join(DETECTORS)}", file=sys.stderr)
         return 2
-    overrides = [f"dataset.data_root={args.data_root}", f"dataset.checkpoint={args.checkpoint}",
-                 f"batch_size={args.batch_size}", f"num_workers={args.num_workers}"]
+    overrides = [f"paths.data_root={args.data_root}", f"dataset.checkpoint={args.checkpoint}",
+                 f"batch_size={args.batch_size}", f"num_workers={args.num_workers}", "method=all"]
     cache_dir = args.cache_dir or tempfile.mkdtemp(prefix="grood-bench-openood-")
     config = smoke_config(cache_dir, overrides)
-    vim_dim = int(config["method"]["params"].get("vim", {}).get("dim", 32))
+    vim_dim = int(config.method.params.vim.dim or 32)
 
     print(f"grood (feature cache {cache_dir}, empty) ...", flush=True)
     grood_setup, grood = run_grood(config, args.methods)
@@ -437,11 +480,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tolerance", type=float, default=AUROC_TOLERANCE, help="AUROC agreement, percent")
     parser.add_argument("--no-warm", action="store_true", help="--against-openood: skip grood's warm-cache pass")
     parser.add_argument("--log", default="bench_eval_openood.log", help="--against-openood: OpenOOD's output")
+    parser.add_argument("--warm-runs", action="store_true",
+                        help="a second scripts/run.py method=grood on the same cache against a warm method=msp run")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     configure_threads()
     if args.against_openood:
         return against_openood(args)
+    if args.warm_runs:
+        return warm_runs(args)
     forward_vs_methods(args)
     return 0
 

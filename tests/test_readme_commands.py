@@ -30,7 +30,7 @@ def _readme_commands(prefixes: tuple[str, ...]) -> list[str]:
     text = README.read_text()
     found: list[str] = []
     in_block, prose = False, []
-    for line in text.splitlines():
+    for line in text.replace("\\\n", " ").splitlines():  # commands continued with a backslash
         if line.startswith("```"):
             in_block = not in_block
             continue
