@@ -218,7 +218,7 @@ class MethodConfig:
 #: The type of each OOD-prototype parameter (names and defaults: grood.method.strategies' registry).
 PROTOTYPE_PARAM_TYPES: dict[str, Any] = {
     "mixup_lambda": float, "num_images": Optional[int], "keep": int, "corruptions": List[str],
-    "filter_quantile": Optional[float], "min_keep": int,
+    "filter_quantile": Optional[float], "min_keep": int, "source": str,
 }
 
 
@@ -340,6 +340,10 @@ class RunConfig:
     check_files: bool = True        # check every listed image exists before the first forward pass
     aps: bool = True                # OpenOOD's automatic parameter search for the baselines with a sweep
     on_invalid: str = "error"       # a method parameter invalid for this network: error | adapt (nearest valid)
+    # full-spectrum OOD (OpenOOD's eval_ood(fsood=True)): the benchmark's covariate-shifted ID sets (csid lists,
+    # e.g. CIFAR-10-C) count as ID; adds metrics_fsood.csv (its rows + one per csid set) and run.json "fsood".
+    # A benchmark without csid lists is an error.
+    fsood: bool = False
 
     def problems(self) -> list[str]:
         found: list[str] = []
