@@ -176,3 +176,24 @@ def test_corrupted_prototype_source_is_explicit_and_labelled(tiny_root, tmp_path
                                                 r"set prototype.source=synthetic"):
         prepare_run(_config(tiny_root, cache, resnet20_checkpoint, "method=grood", "prototype=corrupted",
                             definition=definition))
+    # Table 6's rows select the runs by that label: each source has its own row
+    from grood.reporting.runs import collect_runs
+    from grood.reproduce import load_spec, select_rows
+
+    long = collect_runs(tmp_path)
+    rows = {row.label: row for row in load_spec("table6").rows}
+    for source in ("real", "synthetic"):
+        label = next(label for label in rows if label.startswith(f"ID-Corrupted Val ({source}"))
+        chosen = select_rows(long, rows[label].select, "table6")
+        assert set(chosen["run_dir"].map(lambda d: Path(d).name)) == {source}
+
+
+def test_table6_smoke_uses_and_labels_the_synthetic_source():
+    from grood.reproduce import load_spec
+
+    smoke, full = load_spec("table6", smoke=True), load_spec("table6")
+    by_tag = {run.tag: run.overrides for run in smoke.runs}
+    assert "prototype.source=synthetic" in by_tag["grood-corrupted"]
+    assert "prototype.source=real" in {run.tag: run.overrides for run in full.runs}["grood-corrupted"]
+    assert any("synthetic" in note for note in smoke.notes)
+    compose_run_config(["experiment=smoke", *by_tag["grood-corrupted"]])  # a valid run config
