@@ -148,9 +148,37 @@ class GROODParams:
         return []
 
 
+#: OpenOOD's spelling of a method parameter -> grood's, per method: the keys of OpenOOD v1.5's
+#: ``configs/postprocessors/<name>.yml`` ``postprocessor_args`` that grood spells otherwise, and OpenMax's
+#: constants as ``openmax_postprocessor.py`` names them. Each alias is a declared field of the method's
+#: params (``method=knn method.params.K=50``); :func:`canonical_params` moves it to grood's name, the one
+#: ``run.json`` records. The only place that knows the aliases.
+PARAM_ALIASES: dict[str, dict[str, str]] = {
+    "knn": {"K": "k"},
+    "gen": {"M": "m"},
+    "openmax": {"weibull_tail": "tail_size", "weibull_alpha": "alpha"},
+}
+
+
+def canonical_params(method: str, values: dict[str, Any], key: str = "method.params") -> tuple[dict[str, Any], list[str]]:
+    """``values`` (a method's params, plain) with each alias set moved to grood's name (the alias left None),
+    and the problems: an alias set together with its canonical name (``key``: the config path, for the message)."""
+    out, problems = dict(values), []
+    for alias, canonical in PARAM_ALIASES.get(method, {}).items():
+        if out.get(alias) is None:
+            continue
+        if out.get(canonical) is not None:
+            problems.append(f"{key}.{alias}={out[alias]!r} and {key}.{canonical}={out[canonical]!r}: {alias!r} is "
+                            f"OpenOOD's name for {canonical!r}; set only one of them")
+            continue
+        out[canonical], out[alias] = out[alias], None
+    return out, problems
+
+
 def _baseline_params_dataclass(name: str) -> type:
     """A dataclass with one ``Optional`` field per constructor parameter of baseline ``name`` (default None =
-    OpenOOD's default or APS's choice); its ``problems`` checks the ranges the detector documents."""
+    OpenOOD's default or APS's choice), and one per OpenOOD alias of :data:`PARAM_ALIASES` (same type);
+    its ``problems`` checks the ranges the detector documents."""
     import inspect
 
     from grood.detectors.registry import DETECTORS
@@ -172,10 +200,14 @@ def _baseline_params_dataclass(name: str) -> type:
             raise TypeError(f"detector {name!r}: parameter {key!r} has an annotation ({annotation}) the config "
                             "schema cannot declare; give it int, float, bool, str, Sequence[float] or dict")
         fields.append((key, kind, field(default=None)))
+    kinds = {key: kind for key, kind, _ in fields}
+    for alias, canonical in PARAM_ALIASES.get(name, {}).items():
+        fields.append((alias, kinds[canonical], field(default=None)))
 
     def problems(self: Any) -> list[str]:
         """The detector's own constructor checks the values that are set (the one place they are checked)."""
-        given = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        aliases = PARAM_ALIASES.get(name, {})
+        given = {k: v for k, v in dataclasses.asdict(self).items() if v is not None and k not in aliases}
         try:
             cls(**given)
         except (TypeError, ValueError) as error:
