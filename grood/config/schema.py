@@ -129,6 +129,18 @@ class DatasetConfig:
         return found
 
 
+def _importable(cls: type) -> type:
+    """A generated dataclass made an attribute of this module, so that pickle (and cloudpickle, which the
+    submitit launcher uses to ship a job's config) refers to it by name: the job's config then has the very
+    schema types that :func:`grood.config.validate` checks, not copies."""
+    if cls.__name__ in globals():
+        raise TypeError(f"generated schema {cls.__name__} clashes with a name of grood.config.schema")
+    cls.__module__ = __name__
+    cls.__qualname__ = cls.__name__
+    globals()[cls.__name__] = cls
+    return cls
+
+
 # --------------------------------------------------------------------------- methods
 @dataclass
 class GROODParams:
@@ -214,7 +226,7 @@ def _baseline_params_dataclass(name: str) -> type:
             return [f": {error} (set: {given})"]
         return []
 
-    return dataclasses.make_dataclass(f"{name.upper()}Params", fields, namespace={"problems": problems})
+    return _importable(dataclasses.make_dataclass(f"{name.upper()}Params", fields, namespace={"problems": problems}))
 
 
 def _method_params() -> dict[str, type]:
@@ -236,6 +248,7 @@ AllParams = dataclasses.make_dataclass(
     [(name, cls, field(default_factory=cls)) for name, cls in METHOD_PARAMS.items()],
     namespace={"problems": lambda self: []},
 )
+AllParams.__module__ = __name__  # pickled by name (see _importable)
 
 
 @dataclass
@@ -276,7 +289,7 @@ def _prototype_schema(strategy: str) -> type:
         return []
 
     name = "".join(part.title() for part in strategy.split("_")) + "PrototypeConfig"
-    return dataclasses.make_dataclass(name, fields, namespace={"problems": problems})
+    return _importable(dataclasses.make_dataclass(name, fields, namespace={"problems": problems}))
 
 
 def _prototype_schemas() -> dict[str, type]:
