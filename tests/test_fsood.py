@@ -127,8 +127,8 @@ def test_fsood_run_adds_the_csid_rows_and_openood_metrics(tiny_root, tmp_path, r
         assert table.loc[name, "FPR@95"] == pytest.approx(100 * expected["FPR@95"], abs=1e-4)
     run = prepare_run(config)
     test, csid = run.features("test"), run.features("csid:smokec")
-    pooled = 100 * (int((test.logits.argmax(1) == test.labels).sum()) + int((csid.logits.argmax(1) == csid.labels).sum())
-                    ) / (len(test) + len(csid))
+    correct = int((test.logits.argmax(1) == test.labels).sum()) + int((csid.logits.argmax(1) == csid.labels).sum())
+    pooled = 100 * correct / (len(test) + len(csid))
     record = json.loads((tmp_path / "fs" / "run.json").read_text())
     assert record["config"]["fsood"] is True
     assert record["fsood"]["accuracy"] == pytest.approx(pooled)

@@ -172,7 +172,8 @@ PARAM_ALIASES: dict[str, dict[str, str]] = {
 }
 
 
-def canonical_params(method: str, values: dict[str, Any], key: str = "method.params") -> tuple[dict[str, Any], list[str]]:
+def canonical_params(method: str, values: dict[str, Any],
+                     key: str = "method.params") -> tuple[dict[str, Any], list[str]]:
     """``values`` (a method's params, plain) with each alias set moved to grood's name (the alias left None),
     and the problems: an alias set together with its canonical name (``key``: the config path, for the message)."""
     out, problems = dict(values), []
