@@ -18,7 +18,7 @@ METHOD ?= grood
 SMOKE ?= 0
 CSID ?= 0
 
-.PHONY: help setup test test-slow smoke gpu-check run data checkpoints bench-method bench-eval train \
+.PHONY: help setup test test-slow smoke gpu-check run data checkpoints bench-method bench-eval train leaderboard \
         reproduce-table1 reproduce-table2 reproduce-table3 reproduce-table4 reproduce-table5 \
         reproduce-table6 reproduce-table7 reproduce-figures reproduce-author reproduce-all clean-cache
 
@@ -33,6 +33,7 @@ help:
 	@echo "make train DATASET=cifar100 SEEDS=0,1,2 [MIXUP=1]  train ResNet-18 (paper recipe); re-running resumes"
 	@echo "make reproduce-tableN  (SMOKE=1 for the smoke version)   N in 1..7; reproduce-all"
 	@echo "make reproduce-author  (SMOKE=1)  paper-text GROOD vs the author's OpenOOD configuration (method=grood_openood)"
+	@echo "make leaderboard RUN=<results folder> [TRAINING=CrossEntropy]  the run as OpenOOD leaderboard entries"
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON_BOOTSTRAP) -m venv $(VENV)
@@ -74,6 +75,13 @@ gpu-check: setup
 # The main job: OpenOOD v1.5 data and checkpoints (online), then one evaluation.
 run: setup data checkpoints
 	$(PY) scripts/run.py dataset=$(DATASET) method=$(METHOD) $(DATA_ROOT_ARG)
+
+# A results folder (one method, or method=all) as OpenOOD leaderboard entries (scripts/leaderboard.py).
+RUN ?=
+TRAINING ?= CrossEntropy
+leaderboard: setup
+	@test -n "$(RUN)" || { echo "give the results folder: make leaderboard RUN=<folder with run.json or summary.json>"; exit 2; }
+	@$(PY) scripts/leaderboard.py "$(RUN)" --training "$(TRAINING)"
 
 bench-eval: setup
 	GROOD_SHARED_DIR=$(SHARED) $(PY) scripts/bench_eval.py

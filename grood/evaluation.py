@@ -56,3 +56,51 @@ def metrics_table(
     table = pd.DataFrame.from_dict(rows, orient="index", columns=METRIC_COLUMNS)
     table.index.name = "dataset"
     return table
+
+
+def fsood_table(
+    id_scores: torch.Tensor,
+    csid_scores: Mapping[str, torch.Tensor],
+    ood_scores: Mapping[str, torch.Tensor],
+    groups: Mapping[str, Sequence[str]],
+    fsood_accuracy: float,
+    csid_accuracies: Mapping[str, float],
+) -> pd.DataFrame:
+    """OpenOOD v1.5's full-spectrum table (``Evaluator.eval_ood(fsood=True)``), with one row per csid set.
+
+    As OpenOOD defines it, the covariate-shifted ID (csid) samples count as ID: every OOD row compares
+    the ID test scores *and* every csid set's scores (concatenated, in csid order) with that OOD set's,
+    and ``ACC`` is the classifier's accuracy over the ID test set and every csid set pooled (correct /
+    total). Rows: OpenOOD's (each near set, ``nearood``, each far set, ``farood``), then ``csid:<name>``
+    per csid set, whose ``ACC`` is the accuracy on that set alone (grood's addition; its other columns
+    are empty: a csid set is not an OOD set).
+
+    Args:
+        id_scores: ``[N_id]`` scores on the ID test split, higher = more ID.
+        csid_scores: csid set name -> ``[N_c]`` scores (the order of OpenOOD's ``DATA_INFO`` csid list).
+        ood_scores, groups: as :func:`metrics_table`.
+        fsood_accuracy: the pooled accuracy over ID test + every csid set, as a fraction.
+        csid_accuracies: csid set name -> its accuracy, as a fraction.
+    """
+    if not csid_scores:
+        raise ValueError("the full-spectrum table needs at least one csid set's scores")
+    if set(csid_accuracies) != set(csid_scores):
+        raise ValueError(f"csid accuracies for {sorted(csid_accuracies)} but scores for {sorted(csid_scores)}")
+    combined = torch.cat([id_scores.reshape(-1), *(scores.reshape(-1) for scores in csid_scores.values())])
+    table = metrics_table(combined, ood_scores, groups, fsood_accuracy)
+    for name in csid_scores:
+        table.loc[f"csid:{name}"] = [float("nan")] * (len(METRIC_COLUMNS) - 1) + [100.0 * csid_accuracies[name]]
+    return table
+
+
+def pooled_accuracy(predictions: Sequence[torch.Tensor], labels: Sequence[torch.Tensor]) -> float:
+    """Accuracy over several sets pooled (correct / total, OpenOOD's ``eval_acc('csid')``), as a fraction.
+
+    Args:
+        predictions, labels: ``[N_i]`` class indices per set, in the same order.
+    """
+    correct = sum(int((p.reshape(-1) == y.reshape(-1)).sum()) for p, y in zip(predictions, labels, strict=True))
+    total = sum(int(y.numel()) for y in labels)
+    if total == 0:
+        raise ValueError("pooled accuracy over no sample")
+    return correct / total

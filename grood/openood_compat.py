@@ -420,8 +420,9 @@ class GROODPostprocessor(BasePostprocessor):
         prototype: the OOD-prototype strategy (:mod:`grood.method.strategies`): ``"mixup"`` (eq. 9, the
             paper's default), ``"uniform"`` (noise images, the ``keep`` of ``num_images`` with the lowest
             energy), ``"val_ood"`` (``num_images`` images of ``ood_loader_dict['val']``), ``"corrupted"``
-            (``num_images`` corrupted images of ``id_loader_dict['val']``) or ``"mean"``.
-        mixup_lambda, num_images, keep, corruptions, filter_quantile, min_keep: the strategies' parameters
+            (``num_images`` corrupted images of ``id_loader_dict['val']``; needs ``source="synthetic"``: OpenOOD's
+            ``setup`` passes no real corrupted images) or ``"mean"``.
+        mixup_lambda, num_images, keep, corruptions, source, filter_quantile, min_keep: the strategies' parameters
             (each strategy reads its own; None = its default, e.g. ``num_images`` = every training image
             for the mixup, 100 for "val_ood"); ``filter_quantile`` is the section-5.2 proximity filter.
         index: nearest-neighbour index of eq. 6: ``"exact"`` (the fastest exact search), ``"faiss_flat"``, ``"ivf"`` (appendix A.4), ``"torch"``
@@ -463,6 +464,7 @@ class GROODPostprocessor(BasePostprocessor):
         num_images: int | None = _UNSET,
         keep: int | None = _UNSET,
         corruptions: Sequence[str] | None = _UNSET,
+        source: str | None = _UNSET,
         filter_quantile: float | None = _UNSET,
         min_keep: int | None = _UNSET,
         index: str = _UNSET,
@@ -612,6 +614,8 @@ class GROODPostprocessor(BasePostprocessor):
             advice={
                 "val_ood": "it needs OOD validation images, ood_loader_dict['val'] (OpenOOD's Evaluator passes them), "
                            "but setup() got none; choose prototype='mixup', 'mean' or 'uniform'",
+                "corrupted_id": "OpenOOD's setup() passes no real corrupted ID images (CIFAR-10-C, ...); set "
+                                "source='synthetic' to corrupt id_loader_dict['val'] in code",
                 "id_validation": "it needs ID validation images, id_loader_dict['val'] (OpenOOD's Evaluator passes "
                                  "them), but setup() got none; choose prototype='mixup', 'mean' or 'uniform'",
             },

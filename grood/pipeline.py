@@ -25,11 +25,11 @@ from grood.backbones import build_backbone
 from grood.backbones.base import SplitNetwork
 from grood.config import ConfigError, RunConfig, config_hash, to_plain, validate
 from grood.config.schema import MethodConfig
-from grood.data import Benchmark, benchmark_from_dict, get_benchmark, resolve_spec, test_transform
-from grood.data.benchmarks import DataLayoutError
+from grood.data import Benchmark, available_benchmarks, benchmark_from_dict, get_benchmark, resolve_spec, test_transform
+from grood.data.benchmarks import CORRUPTED_SPLIT, DataLayoutError
 from grood.data.imagelist import ImageListError
 from grood.detectors.registry import DETECTORS, build_detector, detector_parameters
-from grood.evaluation import metrics_table
+from grood.evaluation import fsood_table, metrics_table, pooled_accuracy
 from grood.features import FeatureCache, SplitOutputs, cache_key, extract_split
 from grood.featureset import FeatureSet
 from grood.io import atomic_write, write_json
@@ -69,7 +69,11 @@ class BenchmarkRun:
     """Everything one (benchmark, checkpoint) run shares between methods, checked by :func:`prepare_run`.
 
     Attributes:
-        datasets: split -> its image-list dataset, every split of the benchmark (parsed and checked).
+        datasets: split -> its image-list dataset, every split the run reads (parsed and checked): the
+            benchmark's splits, and the optional ones it asks for (``csid:<name>`` with ``fsood=true``,
+            ``corrupted_val`` for ``prototype=corrupted prototype.source=real``).
+        split_transforms: split -> its own test transform, where the benchmark's ``split_transforms`` give
+            one (ImageNet-C); the other splits use ``transform``.
         fingerprints: split -> :meth:`ImageListDataset.files_fingerprint` (what the listed files hold).
         feature_dim: ``D`` of the network's penultimate features.
         normalisation: the input ``mean``/``std`` used and where they come from (``source``).
@@ -87,6 +91,7 @@ class BenchmarkRun:
     datasets: dict[str, Any]
     fingerprints: dict[str, str]
     feature_dim: int
+    split_transforms: dict[str, Any] = field(default_factory=dict)
     outputs: dict[str, SplitOutputs] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     prototype_record: dict[str, Any] = field(default_factory=dict)  # how GROOD's OOD prototype was obtained
@@ -109,7 +114,7 @@ class BenchmarkRun:
             "weights": backbone.weights,
             **({"module": [backbone.target, backbone.early_layer, backbone.feature_layer, backbone.head_layer,
                            dict(backbone.kwargs)]} if backbone.name == "module" else {}),
-            "transform": repr(self.transform),
+            "transform": repr(self.split_transforms.get(split, self.transform)),
             "data_root": str(self.data_root),
             "list_sha256": self.dataset(split).list_sha256,
             "files": self.fingerprints[split],
@@ -207,6 +212,42 @@ def _feature_dim(network: SplitNetwork, spec: Mapping[str, Any]) -> int:
     return int(features.reshape(1, -1).shape[1])
 
 
+def optional_splits(config: RunConfig, benchmark: Benchmark, methods: Sequence[tuple[str, Any]]) -> list[str]:
+    """The benchmark's optional splits this run reads: ``csid:<name>`` with ``fsood=true``, and
+    ``corrupted_val`` when GROOD runs with ``prototype=corrupted prototype.source=real``.
+
+    Raises:
+        ConfigError: ``fsood=true`` on a benchmark without csid lists (or with an oracle prototype), or a
+            real corrupted prototype on a benchmark without ``corrupted_val``; before anything is computed.
+    """
+    extra: list[str] = []
+    runs_grood = any(name == "grood" for name, _ in methods)
+    prototype = config.prototype
+    if config.fsood:
+        if not benchmark.csid:
+            with_csid = [name for name in available_benchmarks() if get_benchmark(name).csid]
+            raise ConfigError(
+                f"fsood=true: benchmark {benchmark.name!r} has no covariate-shifted ID (csid) lists (key 'csid'); "
+                f"benchmarks with csid lists: {with_csid}; or give them in dataset.definition.csid, or set fsood=false"
+            )
+        if runs_grood and STRATEGIES[prototype.strategy].per_ood_set:
+            raise ConfigError(
+                f"fsood=true with prototype={prototype.strategy}: an oracle prototype has one detector per OOD set, "
+                "which OpenOOD's full-spectrum table (one set of ID scores) does not define; choose a single-prototype "
+                "strategy or fsood=false"
+            )
+        extra += benchmark.csid_splits()
+    if runs_grood and prototype.strategy == "corrupted" and prototype.source == "real":
+        if benchmark.corrupted_val is None:
+            raise ConfigError(
+                f"prototype=corrupted prototype.source=real: benchmark {benchmark.name!r} defines no real corrupted "
+                "ID images (key 'corrupted_val'); set prototype.source=synthetic to corrupt ID validation images "
+                "in code, or give corrupted_val in dataset.definition"
+            )
+        extra.append(CORRUPTED_SPLIT)
+    return extra
+
+
 def prepare_run(config: RunConfig) -> BenchmarkRun:
     """Check every input, then build the network and the cache; nothing runs the network on data yet.
 
@@ -220,20 +261,28 @@ def prepare_run(config: RunConfig) -> BenchmarkRun:
     """
     benchmark = resolve_benchmark(config.dataset.benchmark, config.dataset.definition)
     methods = method_list(config.method)
+    splits = benchmark.splits() + optional_splits(config, benchmark, methods)
     data_root = Path(config.paths.data_root).expanduser().resolve()
     transform_spec, normalisation = resolve_transform(benchmark, config)
     transform = test_transform(transform_spec)
+    split_transforms = {split: test_transform({**transform_spec, **benchmark.split_transforms[split]})
+                        for split in splits if split in benchmark.split_transforms}
     missing: list[str] = []
     unusable: list[str] = []
     datasets: dict[str, Any] = {}
     try:
-        benchmark.validate(data_root)
+        benchmark.validate(data_root, splits)
     except DataLayoutError as error:
         missing.append(str(error))
+        if CORRUPTED_SPLIT in splits and benchmark.missing(data_root, [CORRUPTED_SPLIT]):
+            missing.append(f"prototype=corrupted prototype.source=real reads the real corrupted ID images "
+                           f"{benchmark.corrupted_val}; fetch them with the csid data (make data CSID=1) or set "
+                           "prototype.source=synthetic to corrupt ID validation images in code")
     else:
-        for split in benchmark.splits():
+        for split in splits:
             try:
-                datasets[split] = benchmark.dataset(split, data_root, transform, check_files=config.check_files)
+                datasets[split] = benchmark.dataset(split, data_root, split_transforms.get(split, transform),
+                                                    check_files=config.check_files)
             except ImageListError as error:
                 (missing if "missing under" in str(error) else unusable).append(str(error))
     checkpoint_path = Path(config.dataset.checkpoint).expanduser() if config.dataset.checkpoint else None
@@ -278,6 +327,7 @@ def prepare_run(config: RunConfig) -> BenchmarkRun:
         datasets=datasets,
         fingerprints=fingerprints,
         feature_dim=feature_dim,
+        split_transforms=split_transforms,
     )
 
 
@@ -386,6 +436,10 @@ def grood_prototype(run: BenchmarkRun, prototype_cfg: Any, class_protos: torch.T
         dataset = run.dataset("val" if run.benchmark.has_split("val") else "test")
         return dataset, dataset.labels
 
+    def corrupted_id() -> tuple[Any, torch.Tensor]:
+        dataset = run.dataset(CORRUPTED_SPLIT)  # loaded by prepare_run for source=real (optional_splits)
+        return dataset, dataset.labels
+
     def image_shape() -> tuple[int, int, int]:
         size = int(spec.get("crop_size") or spec.get("size"))
         return (3, size, size)
@@ -393,6 +447,7 @@ def grood_prototype(run: BenchmarkRun, prototype_cfg: Any, class_protos: torch.T
     inputs = PrototypeInputs(
         class_prototypes=class_protos, network=run.network, training=training, image_shape=image_shape,
         normalization=lambda: (spec["mean"], spec["std"]), id_validation=id_validation, val_ood=val_ood,
+        corrupted_id=corrupted_id if CORRUPTED_SPLIT in run.datasets else None,
         seed=config.seed, batch_size=config.batch_size, num_workers=config.num_workers, device=run.device,
         progress=config.progress,
     )
@@ -417,9 +472,13 @@ def grood_prototype(run: BenchmarkRun, prototype_cfg: Any, class_protos: torch.T
 def prototype_cache_parts(run: BenchmarkRun, strategy: str, params: Mapping[str, Any]) -> dict[str, Any]:
     """Everything that determines a network-built OOD prototype: the network (checkpoint, backbone, split,
     transform), the images it reads (the training split: its early-layer prototypes and the proximity
-    filter's class prototypes; the ID validation split for ``corrupted``), the strategy, its parameters
+    filter's class prototypes; for ``corrupted``, the ID validation split or the real corrupted images), the
+    strategy, its parameters
     and the seed."""
-    splits = ["train"] + (["val" if run.benchmark.has_split("val") else "test"] if strategy == "corrupted" else [])
+    splits = ["train"]
+    if strategy == "corrupted":  # the images it corrupts (synthetic) or the real corrupted ones
+        splits.append(CORRUPTED_SPLIT if params.get("source") == "real"
+                      else "val" if run.benchmark.has_split("val") else "test")
     return {
         "kind": "ood_prototype",
         "strategy": strategy,
@@ -432,11 +491,20 @@ def prototype_cache_parts(run: BenchmarkRun, strategy: str, params: Mapping[str,
 # --------------------------------------------------------------------------- scoring
 @dataclass
 class MethodScores:
-    """Scores of one method: on the ID test split (one tensor, or one per OOD set for the oracles)."""
+    """Scores of one method: on the ID test split (one tensor, or one per OOD set for the oracles), on each
+    OOD test set and, with ``fsood=true``, on each csid set (name without ``csid:`` -> ``[N]``)."""
 
     id_scores: torch.Tensor | dict[str, torch.Tensor]
     ood_scores: dict[str, torch.Tensor]
     info: dict[str, Any] = field(default_factory=dict)
+    csid_scores: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def _csid(run: BenchmarkRun) -> dict[str, str]:
+    """csid set name -> its split (``csid:<name>``), the sets this run scores (``fsood=true``), in order."""
+    if not run.config.fsood:
+        return {}
+    return {name: split for name, split in zip(run.benchmark.csid, run.benchmark.csid_splits())}
 
 
 def _groups(run: BenchmarkRun) -> dict[str, list[str]]:
@@ -467,7 +535,8 @@ def score_grood(run: BenchmarkRun, params: Mapping[str, Any]) -> MethodScores:
         started = time.perf_counter()
         detector.fit(train, ood_prototype=p_ood, class_prototypes=class_protos)
         ood_scores = {name: detector.score(run.features(name)) for name in ood_names}
-        scores = MethodScores(detector.score(test), ood_scores)
+        scores = MethodScores(detector.score(test), ood_scores,
+                              csid_scores={n: detector.score(run.features(s)) for n, s in _csid(run).items()})
     else:
         oracle_params = _prototype_params(prototype_cfg)
         num_oracle = strategy_params(strategy, oracle_params)["num_images"]
@@ -488,6 +557,8 @@ def score_grood(run: BenchmarkRun, params: Mapping[str, Any]) -> MethodScores:
     if detector.index is not None:  # the index that ran ("exact" picks one per device)
         built = detector.index
         scores.info["index_built"] = built.kind + ("+norm_pruning" if getattr(built, "norm_pruning", False) else "")
+    if strategy == "corrupted":  # which images the "ID-Corrupted Val" prototype read (tables label it)
+        scores.info["prototype_source"] = prototype_cfg.source
     run.timings["method:grood"] = time.perf_counter() - started
     return scores
 
@@ -519,12 +590,15 @@ def baseline_split_scores(
 
 
 def score_baseline(run: BenchmarkRun, name: str, params: Mapping[str, Any]) -> MethodScores:
-    """A baseline of :mod:`grood.detectors` on the ID test set and every OOD test set."""
+    """A baseline of :mod:`grood.detectors` on the ID test set, every OOD test set and (``fsood=true``)
+    every csid set."""
     ood_names = [n for names in _groups(run).values() for n in names]
+    csid = _csid(run)
     started = time.perf_counter()
-    scores = baseline_split_scores(run, name, params, ["test", *ood_names])
+    scores = baseline_split_scores(run, name, params, ["test", *ood_names, *csid.values()])
     run.timings[f"method:{name}"] = time.perf_counter() - started
-    return MethodScores(scores["test"], {n: scores[n] for n in ood_names})
+    return MethodScores(scores["test"], {n: scores[n] for n in ood_names},
+                        csid_scores={n: scores[split] for n, split in csid.items()})
 
 
 def search_baseline_parameters(run: BenchmarkRun, name: str, params: Mapping[str, Any],
@@ -571,19 +645,28 @@ def run_record(run: BenchmarkRun, method: str, params: Mapping[str, Any]) -> dic
 def write_method_results(
     out_dir: Path, run: BenchmarkRun, method: str, params: Mapping[str, Any], table: pd.DataFrame,
     scores: MethodScores, id_accuracy: float, aps_record: Mapping[str, Any] | None = None,
-    notes: Sequence[str] = (),
+    notes: Sequence[str] = (), fsood: tuple[pd.DataFrame, dict[str, Any]] | None = None,
 ) -> None:
     """``metrics.csv``, ``metrics.json``, ``scores.pt`` and, last, ``run.json`` for one method (atomic writes:
     a folder with ``run.json`` is complete).
 
     ``aps_record``: the parameter search that chose ``params`` (:meth:`grood.aps.SearchResult.record`),
-    written to ``run.json`` as ``aps`` (None: no search ran). ``notes``: parameter adaptations."""
+    written to ``run.json`` as ``aps`` (None: no search ran). ``notes``: parameter adaptations.
+    ``fsood``: ``(table, record)`` of the full-spectrum evaluation (:func:`full_spectrum`), written to
+    ``metrics_fsood.csv`` and ``run.json`` ``fsood``; ``metrics.csv`` stays OpenOOD's plain OOD table."""
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_write(out_dir / "metrics.csv") as handle:
         table.to_csv(handle, float_format="%.4f")
-    write_json(out_dir / "metrics.json", {"table": table.reset_index().to_dict(orient="records")})
+    tables = {"table": table.reset_index().to_dict(orient="records")}
+    if fsood is not None:
+        with atomic_write(out_dir / "metrics_fsood.csv") as handle:
+            fsood[0].to_csv(handle, float_format="%.4f")
+        tables["fsood_table"] = json.loads(fsood[0].reset_index().to_json(orient="records"))
+    else:
+        (out_dir / "metrics_fsood.csv").unlink(missing_ok=True)  # never beside a run without fsood
+    write_json(out_dir / "metrics.json", tables)
     with atomic_write(out_dir / "scores.pt", "wb") as handle:
-        torch.save({"id": scores.id_scores, "ood": scores.ood_scores}, handle)
+        torch.save({"id": scores.id_scores, "ood": scores.ood_scores, "csid": scores.csid_scores}, handle)
     extra = {k: v for k, v in dataclasses.asdict(run.config.extra).items() if v is not None}
     write_json(out_dir / "run.json", {
         **run_record(run, method, params),
@@ -593,9 +676,30 @@ def write_method_results(
         "id_accuracy": 100.0 * id_accuracy,
         "ncp_accuracy": scores.info.get("ncp_accuracy"),
         "extra": {**extra, **{k: v for k, v in scores.info.items() if k != "ncp_accuracy"}},
+        "fsood": None if fsood is None else fsood[1],
         "timings_s": {k: round(v, 3) for k, v in run.timings.items()},
         **({"ood_prototype": dict(run.prototype_record)} if method == "grood" else {}),
     })
+
+
+def full_spectrum(run: BenchmarkRun, scores: MethodScores) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """OpenOOD's ``eval_ood(fsood=True)`` for one method (:func:`grood.evaluation.fsood_table`): the table
+    and what ``run.json`` records of it (csid sets, their sizes and accuracies, the pooled accuracy)."""
+    csid = _csid(run)
+    test = run.features("test")
+    outputs = [test] + [run.features(split) for split in csid.values()]
+    pooled = pooled_accuracy([o.logits.argmax(1) for o in outputs], [o.labels for o in outputs])
+    per_set = {name: accuracy(run.features(split).logits, run.features(split).labels)
+               for name, split in csid.items()}
+    table = fsood_table(scores.id_scores, scores.csid_scores, scores.ood_scores, _groups(run), pooled, per_set)
+    record = {
+        "csid": {name: {"list": run.benchmark.csid[name], "samples": len(run.features(split)),
+                        "accuracy": 100.0 * per_set[name]} for name, split in csid.items()},
+        "accuracy": 100.0 * pooled,
+        "near_auroc": _auroc(table, "nearood"),
+        "far_auroc": _auroc(table, "farood"),
+    }
+    return table, record
 
 
 def method_list(method_cfg: MethodConfig) -> list[tuple[str, dict[str, Any]]]:
@@ -681,18 +785,20 @@ def run_evaluation(config: RunConfig, output_dir: str | Path) -> dict[str, pd.Da
                     aps_record = result.record() if result.trials else None
             scores = score_grood(run, params) if name == "grood" else score_baseline(run, name, params)
             table = metrics_table(scores.id_scores, scores.ood_scores, _groups(run), id_accuracy)
+            fsood = full_spectrum(run, scores) if config.fsood else None
         except Exception as error:  # noqa: BLE001 - recorded; the other methods still run
             reason = f"{type(error).__name__}: {error}"
             failures[name] = reason
             log.error("method %s failed: %s", name, reason)
             target.mkdir(parents=True, exist_ok=True)
-            for stale in ("metrics.csv", "metrics.json", "scores.pt"):  # never beside a failed run.json
+            # never beside a failed run.json
+            for stale in ("metrics.csv", "metrics_fsood.csv", "metrics.json", "scores.pt"):
                 (target / stale).unlink(missing_ok=True)
             write_json(target / "run.json", _failure_record(run, name, params, reason))
             if not several:
                 raise
             continue
-        write_method_results(target, run, name, params, table, scores, id_accuracy, aps_record, notes)
+        write_method_results(target, run, name, params, table, scores, id_accuracy, aps_record, notes, fsood)
         tables[name] = table
     if several:
         write_json(output_dir / "summary.json", {

@@ -755,7 +755,10 @@ def test_corrupted_prototype_reads_the_id_validation_images(trained_net):
     mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
     id_dict, ood_dict = loader_dicts()
     id_dict["train"].dataset.preprocessor = _Preprocessor(mean, std)
-    postprocessor = GROODPostprocessor(prototype="corrupted", num_images=6, seed=2, progress=False)
+    with pytest.raises(ValueError, match=r"passes no real corrupted ID images.*source='synthetic'"):
+        GROODPostprocessor(prototype="corrupted", progress=False).setup(trained_net, id_dict, ood_dict)
+    postprocessor = GROODPostprocessor(prototype="corrupted", source="synthetic", num_images=6, seed=2,
+                                       progress=False)
     postprocessor.setup(trained_net, id_dict, ood_dict)
     val = id_dict["val"].dataset
     candidates = strategies.corrupted_id_features(
@@ -764,4 +767,5 @@ def test_corrupted_prototype_reads_the_id_validation_images(trained_net):
     torch.testing.assert_close(postprocessor.ood_prototype, candidates.mean(0), rtol=1e-5, atol=1e-6)
     del id_dict["val"]
     with pytest.raises(ValueError, match=r"id_loader_dict\['val'\]"):
-        GROODPostprocessor(prototype="corrupted", progress=False).setup(trained_net, id_dict, ood_dict)
+        GROODPostprocessor(prototype="corrupted", source="synthetic", progress=False).setup(trained_net, id_dict,
+                                                                                           ood_dict)

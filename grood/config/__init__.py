@@ -23,9 +23,11 @@ from grood.config.schema import (
     METHOD_PARAMS,
     PRESETS,
     PROTOTYPE_SCHEMAS,
+    PARAM_ALIASES,
     AllParams,
     ConfigError,
     RunConfig,
+    canonical_params,
     register_configs,
 )
 
@@ -139,10 +141,48 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
     if not problems:
         problems = _check_preset(config)
     if not problems:
+        config, problems = _canonical_method_params(config)
+    if not problems:
         problems = _walk_problems(config, "")
     if problems:
         raise ConfigError("invalid configuration:\n" + "\n".join(f"  {p}" for p in problems))
     return config
+
+
+def _canonical_method_params(config: RunConfig) -> tuple[RunConfig, list[str]]:
+    """``config`` with OpenOOD's parameter names (:data:`~grood.config.schema.PARAM_ALIASES`) moved to grood's."""
+    method = config.method
+    if method.name == "all":
+        problems: list[str] = []
+        replaced = {}
+        for name in PARAM_ALIASES:
+            params = getattr(method.params, name)
+            values, found = canonical_params(name, dataclasses.asdict(params), f"method.params.{name}")
+            problems += found
+            replaced[name] = type(params)(**values)
+        params = dataclasses.replace(method.params, **replaced)
+    elif method.name in PARAM_ALIASES:
+        values, problems = canonical_params(method.name, dataclasses.asdict(method.params))
+        params = type(method.params)(**values)
+    else:
+        return config, []
+    return dataclasses.replace(config, method=dataclasses.replace(method, params=params)), problems
+
+
+def _canonical_plain(plain: dict[str, Any]) -> dict[str, Any]:
+    """:func:`_canonical_method_params` on plain data (the results folder hash of an unvalidated config)."""
+    method = plain.get("method")
+    if not isinstance(method, dict) or not isinstance(method.get("params"), dict):
+        return plain
+    out = json.loads(json.dumps(plain, default=str))
+    params = out["method"]["params"]
+    if method.get("name") == "all":
+        for name in PARAM_ALIASES:
+            if isinstance(params.get(name), dict):
+                params[name] = canonical_params(name, params[name])[0]
+    elif method.get("name") in PARAM_ALIASES:
+        out["method"]["params"] = canonical_params(method["name"], params)[0]
+    return out
 
 
 def _undeclared_keys(given: Any, declared: Any, prefix: str) -> list[str]:
@@ -194,7 +234,7 @@ def result_config(plain: dict[str, Any]) -> dict[str, Any]:
 
 def config_hash(plain: dict[str, Any], length: int = 8) -> str:
     """A short hash of :func:`result_config` (``plain``): equal for runs that compute the same numbers."""
-    text = json.dumps(result_config(plain), sort_keys=True)
+    text = json.dumps(result_config(_canonical_plain(plain)), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 

@@ -150,6 +150,18 @@ class DatasetConfig:
         return found
 
 
+def _importable(cls: type) -> type:
+    """A generated dataclass made an attribute of this module, so that pickle (and cloudpickle, which the
+    submitit launcher uses to ship a job's config) refers to it by name: the job's config then has the very
+    schema types that :func:`grood.config.validate` checks, not copies."""
+    if cls.__name__ in globals():
+        raise TypeError(f"generated schema {cls.__name__} clashes with a name of grood.config.schema")
+    cls.__module__ = __name__
+    cls.__qualname__ = cls.__name__
+    globals()[cls.__name__] = cls
+    return cls
+
+
 # --------------------------------------------------------------------------- methods
 @dataclass
 class GROODParams:
@@ -169,9 +181,38 @@ class GROODParams:
         return []
 
 
+#: OpenOOD's spelling of a method parameter -> grood's, per method: the keys of OpenOOD v1.5's
+#: ``configs/postprocessors/<name>.yml`` ``postprocessor_args`` that grood spells otherwise, and OpenMax's
+#: constants as ``openmax_postprocessor.py`` names them. Each alias is a declared field of the method's
+#: params (``method=knn method.params.K=50``); :func:`canonical_params` moves it to grood's name, the one
+#: ``run.json`` records. The only place that knows the aliases.
+PARAM_ALIASES: dict[str, dict[str, str]] = {
+    "knn": {"K": "k"},
+    "gen": {"M": "m"},
+    "openmax": {"weibull_tail": "tail_size", "weibull_alpha": "alpha"},
+}
+
+
+def canonical_params(method: str, values: dict[str, Any],
+                     key: str = "method.params") -> tuple[dict[str, Any], list[str]]:
+    """``values`` (a method's params, plain) with each alias set moved to grood's name (the alias left None),
+    and the problems: an alias set together with its canonical name (``key``: the config path, for the message)."""
+    out, problems = dict(values), []
+    for alias, canonical in PARAM_ALIASES.get(method, {}).items():
+        if out.get(alias) is None:
+            continue
+        if out.get(canonical) is not None:
+            problems.append(f"{key}.{alias}={out[alias]!r} and {key}.{canonical}={out[canonical]!r}: {alias!r} is "
+                            f"OpenOOD's name for {canonical!r}; set only one of them")
+            continue
+        out[canonical], out[alias] = out[alias], None
+    return out, problems
+
+
 def _baseline_params_dataclass(name: str) -> type:
     """A dataclass with one ``Optional`` field per constructor parameter of baseline ``name`` (default None =
-    OpenOOD's default or APS's choice); its ``problems`` checks the ranges the detector documents."""
+    OpenOOD's default or APS's choice), and one per OpenOOD alias of :data:`PARAM_ALIASES` (same type);
+    its ``problems`` checks the ranges the detector documents."""
     import inspect
 
     from grood.detectors.registry import DETECTORS
@@ -193,17 +234,21 @@ def _baseline_params_dataclass(name: str) -> type:
             raise TypeError(f"detector {name!r}: parameter {key!r} has an annotation ({annotation}) the config "
                             "schema cannot declare; give it int, float, bool, str, Sequence[float] or dict")
         fields.append((key, kind, field(default=None)))
+    kinds = {key: kind for key, kind, _ in fields}
+    for alias, canonical in PARAM_ALIASES.get(name, {}).items():
+        fields.append((alias, kinds[canonical], field(default=None)))
 
     def problems(self: Any) -> list[str]:
         """The detector's own constructor checks the values that are set (the one place they are checked)."""
-        given = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        aliases = PARAM_ALIASES.get(name, {})
+        given = {k: v for k, v in dataclasses.asdict(self).items() if v is not None and k not in aliases}
         try:
             cls(**given)
         except (TypeError, ValueError) as error:
             return [f": {error} (set: {given})"]
         return []
 
-    return dataclasses.make_dataclass(f"{name.upper()}Params", fields, namespace={"problems": problems})
+    return _importable(dataclasses.make_dataclass(f"{name.upper()}Params", fields, namespace={"problems": problems}))
 
 
 def _method_params() -> dict[str, type]:
@@ -225,6 +270,7 @@ AllParams = dataclasses.make_dataclass(
     [(name, cls, field(default_factory=cls)) for name, cls in METHOD_PARAMS.items()],
     namespace={"problems": lambda self: []},
 )
+AllParams.__module__ = __name__  # pickled by name (see _importable)
 
 
 @dataclass
@@ -249,7 +295,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 #: The type of each OOD-prototype parameter (names and defaults: grood.method.strategies' registry).
 PROTOTYPE_PARAM_TYPES: dict[str, Any] = {
     "mixup_lambda": float, "num_images": Optional[int], "keep": int, "corruptions": List[str],
-    "filter_quantile": Optional[float], "min_keep": int,
+    "filter_quantile": Optional[float], "min_keep": int, "source": str,
 }
 
 
@@ -275,7 +321,7 @@ def _prototype_schema(strategy: str) -> type:
         return []
 
     name = "".join(part.title() for part in strategy.split("_")) + "PrototypeConfig"
-    return dataclasses.make_dataclass(name, fields, namespace={"problems": problems})
+    return _importable(dataclasses.make_dataclass(name, fields, namespace={"problems": problems}))
 
 
 def _prototype_schemas() -> dict[str, type]:
@@ -388,6 +434,10 @@ class RunConfig:
     check_files: bool = True        # check every listed image exists before the first forward pass
     aps: bool = True                # OpenOOD's automatic parameter search for the baselines with a sweep
     on_invalid: str = "error"       # a method parameter invalid for this network: error | adapt (nearest valid)
+    # full-spectrum OOD (OpenOOD's eval_ood(fsood=True)): the benchmark's covariate-shifted ID sets (csid lists,
+    # e.g. CIFAR-10-C) count as ID; adds metrics_fsood.csv (its rows + one per csid set) and run.json "fsood".
+    # A benchmark without csid lists is an error.
+    fsood: bool = False
 
     def problems(self) -> list[str]:
         found: list[str] = []

@@ -13,7 +13,11 @@ benchmark is a plain dict in :data:`BENCHMARK_DEFINITIONS`, built by :func:`benc
 function that reads user-defined benchmarks from a config).
 
 Split names used by :meth:`Benchmark.list_for`: ``"train"``, ``"val"``, ``"test"`` (ID), an OOD name of
-``near``/``far`` (e.g. ``"tin"``), or ``"val_ood:<name>"`` (e.g. ``"val_ood:tin"``).
+``near``/``far`` (e.g. ``"tin"``), or ``"val_ood:<name>"`` (e.g. ``"val_ood:tin"``). Optional splits, read
+only by the runs that ask for them (:meth:`Benchmark.optional_splits`): ``"csid:<name>"``, the
+covariate-shifted ID test sets of OpenOOD's full-spectrum evaluation (``DATA_INFO[<id>]["csid"]``, e.g.
+``"csid:cifar10c"``), and ``"corrupted_val"``, the real corrupted ID images of the "ID-Corrupted Val" OOD
+prototype (Table 6).
 """
 
 from __future__ import annotations
@@ -21,13 +25,18 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from grood.data.imagelist import ImageListDataset
 from grood.data.transforms import IMAGENET_MEAN, IMAGENET_STD, resolve_spec
 
 ID_SPLITS = ("train", "val", "test")
 VAL_OOD_PREFIX = "val_ood:"
+CSID_PREFIX = "csid:"
+#: The split of :attr:`Benchmark.corrupted_val` (real corrupted ID images; ID labels).
+CORRUPTED_SPLIT = "corrupted_val"
+#: Names an OOD or csid list may not take.
+RESERVED_NAMES = (*ID_SPLITS, CORRUPTED_SPLIT)
 
 
 class DataLayoutError(FileNotFoundError):
@@ -48,10 +57,10 @@ def _check_lists(key: str, value: Any) -> dict[str, str]:
         raise ValueError(f"benchmark key {key!r} must map OOD names to list paths; got {type(value).__name__}")
     out: dict[str, str] = {}
     for name, path in value.items():
-        if not isinstance(name, str) or not name or ":" in name or name in ID_SPLITS:
+        if not isinstance(name, str) or not name or ":" in name or name in RESERVED_NAMES:
             raise ValueError(
-                f"benchmark key {key!r}: OOD name {name!r} must be a non-empty string without ':' and not one of "
-                f"{list(ID_SPLITS)}"
+                f"benchmark key {key!r}: name {name!r} must be a non-empty string without ':' and not one of "
+                f"{list(RESERVED_NAMES)}"
             )
         out[name] = _check_relative(f"{key}.{name}", path)
     return out
@@ -68,7 +77,15 @@ class Benchmark:
         train, test: ID list paths; ``val``: ID validation list or None.
         near, far: OOD name -> test list path, in table order.
         val_ood: OOD name -> validation OOD list path (e.g. ``tin -> .../val_tin.txt``).
+        csid: covariate-shifted ID set name -> test list path (OpenOOD's ``DATA_INFO[<id>]["csid"]``, in its
+            order; ``{}`` = none). Their samples count as ID in the full-spectrum evaluation (``fsood=true``);
+            split ``"csid:<name>"``.
+        corrupted_val: list of real corrupted ID images (CIFAR-10-C, ...) the "ID-Corrupted Val" OOD
+            prototype samples (``prototype=corrupted prototype.source=real``), split ``"corrupted_val"``;
+            None = none.
         transform: the complete test-transform spec (see :func:`grood.data.transforms.resolve_spec`).
+        split_transforms: split name -> spec keys that differ for that split (OpenOOD reads ImageNet-C's
+            224-pixel images without resizing: ``{"size": 224, "crop_size": 224}``).
         images_dirs: split name -> images folder, where a list's images live elsewhere (OpenOOD's ImageNet
             ``textures`` list is relative to ``images_classic``).
         downloadable: whether ``scripts/download.py data --benchmark <name>`` can fetch it.
@@ -84,6 +101,9 @@ class Benchmark:
     transform: dict[str, Any]
     val: str | None = None
     val_ood: dict[str, str] = field(default_factory=dict)
+    csid: dict[str, str] = field(default_factory=dict)
+    corrupted_val: str | None = None
+    split_transforms: dict[str, dict[str, Any]] = field(default_factory=dict)
     images_dirs: dict[str, str] = field(default_factory=dict)
     downloadable: bool = False
 
@@ -101,6 +121,9 @@ class Benchmark:
         self.near = _check_lists("near", self.near)
         self.far = _check_lists("far", self.far)
         self.val_ood = _check_lists("val_ood", self.val_ood)
+        self.csid = _check_lists("csid", self.csid)
+        if self.corrupted_val is not None:
+            self.corrupted_val = _check_relative("corrupted_val", self.corrupted_val)
         if not self.near and not self.far:
             raise ValueError(f"{where}: keys 'near' and 'far' are both empty; give at least one OOD test list")
         both = sorted(set(self.near) & set(self.far))
@@ -109,13 +132,25 @@ class Benchmark:
         if not isinstance(self.images_dirs, Mapping):
             raise ValueError(f"{where}: key 'images_dirs' must map split names to folders")
         self.images_dirs = {str(k): _check_relative(f"images_dirs.{k}", v) for k, v in self.images_dirs.items()}
-        unknown = sorted(set(self.images_dirs) - set(self.splits()))
+        every = self.splits() + self.optional_splits()
+        unknown = sorted(set(self.images_dirs) - set(every))
         if unknown:
-            raise ValueError(f"{where}: key 'images_dirs' names unknown split(s) {unknown}; valid: {self.splits()}")
+            raise ValueError(f"{where}: key 'images_dirs' names unknown split(s) {unknown}; valid: {every}")
         try:
             self.transform = resolve_spec(self.transform)
         except (TypeError, ValueError) as error:
             raise ValueError(f"{where}: key 'transform': {error}") from None
+        if not isinstance(self.split_transforms, Mapping):
+            raise ValueError(f"{where}: key 'split_transforms' must map split names to transform keys")
+        self.split_transforms = {str(k): dict(v) for k, v in self.split_transforms.items()}
+        unknown = sorted(set(self.split_transforms) - set(every))
+        if unknown:
+            raise ValueError(f"{where}: key 'split_transforms' names unknown split(s) {unknown}; valid: {every}")
+        for split in self.split_transforms:
+            try:
+                self.transform_for(split)
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"{where}: key 'split_transforms.{split}': {error}") from None
         self.downloadable = bool(self.downloadable)
 
     # ------------------------------------------------------------------ splits
@@ -125,12 +160,24 @@ class Benchmark:
         return [*self.near, *self.far]
 
     def splits(self) -> list[str]:
-        """Every split name: ID splits, OOD test sets, ``val_ood:<name>``."""
+        """Every split a run reads: ID splits, OOD test sets, ``val_ood:<name>`` (not the optional ones)."""
         ids = ["train"] + (["val"] if self.val is not None else []) + ["test"]
         return ids + self.ood_names + [VAL_OOD_PREFIX + name for name in self.val_ood]
 
+    def csid_splits(self) -> list[str]:
+        """``csid:<name>`` for each covariate-shifted ID set, in :attr:`csid` order (``fsood=true`` reads them)."""
+        return [CSID_PREFIX + name for name in self.csid]
+
+    def optional_splits(self) -> list[str]:
+        """The splits only some runs read: :meth:`csid_splits`, then ``corrupted_val`` when defined."""
+        return self.csid_splits() + ([CORRUPTED_SPLIT] if self.corrupted_val is not None else [])
+
     def has_split(self, split: str) -> bool:
-        return split in self.splits()
+        return split in self.splits() or split in self.optional_splits()
+
+    def transform_for(self, split: str) -> dict[str, Any]:
+        """The complete test-transform spec of ``split``: :attr:`transform` with its :attr:`split_transforms`."""
+        return resolve_spec({**self.transform, **self.split_transforms.get(split, {})})
 
     def list_for(self, split: str) -> tuple[str, bool]:
         """``(list path relative to the data root, is_id)`` of ``split``."""
@@ -142,16 +189,21 @@ class Benchmark:
             return self.far[split], False
         if split.startswith(VAL_OOD_PREFIX) and split[len(VAL_OOD_PREFIX):] in self.val_ood:
             return self.val_ood[split[len(VAL_OOD_PREFIX):]], False
-        raise KeyError(f"benchmark {self.name!r} has no split {split!r}; valid splits: {self.splits()}")
+        if split.startswith(CSID_PREFIX) and split[len(CSID_PREFIX):] in self.csid:
+            return self.csid[split[len(CSID_PREFIX):]], True
+        if split == CORRUPTED_SPLIT and self.corrupted_val is not None:
+            return self.corrupted_val, True
+        raise KeyError(f"benchmark {self.name!r} has no split {split!r}; valid splits: "
+                       f"{self.splits() + self.optional_splits()}")
 
     def images_dir_for(self, split: str) -> str:
         """Images folder (relative to the data root) that ``split``'s list paths are relative to."""
         self.list_for(split)  # raises on an unknown split
         return self.images_dirs.get(split, self.images_dir)
 
-    def lists(self) -> dict[str, str]:
-        """Split name -> list path, for every split."""
-        return {split: self.list_for(split)[0] for split in self.splits()}
+    def lists(self, splits: Sequence[str] | None = None) -> dict[str, str]:
+        """Split name -> list path, for ``splits`` (None: :meth:`splits`)."""
+        return {split: self.list_for(split)[0] for split in (self.splits() if splits is None else splits)}
 
     def dataset(
         self,
@@ -172,45 +224,52 @@ class Benchmark:
         )
 
     # ------------------------------------------------------------------ data root
-    def missing(self, data_root: str | os.PathLike) -> list[str]:
-        """Lists and images folders of this benchmark absent under ``data_root`` (relative paths)."""
-        root = Path(data_root)
-        absent = [path for path in dict.fromkeys(self.lists().values()) if not (root / path).is_file()]
-        folders = dict.fromkeys([self.images_dir, *self.images_dirs.values()])
-        return absent + [f"{folder}/" for folder in folders if not (root / folder).is_dir()]
+    def _folders(self, splits: Sequence[str]) -> list[str]:
+        return list(dict.fromkeys([self.images_dir_for(split) for split in splits]))
 
-    def expected_tree(self, data_root: str | os.PathLike) -> str:
-        """The layout this benchmark expects under ``data_root``, as an indented tree."""
+    def missing(self, data_root: str | os.PathLike, splits: Sequence[str] | None = None) -> list[str]:
+        """Lists and images folders of ``splits`` (None: :meth:`splits`) absent under ``data_root`` (relative
+        paths)."""
+        splits = self.splits() if splits is None else list(splits)
+        root = Path(data_root)
+        absent = [path for path in dict.fromkeys(self.lists(splits).values()) if not (root / path).is_file()]
+        return absent + [f"{folder}/" for folder in self._folders(splits) if not (root / folder).is_dir()]
+
+    def expected_tree(self, data_root: str | os.PathLike, splits: Sequence[str] | None = None) -> str:
+        """The layout ``splits`` (None: :meth:`splits`) expect under ``data_root``, as an indented tree."""
+        splits = self.splits() if splits is None else list(splits)
         lines = [f"{data_root}/"]
         by_folder: dict[str, list[str]] = {}
-        for path in dict.fromkeys(self.lists().values()):
+        for path in dict.fromkeys(self.lists(splits).values()):
             folder, _, filename = path.replace("\\", "/").rpartition("/")
             by_folder.setdefault(folder, []).append(filename)
         for folder, files in by_folder.items():
             lines.append(f"  {folder}/")
             lines.extend(f"    {filename}" for filename in files)
-        for folder in dict.fromkeys([self.images_dir, *self.images_dirs.values()]):
+        for folder in self._folders(splits):
             lines.append(f"  {folder}/   (the images, at the paths the lists name)")
         return "\n".join(lines)
 
-    def fetch_hint(self, data_root: str | os.PathLike) -> str:
-        """How to obtain this benchmark's data."""
+    def fetch_hint(self, data_root: str | os.PathLike, csid: bool = False) -> str:
+        """How to obtain this benchmark's data (``csid``: with the covariate-shifted ID sets)."""
         if self.downloadable:
             return (
-                f"fetch them with `make data DATASET={self.name} DATA_ROOT={data_root}` or "
-                f"`python scripts/download.py data --benchmark {self.name} --data-root {data_root}`"
+                f"fetch them with `make data DATASET={self.name} DATA_ROOT={data_root}{' CSID=1' if csid else ''}` "
+                f"or `python scripts/download.py data --benchmark {self.name} --data-root {data_root}"
+                f"{' --csid' if csid else ''}`"
             )
         return (
             f"no script downloads benchmark {self.name!r}: point the data root (paths.data_root or "
             "$GROOD_DATA_ROOT) at a folder holding the layout above"
         )
 
-    def validate(self, data_root: str | os.PathLike) -> None:
-        """Check that ``data_root`` holds every list and images folder; raise :class:`DataLayoutError` if not.
+    def validate(self, data_root: str | os.PathLike, splits: Sequence[str] | None = None) -> None:
+        """Check that ``data_root`` holds every list and images folder of ``splits`` (None: :meth:`splits`);
+        raise :class:`DataLayoutError` if not.
 
         Images themselves are checked when each list's dataset is built (``check_files``).
         """
-        absent = self.missing(data_root)
+        absent = self.missing(data_root, splits)
         if absent:
             if not Path(data_root).is_dir():
                 head = f"data root {data_root} does not exist (benchmark {self.name!r})"
@@ -218,7 +277,8 @@ class Benchmark:
                 head = f"data root {data_root} lacks {len(absent)} path(s) of benchmark {self.name!r}"
             raise DataLayoutError(
                 f"{head}:\n" + "\n".join(f"  missing: {path}" for path in absent)
-                + f"\nexpected layout (OpenOOD v1.5):\n{self.expected_tree(data_root)}\n{self.fetch_hint(data_root)}"
+                + f"\nexpected layout (OpenOOD v1.5):\n{self.expected_tree(data_root, splits)}\n"
+                + self.fetch_hint(data_root, csid=any(s not in self.splits() for s in (splits or ())))
             )
 
     # ------------------------------------------------------------------ plain data
@@ -236,6 +296,9 @@ class Benchmark:
             "near": dict(self.near),
             "far": dict(self.far),
             "val_ood": dict(self.val_ood),
+            "csid": dict(self.csid),
+            "corrupted_val": self.corrupted_val,
+            "split_transforms": {k: dict(v) for k, v in self.split_transforms.items()},
             "images_dirs": dict(self.images_dirs),
             "transform": spec,
             "downloadable": self.downloadable,
@@ -243,15 +306,17 @@ class Benchmark:
 
 
 REQUIRED_KEYS = ("name", "num_classes", "train", "test", "near", "far", "transform")
-OPTIONAL_KEYS = ("images_dir", "val", "val_ood", "images_dirs", "downloadable")
+OPTIONAL_KEYS = ("images_dir", "val", "val_ood", "csid", "corrupted_val", "split_transforms", "images_dirs",
+                 "downloadable")
 
 
 def benchmark_from_dict(cfg: Mapping[str, Any]) -> Benchmark:
     """Build a :class:`Benchmark` from a plain mapping (a config's user-defined benchmark).
 
     Required keys: ``name, num_classes, train, test, near, far, transform`` (a preset name or a spec).
-    Optional: ``images_dir`` (default ``images_classic``), ``val``, ``val_ood``, ``images_dirs``,
-    ``downloadable`` (default False). An unknown or missing key raises ``ValueError`` naming it.
+    Optional: ``images_dir`` (default ``images_classic``), ``val``, ``val_ood``, ``csid``, ``corrupted_val``,
+    ``split_transforms``, ``images_dirs``, ``downloadable`` (default False). An unknown or missing key raises
+    ``ValueError`` naming it.
     """
     if not isinstance(cfg, Mapping):
         raise ValueError(f"a benchmark definition must be a mapping; got {type(cfg).__name__}")
@@ -265,7 +330,8 @@ def benchmark_from_dict(cfg: Mapping[str, Any]) -> Benchmark:
     missing = [key for key in REQUIRED_KEYS if key not in cfg or cfg[key] is None]
     if missing:
         raise ValueError(f"{label}: missing required key(s) {missing}")
-    defaults = {"images_dir": "images_classic", "val": None, "val_ood": {}, "images_dirs": {}, "downloadable": False}
+    defaults = {"images_dir": "images_classic", "val": None, "val_ood": {}, "csid": {}, "corrupted_val": None,
+                "split_transforms": {}, "images_dirs": {}, "downloadable": False}
     values = dict(cfg)
     for key, default in defaults.items():
         if values.get(key) is None:
@@ -286,6 +352,11 @@ def _openood_cifar(id_name: str, num_classes: int, near_first: str) -> dict[str,
         "near": {near_first: f"{lists}/test_{near_first}.txt", "tin": f"{lists}/test_tin.txt"},
         "far": {name: f"{lists}/test_{name}.txt" for name in ("mnist", "svhn", "texture", "places365")},
         "val_ood": {"tin": f"{lists}/val_tin.txt"},
+        # DATA_INFO["cifar10"]["csid"]: cifar10c; DATA_INFO["cifar100"]["csid"]["datasets"] is empty. The real
+        # corrupted images of Table 6: CIFAR-10-C / CIFAR-100-C (cifar100's list as in OpenOOD's
+        # configs/datasets/cifar100/cifar100_fsood.yml)
+        "csid": {"cifar10c": f"{lists}/test_cifar10c.txt"} if id_name == "cifar10" else {},
+        "corrupted_val": f"{lists}/test_{id_name}c.txt",
         "transform": id_name,
         "downloadable": True,
     }
@@ -303,6 +374,12 @@ def _openood_imagenet(id_name: str, num_classes: int) -> dict[str, Any]:
         "near": {name: f"{lists}/test_{name}.txt" for name in ("ssb_hard", "ninco")},
         "far": {name: f"{lists}/test_{name}.txt" for name in ("inaturalist", "textures", "openimage_o")},
         "val_ood": {"openimage_o": f"{lists}/val_openimage_o.txt"},
+        # DATA_INFO[<id>]["csid"]: ImageNet-V2/-C/-R, and ImageNet-ES for ImageNet-1k
+        "csid": {f"imagenet_{s}": f"{lists}/test_{id_name}_{s}.txt"
+                 for s in (("v2", "c", "r", "es") if id_name == "imagenet" else ("v2", "c", "r"))},
+        "corrupted_val": f"{lists}/test_{id_name}_c.txt",  # Table 6 on ImageNet: ImageNet-C (grood's choice)
+        # OpenOOD reads ImageNet-C's 224-pixel images with ToTensor + Normalize only (ImageNetCPreProcessor)
+        "split_transforms": {split: {"size": 224, "crop_size": 224} for split in ("csid:imagenet_c", "corrupted_val")},
         "images_dirs": {"textures": "images_classic"},  # DATA_INFO: textures' data_dir is images_classic/
         "transform": id_name,
         "downloadable": True,

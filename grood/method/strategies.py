@@ -13,7 +13,11 @@ Strategies (:data:`STRATEGIES`; parameters and defaults in each :class:`Strategy
   training images, else a seeded sample drawn evenly across classes).
 - ``uniform``: ``num_images`` uniform-noise images, the ``keep`` with the lowest energy score.
 - ``val_ood``: a seeded sample of ``num_images`` (100) auxiliary OOD validation images.
-- ``corrupted``: ``num_images`` (100) ID validation images corrupted in code (noise, blur, contrast, ...).
+- ``corrupted`` (appendix A.2 "ID-Corrupted Val"): ``num_images`` (100) corrupted ID images. ``source``:
+  ``real`` (default, the paper's data) samples them, seeded and evenly across classes, from the
+  benchmark's real corrupted images (CIFAR-10-C / CIFAR-100-C, ImageNet-C; they come with the csid
+  download); ``synthetic`` corrupts ID validation images in code (noise, blur, contrast, ...;
+  ``corruptions``). No source stands in for the other: a missing input is an error.
 - ``mean``: the mean of the class prototypes (no OOD data at all; eq. 8 over the class prototypes).
 - ``local_oracle`` / ``global_oracle`` (Table 1): ``num_images`` (100) images of the OOD test set itself /
   of each of the *other* OOD test sets. One prototype per OOD test set (``target=``); the evaluation
@@ -375,6 +379,7 @@ _INPUT_DESCRIPTIONS = {
     "image_shape": "the image shape (3, H, W)",
     "normalization": "the images' normalisation (mean, std)",
     "id_validation": "ID validation images and their labels",
+    "corrupted_id": "real corrupted ID images (CIFAR-10-C, ...) and their labels",
     "val_ood": "OOD validation samples",
     "ood_test": "the OOD test sets",
 }
@@ -391,7 +396,8 @@ class PrototypeInputs:
         training: ``() -> TrainingPass`` ("mixup").
         image_shape: ``() -> (3, H, W)`` ("uniform").
         normalization: ``() -> (mean, std)``, per channel ("uniform", "corrupted").
-        id_validation: ``() -> (images, labels [N])``, ``(image, label)`` items ("corrupted").
+        id_validation: ``() -> (images, labels [N])``, ``(image, label)`` items ("corrupted", source=synthetic).
+        corrupted_id: ``() -> (images, labels [N])``, real corrupted ID images ("corrupted", source=real).
         val_ood: ``() -> FeatureRows`` of the OOD validation samples ("val_ood").
         ood_test: ``name -> FeatureRows`` of OOD test set ``name``; ``ood_names`` lists them (oracles).
         seed, batch_size, num_workers, device, progress: how the strategies run (seeded samples, passes).
@@ -404,6 +410,7 @@ class PrototypeInputs:
     image_shape: Callable[[], Sequence[int]] | None = None
     normalization: Callable[[], tuple[Sequence[float], Sequence[float]]] | None = None
     id_validation: Callable[[], tuple[Dataset, torch.Tensor]] | None = None
+    corrupted_id: Callable[[], tuple[Dataset, torch.Tensor]] | None = None
     val_ood: Callable[[], FeatureRows] | None = None
     ood_test: Callable[[str], FeatureRows] | None = None
     ood_names: Sequence[str] = ()
@@ -452,8 +459,14 @@ def _val_ood(inputs: PrototypeInputs, target: str | None, *, num_images: int) ->
     return samples.take(rows[: int(num_images)].sort().values)
 
 
-def _corrupted(inputs: PrototypeInputs, target: str | None, *, num_images: int, corruptions: Sequence[str]
-               ) -> torch.Tensor:
+def _corrupted(inputs: PrototypeInputs, target: str | None, *, num_images: int, corruptions: Sequence[str],
+               source: str) -> torch.Tensor:
+    if source == "real":
+        images, labels = inputs.require("corrupted_id", "corrupted")()
+        rows = stratified_sample(labels, int(num_images), inputs.seed)
+        return network_features(inputs.require("network", "corrupted"), Subset(images, rows.tolist()),
+                                batch_size=inputs.batch_size, num_workers=inputs.num_workers, device=inputs.device,
+                                progress=inputs.progress, description="corrupted ID images")
     images, labels = inputs.require("id_validation", "corrupted")()
     mean, std = inputs.require("normalization", "corrupted")()
     return corrupted_id_features(
@@ -503,6 +516,9 @@ class Strategy:
     uses_network: bool = False
 
 
+#: Where the "corrupted" strategy's images come from (its ``source``).
+CORRUPTED_SOURCES = ("real", "synthetic")
+
 #: The proximity filter (section 5.2), a parameter of every strategy: None = off.
 FILTER_PARAMS: dict[str, Any] = {"filter_quantile": None, "min_keep": 1}
 
@@ -513,7 +529,8 @@ STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
              uses_network=True),
     Strategy("val_ood", "appendix A.2 'OpenOOD Val'", _val_ood, {"num_images": 100}, uses_seed=True),
     Strategy("corrupted", "appendix A.2 'ID-Corrupted Val'", _corrupted,
-             {"num_images": 100, "corruptions": tuple(CORRUPTIONS)}, uses_seed=True, uses_network=True),
+             {"num_images": 100, "corruptions": tuple(CORRUPTIONS), "source": "real"}, uses_seed=True,
+             uses_network=True),
     Strategy("mean", "appendix A.2 'Mean of Prototypes'", _mean, {}, uses_seed=False),
     Strategy("local_oracle", "Table 1 'Local Oracle'", _local_oracle, {"num_images": 100}, uses_seed=True,
              per_ood_set=True),
@@ -566,6 +583,9 @@ def strategy_params(name: str, params: Mapping[str, Any] | None = None) -> dict[
         corruptions = resolved["corruptions"]
         if isinstance(corruptions, str) or not corruptions or any(c not in CORRUPTIONS for c in corruptions):
             raise bad("corruptions", f"a non-empty list of {', '.join(CORRUPTIONS)}")
+    if "source" in resolved and resolved["source"] not in CORRUPTED_SOURCES:
+        raise bad("source", f"one of {', '.join(CORRUPTED_SOURCES)} (real: the benchmark's corrupted images, e.g. "
+                            "CIFAR-10-C; synthetic: ID validation images corrupted in code)")
     quantile = resolved["filter_quantile"]
     if quantile is not None and (isinstance(quantile, bool) or not isinstance(quantile, (int, float))
                                  or not 0.0 <= float(quantile) <= 1.0):
