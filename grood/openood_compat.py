@@ -49,6 +49,7 @@ from grood.backbones.checkpoints import load_state_dict_checked
 from grood.backbones.registry import build_backbone
 from grood.backbones.wrap import wrap
 from grood.device import default_device, resolve_device
+from grood.data.transforms import ToNormalisedTensor
 from grood.features import SplitOutputs, forward_pass
 from grood.method.detector import GROOD, NotFittedError
 from grood.method.prototypes import class_prototypes
@@ -240,13 +241,14 @@ def _loader_dataset(loaders: Mapping[str, Any] | None, key: str, name: str, requ
 
 
 def _normalize_of(transform: Any) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-    if isinstance(transform, (Normalize, NormalizeV2)):
+    if isinstance(transform, (Normalize, NormalizeV2, ToNormalisedTensor)):
         return tuple(float(v) for v in transform.mean), tuple(float(v) for v in transform.std)
     return None
 
 
 def find_normalization(obj: Any, depth: int = 5) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-    """``(mean, std)`` of the first torchvision ``Normalize`` found in a dataset's transforms, or None.
+    """``(mean, std)`` of the first torchvision ``Normalize`` (or grood's :class:`ToNormalisedTensor`) found in
+    a dataset's transforms, or None.
 
     Follows ``dataset``, ``preprocessor``, ``transform``, ``transform_image`` and ``transforms`` (OpenOOD's
     ``ImglistDataset.preprocessor.transform.transforms[-1]``), and sequences, at most ``depth`` levels deep.

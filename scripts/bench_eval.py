@@ -63,7 +63,7 @@ from torch import nn  # noqa: E402
 from grood.backbones.base import SplitNetwork  # noqa: E402
 from grood.detectors import DETECTORS  # noqa: E402
 from grood.pipeline import method_list, prepare_run, score_baseline, score_grood  # noqa: E402
-from grood.resources import configure_threads  # noqa: E402
+from grood.resources import configure_threads, loader_workers  # noqa: E402
 
 #: The benchmark name registered in OpenOOD's tables for the smoke root.
 SMOKE_NAME = "cifar10_smoke"
@@ -92,7 +92,8 @@ def forward_vs_methods(args: argparse.Namespace) -> None:
     forward pass against the bare network's throughput on random tensors of the benchmark's shape."""
     cache_dir = args.cache_dir or tempfile.mkdtemp(prefix="grood-bench-")
     config = smoke_config(cache_dir, [f"paths.data_root={args.data_root}", f"dataset.checkpoint={args.checkpoint}",
-                                      f"batch_size={args.batch_size}", "num_workers=0", "method=all"])
+                                      f"batch_size={args.batch_size}", f"num_workers={args.num_workers}",
+                                      "method=all"])
     per_method = dict(method_list(config.method))
     run = prepare_run(config)
     started = time.perf_counter()
@@ -115,7 +116,8 @@ def forward_vs_methods(args: argparse.Namespace) -> None:
     print(f"{'method':<10}{'seconds':>10}")
     for name, seconds in rows:
         print(f"{name:<10}{seconds:>10.2f}")
-    print(f"\none forward pass over every split:       {forward:8.2f} s ({images / forward:,.0f} images/s)")
+    print(f"\none forward pass over every split:       {forward:8.2f} s ({images / forward:,.0f} images/s; "
+          f"batch {args.batch_size}, {loader_workers(args.num_workers)} loader workers, {torch.get_num_threads()} threads)")
     print(f"bare network on random tensors:           {images / floor:8.2f} s ({floor:,.0f} images/s)")
     ratio = (images / forward) / floor
     print(f"feature extraction / bare network (target >= 0.9): {ratio:.2f}: {'met' if ratio >= 0.9 else 'NOT met'}")
@@ -475,7 +477,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--against-openood", action="store_true", help="time OpenOOD's Evaluator against grood")
     parser.add_argument("--methods", nargs="+", default=["grood", *[n for n in DETECTORS if n != "grood"]],
                         help="--against-openood: methods to compare (default GROOD and every baseline)")
-    parser.add_argument("--num-workers", type=int, default=0, help="--against-openood: loader workers, both sides")
+    parser.add_argument("--num-workers", type=int, default=0,
+                        help="loader workers of the forward pass (with --against-openood: both sides)")
     parser.add_argument("--openood-configs", default=None, help="OpenOOD's configs/ (default: beside its package)")
     parser.add_argument("--tolerance", type=float, default=AUROC_TOLERANCE, help="AUROC agreement, percent")
     parser.add_argument("--no-warm", action="store_true", help="--against-openood: skip grood's warm-cache pass")

@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import numpy as np
 import torch
 from PIL import Image
 
@@ -182,10 +183,10 @@ def test_presets_match_openood(preset):
     assert resolve_spec(preset) == {"size": size, "crop_size": crop, "mean": mean, "std": std,
                                     "interpolation": "bilinear"}
     steps = make_transform(preset).transforms
-    assert [type(s).__name__ for s in steps] == ["ToRGB", "Resize", "CenterCrop", "ToTensor", "Normalize"]
+    assert [type(s).__name__ for s in steps] == ["ToRGB", "Resize", "CenterCrop", "ToNormalisedTensor"]
     assert steps[1].size == size and steps[1].interpolation == T.InterpolationMode.BILINEAR
     assert tuple(steps[2].size) == (crop, crop)
-    assert tuple(steps[4].mean) == mean and tuple(steps[4].std) == std
+    assert steps[3].mean == mean and steps[3].std == std
     assert get_benchmark(preset).transform == resolve_spec(preset)
 
 
@@ -197,6 +198,25 @@ def test_transform_output_and_normalisation():
     assert torch.allclose(out.mean(dim=(1, 2)), torch.tensor(expected), atol=1e-5)
     grey = make_transform("cifar10")(Image.new("L", (28, 28), 200))
     assert grey.shape == (3, 32, 32)
+
+
+def test_normalised_tensor_equals_torchvision_to_the_bit():
+    """grood's one-step ToNormalisedTensor gives what ToTensor() + Normalize() give (OpenOOD's two steps),
+    bit for bit, on every pixel value and odd sizes; non-RGB input is refused, not converted silently."""
+    from grood.data.transforms import ToNormalisedTensor
+
+    generator = np.random.default_rng(0)
+    mean, std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+    fused = ToNormalisedTensor(mean, std)
+    reference = T.Compose([T.ToTensor(), T.Normalize(list(mean), list(std))])
+    ramp = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    images = [Image.fromarray(np.stack([ramp, ramp.T, 255 - ramp], axis=2)),
+              Image.fromarray(generator.integers(0, 256, (37, 53, 3), dtype=np.uint8))]
+    for image in images:
+        assert torch.equal(fused(image), reference(image))
+    with pytest.raises(ValueError, match="RGB images.*mode 'L'"):
+        fused(Image.new("L", (4, 4)))
+    assert repr(fused) == repr(ToNormalisedTensor(list(mean), list(std)))
 
 
 def test_transform_spec_overrides_and_errors():

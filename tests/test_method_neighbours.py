@@ -548,3 +548,33 @@ def test_norm_pruning_reaches_a_neighbour_whose_norm_differs(monkeypatch: pytest
     index.add(database)
     distances, indices = index.search(e1.unsqueeze(0), 1)
     assert int(indices[0, 0]) == 600 and abs(float(distances[0, 0]) - 0.4) < 1e-6
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_ivf_norm_bound_skips_cells_but_returns_the_nearest_of_the_probed_cells(k: int) -> None:
+    """The IVF search skips probed cells whose norms lie out of a query's reach; what it returns is still the
+    exact k nearest among *all* its probed cells (brute force over those cells' vectors, float64)."""
+    from grood.method.kmeans import nearest_cells
+
+    vectors = _gradient_like(8300, 16, seed=3)
+    database, near = vectors[300:], vectors[:300]  # ID-like queries (neighbours at their own scale), and far ones
+    generator = torch.Generator().manual_seed(4)
+    queries = torch.cat([near * (1 + 0.05 * torch.randn(300, 16, generator=generator)),
+                         30.0 * _gradient_like(30, 16, seed=5)])
+    index = build_index("ivf", 16, nlist=50, nprobe=8)
+    index.add(database)
+    index.max_chunk_elements = 4_000  # several query chunks per cell
+    distances, indices = index.search(queries, k)
+    assert index.compared_fraction < 0.8  # the bound skipped (query, probed cell) pairs
+    probes = nearest_cells(queries, index.centroids, index.nprobe, index.projection)
+    sizes = index.list_sizes()
+    for row in range(queries.shape[0]):
+        cells = probes[row].tolist()
+        members = torch.cat([index.ids[int(index.offsets[c]) : int(index.offsets[c + 1])] for c in cells if sizes[c]])
+        expected = torch.cdist(queries[row : row + 1].double(), database[members].double(),
+                               compute_mode="donot_use_mm_for_euclid_dist")[0]
+        values, order = expected.topk(k, largest=False)
+        torch.testing.assert_close(distances[row].double(), values, rtol=1e-4, atol=1e-12)
+        gaps = torch.diff(torch.cat([values, values[-1:] * 2 + 1]))
+        clear = gaps > 1e-4 * values.clamp(min=1e-30)
+        assert torch.equal(indices[row][clear], members[order][clear])

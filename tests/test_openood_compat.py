@@ -424,6 +424,9 @@ def test_uniform_prototype_uses_the_datasets_normalisation(trained_net):
     id_dict["train"].dataset.preprocessor = _Preprocessor(mean, std)
     assert find_normalization(id_dict["train"].dataset) == (mean, std)
     assert find_normalization(Blobs(1, seed=0)) is None
+    from grood.data import test_transform
+    grood_transform = test_transform({"preset": "cifar10", "mean": mean, "std": std})
+    assert find_normalization(grood_transform) == (tuple(float(v) for v in mean), tuple(float(v) for v in std))
     postprocessor = GROODPostprocessor(prototype="uniform", seed=3, progress=False)
     postprocessor.setup(trained_net, id_dict, ood_dict)
     candidates = strategies.uniform_noise_features(trained_net, image_shape=(3, SIZE, SIZE), mean=mean,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
 
 import torch
 
@@ -108,6 +109,16 @@ class IVFIndex(NeighbourIndex):
         self.ids = torch.empty(0, dtype=torch.long)  # [ntotal]: row of each vector in the order added
         self.offsets = torch.zeros(1, dtype=torch.long)  # [num_cells + 1]: cell c is rows offsets[c]:offsets[c+1]
         self._squared_norms = torch.empty(0)
+        self._cell_norms: tuple[torch.Tensor, torch.Tensor] | None = None  # smallest, largest norm of each cell
+        #: (query, indexed vector) pairs in the probed cells, and those compared, by all searches so far.
+        self.pairs_probed = 0
+        self.pairs_compared = 0
+
+    @property
+    def compared_fraction(self) -> float | None:
+        """Fraction of the (query, vector) pairs of the probed cells that the searches so far compared (the
+        others were skipped by the norm bound); None before the first search."""
+        return self.pairs_compared / self.pairs_probed if self.pairs_probed else None
 
     @property
     def ntotal(self) -> int:
@@ -146,6 +157,7 @@ class IVFIndex(NeighbourIndex):
         counts = torch.bincount(cells, minlength=self.num_cells)
         self.offsets = torch.cat([torch.zeros(1, dtype=torch.long, device=self.device), torch.cumsum(counts, 0)])
         self._squared_norms = _squared_row_norms(self.vectors)
+        self._cell_norms = None
         if first:
             self._warn_if_imbalanced()
 
@@ -186,48 +198,146 @@ class IVFIndex(NeighbourIndex):
         self.offsets = torch.zeros(self.num_cells + 1, dtype=torch.long, device=self.device)
 
     def _search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``k`` nearest of each query among the vectors of its ``nprobe`` cells, in two rounds: first the
+        nearest cell of every query, then its other probed cells, except those that the norm bound rules out
+        (:meth:`_reach`): a vector ``x`` with ``| ||q|| - ||x|| | >`` the ``k``-th distance found so far cannot
+        be nearer (triangle inequality), so a cell whose norms all lie outside ``||q|| +- reach`` is skipped.
+        The result is that of scanning every probed cell (ties aside); ``compared_fraction`` says how many
+        pairs were compared."""
         queries = queries.detach().to(device=self.device, dtype=torch.float32)
         nprobe = min(self.nprobe, self.num_cells)
         probes = nearest_cells(queries, self.centroids, nprobe, self.projection)  # [B, nprobe]
-        # candidates[b, s * k + j]: j-th best ranking value (and its row) of query b in its s-th probed cell
-        best_values = torch.full((queries.shape[0], nprobe * k), math.inf, device=self.device)
-        best_rows = torch.zeros((queries.shape[0], nprobe * k), dtype=torch.long, device=self.device)
-        flat_cells = probes.flatten()
-        pair_order = torch.sort(flat_cells, stable=True).indices  # (query, slot) pairs grouped by cell
-        pair_counts = torch.bincount(flat_cells, minlength=self.num_cells).tolist()
-        offsets = self.offsets.tolist()
-        position = 0
-        for cell, pairs in enumerate(pair_counts):
-            if pairs == 0:
-                continue
-            pair_ids = pair_order[position : position + pairs]
-            position += pairs
-            first, last = offsets[cell], offsets[cell + 1]
-            if last == first:
-                continue
-            found = min(k, last - first)
-            chunk = max(1, self.max_chunk_elements // (last - first))
-            for start in range(0, pairs, chunk):
-                query_rows, slots = pair_ids[start : start + chunk] // nprobe, pair_ids[start : start + chunk] % nprobe
-                # rank by ||x||^2 - 2 q.x (= ||q - x||^2 - ||q||^2): one matrix product per cell (and chunk)
-                ranking = torch.addmm(
-                    self._squared_norms[first:last], queries[query_rows], self.vectors[first:last].T, alpha=-2.0
-                )
-                values, columns = torch.topk(ranking, found, dim=1, largest=False, sorted=True)
-                target = (slots * k).unsqueeze(1) + torch.arange(found, device=self.device)
-                best_values[query_rows.unsqueeze(1), target] = values
-                best_rows[query_rows.unsqueeze(1), target] = columns + first
-        values, picked = torch.topk(best_values, k, dim=1, largest=False, sorted=True)
+        sizes = self.list_sizes().to(self.device)
+        self.pairs_probed += int(sizes[probes].sum())
+        scan = self._scan_nearest if k == 1 else self._scan_k_nearest
+        best = scan(queries, probes, torch.arange(queries.shape[0], device=self.device), torch.zeros_like(probes[:, 0]),
+                    k, None)
+        if nprobe > 1:
+            later = probes[:, 1:]
+            reach = self._reach(queries, *self._k_best(*best, k))
+            query_norms = torch.linalg.vector_norm(queries, dim=1, keepdim=True)
+            smallest, largest = self._norm_ranges()
+            keep = (smallest[later] <= query_norms + reach.unsqueeze(1)) & (largest[later] >= query_norms - reach.unsqueeze(1))
+            query_rows, slots = keep.nonzero(as_tuple=True)
+            best = scan(queries, probes, query_rows, slots + 1, k, best)
+        values, rows = self._k_best(*best, k)
         missing = torch.isinf(values).any(dim=1)
         if missing.any():
             raise RuntimeError(
                 f"the 'ivf' index found fewer than k={k} neighbours for {int(missing.sum())} of {queries.shape[0]} "
                 f"queries (the cells it probed hold too few vectors); raise nprobe or use the 'exact' index"
             )
-        rows = best_rows.gather(1, picked)
         distances = _direct_distances(queries, self.vectors, rows, self.max_chunk_elements)
         distances, order = torch.sort(distances, dim=1)
         return distances, self.ids[rows.gather(1, order)]
+
+    @staticmethod
+    def _k_best(values: torch.Tensor, rows: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``k`` smallest ranking values ``[B, k]`` (and their rows) of the candidates ``[B, M]``."""
+        if values.shape[1] == k:
+            return values, rows
+        values, picked = torch.topk(values, k, dim=1, largest=False, sorted=True)
+        return values, rows.gather(1, picked)
+
+    def _norm_ranges(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[num_cells]`` smallest and largest norm of each cell's vectors (``inf`` / ``-inf`` when empty)."""
+        if self._cell_norms is None:
+            norms = self._squared_norms.sqrt()
+            cells = self._cells_of_indexed()
+            smallest = torch.full((self.num_cells,), math.inf, device=self.device)
+            largest = torch.full((self.num_cells,), -math.inf, device=self.device)
+            smallest.scatter_reduce_(0, cells, norms, reduce="amin")
+            largest.scatter_reduce_(0, cells, norms, reduce="amax")
+            self._cell_norms = (smallest, largest)
+        return self._cell_norms
+
+    def _reach(self, queries: torch.Tensor, values: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """``[B]`` an upper bound on each query's ``k``-th nearest distance: the largest true distance (from the
+        differences: the ranking values carry cancellation) of the ``k`` best rows found so far, plus a margin
+        for float32 rounding of the norms; ``inf`` where fewer than ``k`` were found."""
+        found_all = torch.isfinite(values).all(dim=1)
+        direct = _direct_distances(queries, self.vectors, rows, self.max_chunk_elements).amax(dim=1)
+        found = torch.where(found_all, direct, math.inf)
+        margin = 2.0 * self.dim * 2.0**-24
+        return found + margin * (torch.linalg.vector_norm(queries, dim=1) + found)
+
+    def _probing_pairs(
+        self, probes: torch.Tensor, query_rows: torch.Tensor, slots: torch.Tensor
+    ) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor]]:
+        """The (query, probed cell) pairs ``(query_rows[i], probes[query_rows[i], slots[i]])`` in list-major
+        order: for each cell, ``(cell_rows, query_rows, slots)``: the cell's rows of :attr:`vectors`, the
+        queries that probe it (each once: a query's probes are distinct cells) and which of their probes it
+        is, a chunk of queries at a time so that one ranking matrix holds at most ``max_chunk_elements``
+        entries."""
+        cells = probes[query_rows, slots]
+        pair_order = torch.sort(cells, stable=True).indices  # pairs grouped by cell
+        pair_counts = torch.bincount(cells, minlength=self.num_cells).tolist()
+        query_rows, slots = query_rows[pair_order], slots[pair_order]
+        offsets = self.offsets.tolist()
+        position = 0
+        for cell, pairs in enumerate(pair_counts):
+            begin, position = position, position + pairs
+            first, last = offsets[cell], offsets[cell + 1]
+            if pairs == 0 or last == first:
+                continue
+            self.pairs_compared += pairs * (last - first)
+            chunk = max(1, self.max_chunk_elements // (last - first))
+            for start in range(begin, position, chunk):
+                end = min(start + chunk, position)
+                yield slice(first, last), query_rows[start:end], slots[start:end]
+
+    def _cell_ranking(
+        self, cell_rows: slice, queries: torch.Tensor, query_rows: torch.Tensor, buffers: "_ScanBuffers"
+    ) -> torch.Tensor:
+        """``[P, size]``: ``||x||^2 - 2 q.x`` (``= ||q - x||^2 - ||q||^2``) of the ``P`` queries ``queries[query_rows]``
+        against every vector of one cell (its rows ``cell_rows``), in one matrix product. The gathered
+        queries and the ranking matrix live in ``buffers``, reused from cell to cell: fresh tensors of
+        this size would be fresh memory pages each time, which the OS must fault in and zero."""
+        size = cell_rows.stop - cell_rows.start
+        chosen = torch.index_select(queries, 0, query_rows, out=buffers.queries(query_rows.shape[0]))
+        ranking = buffers.ranking(query_rows.shape[0], size)
+        return torch.addmm(self._squared_norms[cell_rows], chosen, self.vectors[cell_rows].T, alpha=-2.0, out=ranking)
+
+    def _scan_nearest(
+        self, queries: torch.Tensor, probes: torch.Tensor, query_rows: torch.Tensor, slots: torch.Tensor, k: int,
+        best: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """k = 1: each query's best ranking value ``[B, 1]`` and row ``[B, 1]`` over the given (query, probe)
+        pairs, merged into ``best`` (a running minimum: the cell scanned first keeps a tie)."""
+        if best is None:
+            best = (torch.full((queries.shape[0], 1), math.inf, device=self.device),
+                    torch.zeros((queries.shape[0], 1), dtype=torch.long, device=self.device))
+        best_values, best_rows = best[0][:, 0], best[1][:, 0]  # views: updated in place
+        buffers = _ScanBuffers(queries, self.max_chunk_elements)
+        for cell_rows, rows, _ in self._probing_pairs(probes, query_rows, slots):
+            values, columns = self._cell_ranking(cell_rows, queries, rows, buffers).min(dim=1)
+            current = best_values[rows]
+            better = values < current
+            best_values[rows] = torch.where(better, values, current)
+            best_rows[rows] = torch.where(better, columns + cell_rows.start, best_rows[rows])
+        return best
+
+    def _scan_k_nearest(
+        self, queries: torch.Tensor, probes: torch.Tensor, query_rows: torch.Tensor, slots: torch.Tensor, k: int,
+        best: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``k`` best ranking values and rows of each query in each of its probed cells given by the
+        (query, probe) pairs, written into ``best``: ``[B, nprobe * k]`` each, column ``s * k + j`` holding
+        the ``j``-th best of its ``s``-th probed cell (``inf`` where not scanned)."""
+        if best is None:
+            width = probes.shape[1] * k
+            best = (torch.full((queries.shape[0], width), math.inf, device=self.device),
+                    torch.zeros((queries.shape[0], width), dtype=torch.long, device=self.device))
+        best_values, best_rows = best
+        buffers = _ScanBuffers(queries, self.max_chunk_elements)
+        for cell_rows, rows, cell_slots in self._probing_pairs(probes, query_rows, slots):
+            ranking = self._cell_ranking(cell_rows, queries, rows, buffers)
+            found = min(k, ranking.shape[1])
+            values, columns = torch.topk(ranking, found, dim=1, largest=False, sorted=True)
+            target = (cell_slots * k).unsqueeze(1) + torch.arange(found, device=self.device)
+            best_values[rows.unsqueeze(1), target] = values
+            best_rows[rows.unsqueeze(1), target] = columns + cell_rows.start
+        return best
 
     def save(self, path: str | os.PathLike[str]) -> None:
         if self.ntotal == 0:
@@ -256,3 +366,26 @@ class IVFIndex(NeighbourIndex):
         index.offsets = state["offsets"].to(index.device)
         index._squared_norms = _squared_row_norms(index.vectors)
         return index
+
+
+class _ScanBuffers:
+    """Storage reused by one IVF search for every cell's gathered queries ``[P, D]`` and ranking matrix
+    ``[P, size]`` (``P * size <= max_chunk_elements``, so the ranking storage never exceeds it), grown
+    when a larger one is needed."""
+
+    def __init__(self, queries: torch.Tensor, max_chunk_elements: int) -> None:
+        self._dim = queries.shape[1]
+        self._queries = torch.empty(0, device=queries.device)
+        self._ranking = torch.empty(0, device=queries.device)
+        self._max_chunk_elements = max_chunk_elements
+
+    def queries(self, count: int) -> torch.Tensor:
+        if self._queries.numel() < count * self._dim:
+            self._queries = torch.empty(count * self._dim, device=self._queries.device)
+        return self._queries[: count * self._dim].view(count, self._dim)
+
+    def ranking(self, count: int, size: int) -> torch.Tensor:
+        if self._ranking.numel() < count * size:
+            self._ranking = torch.empty(max(count * size, min(self._max_chunk_elements, 2 * count * size)),
+                                        device=self._ranking.device)
+        return self._ranking[: count * size].view(count, size)
