@@ -35,6 +35,12 @@ def test_bench_method_prints_table_ratios_and_eq3_bounds() -> None:
     assert re.search(r"pytorch-ood KNN / GROOD exact\s+n/a  target >= 3: not measured", out)
     assert re.search(r"IVF recall@1 \(target >= 0.98: (met|NOT met)\) on 300 queries: [01]\.\d{4} all", out)
     assert re.search(r"GROOD exact against FAISS flat on 300 queries: largest relative distance difference", out)
+    # the IVF floor: its fit, query gradients and routing, from the same run's figures
+    floor = re.search(r"GROOD IVF's fit \(([0-9.]+) s\) with the query gradients and routing \(([0-9.]+) s\), without any "
+                      r"scan of its cells: ([0-9.]+) s, so GROOD exact / GROOD IVF <= ([0-9.]+)", out)
+    assert floor, out
+    assert abs(float(floor.group(1)) + float(floor.group(2)) - float(floor.group(3))) <= 0.011
+    assert re.search(r"the norm bound left \d+\.\d% of the probed cells' pairs to compare", out)
 
 
 def test_bench_method_rejects_a_bad_repeat() -> None:
