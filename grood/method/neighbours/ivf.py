@@ -220,9 +220,10 @@ class IVFIndex(NeighbourIndex):
         if nprobe > 1:
             later = probes[:, 1:]
             reach = self._reach(queries, *self._k_best(*best, k))
-            query_norms = torch.linalg.vector_norm(queries, dim=1, keepdim=True)
+            query_norms = torch.linalg.vector_norm(queries, dim=1)
+            low, high = (query_norms - reach).unsqueeze(1), (query_norms + reach).unsqueeze(1)  # [B, 1] each
             smallest, largest = self._norm_ranges()
-            keep = (smallest[later] <= query_norms + reach.unsqueeze(1)) & (largest[later] >= query_norms - reach.unsqueeze(1))
+            keep = (smallest[later] <= high) & (largest[later] >= low)  # [B, nprobe - 1]: a norm within reach
             query_rows, slots = keep.nonzero(as_tuple=True)
             best = scan(queries, probes, query_rows, slots + 1, k, best)
         values, rows = self._k_best(*best, k)
