@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any, ClassVar
@@ -45,6 +46,28 @@ def _direct_distances(
         for start in range(0, queries.shape[0], chunk)
     ]
     return torch.cat(parts)  # search() never passes 0 queries
+
+
+def _norm_reach(
+    queries: torch.Tensor,
+    query_norms: torch.Tensor,
+    vectors: torch.Tensor,
+    values: torch.Tensor,
+    rows: torch.Tensor,
+    max_chunk_elements: int,
+) -> torch.Tensor:
+    """``[B]`` how far in norm a neighbour of each query may lie, for the norm bound
+    ``||q - x|| >= | ||q|| - ||x|| |``: an upper bound on each query's ``k``-th nearest distance, from the
+    ``k`` best ``rows [B, k]`` found so far (their ranking ``values [B, k]``, ``inf`` where not found).
+
+    The distances are the true ones of those rows, computed from the differences (the ranking values
+    carry cancellation), widened by a margin for float32 rounding of the norms and distances (relative
+    error below ``dim * 2^-24`` each); ``inf`` where fewer than ``k`` rows were found.
+    """
+    direct = _direct_distances(queries, vectors, rows, max_chunk_elements).amax(dim=1)
+    found = torch.where(torch.isfinite(values).all(dim=1), direct, math.inf)
+    margin = 2.0 * queries.shape[1] * 2.0**-24
+    return found + margin * (query_norms + found)
 
 
 def _squared_row_norms(vectors: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,7 @@ from grood.method.kmeans import balanced_centroids, direction_projection, neares
 from grood.method.neighbours.base import (
     NeighbourIndex,
     _direct_distances,
+    _norm_reach,
     _load_torch_index_file,
     _squared_row_norms,
     log,
@@ -205,8 +206,9 @@ class IVFIndex(NeighbourIndex):
     def _search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The ``k`` nearest of each query among the vectors of its ``nprobe`` cells, in two rounds: first the
         nearest cell of every query, then its other probed cells, except those that the norm bound rules out
-        (:meth:`_reach`): a vector ``x`` with ``| ||q|| - ||x|| | >`` the ``k``-th distance found so far cannot
-        be nearer (triangle inequality), so a cell whose norms all lie outside ``||q|| +- reach`` is skipped.
+        (:func:`~grood.method.neighbours.base._norm_reach`): a vector ``x`` with ``| ||q|| - ||x|| | >`` the
+        ``k``-th distance found so far cannot be nearer (triangle inequality), so a cell whose norms all lie
+        outside ``||q|| +- reach`` is skipped.
         The result is that of scanning every probed cell (ties aside); ``compared_fraction`` says how many
         pairs were compared."""
         queries = queries.detach().to(device=self.device, dtype=torch.float32)
@@ -219,8 +221,8 @@ class IVFIndex(NeighbourIndex):
                     k, None)
         if nprobe > 1:
             later = probes[:, 1:]
-            reach = self._reach(queries, *self._k_best(*best, k))
             query_norms = torch.linalg.vector_norm(queries, dim=1)
+            reach = _norm_reach(queries, query_norms, self.vectors, *self._k_best(*best, k), self.max_chunk_elements)
             low, high = (query_norms - reach).unsqueeze(1), (query_norms + reach).unsqueeze(1)  # [B, 1] each
             smallest, largest = self._norm_ranges()
             keep = (smallest[later] <= high) & (largest[later] >= low)  # [B, nprobe - 1]: a norm within reach
@@ -256,16 +258,6 @@ class IVFIndex(NeighbourIndex):
             largest.scatter_reduce_(0, cells, norms, reduce="amax")
             self._cell_norms = (smallest, largest)
         return self._cell_norms
-
-    def _reach(self, queries: torch.Tensor, values: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """``[B]`` an upper bound on each query's ``k``-th nearest distance: the largest true distance (from the
-        differences: the ranking values carry cancellation) of the ``k`` best rows found so far, plus a margin
-        for float32 rounding of the norms; ``inf`` where fewer than ``k`` were found."""
-        found_all = torch.isfinite(values).all(dim=1)
-        direct = _direct_distances(queries, self.vectors, rows, self.max_chunk_elements).amax(dim=1)
-        found = torch.where(found_all, direct, math.inf)
-        margin = 2.0 * self.dim * 2.0**-24
-        return found + margin * (torch.linalg.vector_norm(queries, dim=1) + found)
 
     def _probing_pairs(
         self, probes: torch.Tensor, query_rows: torch.Tensor, slots: torch.Tensor

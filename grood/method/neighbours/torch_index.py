@@ -11,6 +11,7 @@ from grood.io import atomic_file
 from grood.method.neighbours.base import (
     NeighbourIndex,
     _direct_distances,
+    _norm_reach,
     _load_torch_index_file,
     _squared_row_norms,
 )
@@ -227,18 +228,11 @@ class TorchIndex(NeighbourIndex):
         norms, block_min, block_max = block_norms
         num_blocks = block_min.shape[0]
         chunk_norms = torch.linalg.vector_norm(chunk, dim=1)
-        # float32 rounding of the norms and of the direct distances: relative error below dim * 2^-24 each
-        margin = 2.0 * self.dim * 2.0**-24
         centre = min(int(torch.searchsorted(norms, chunk_norms.median())) // database_rows, num_blocks - 1)
         best = self._block_search(chunk, k, [centre * database_rows], database_rows, buffer)
         left, right = centre - 1, centre + 1
         while left >= 0 or right < num_blocks:
-            # reach: an upper bound on each query's k-th nearest distance, from the true distances of the
-            # k rows found so far (computed from the differences: the ranking values carry cancellation)
-            values, rows = best
-            direct = _direct_distances(chunk, self._storage, rows, self.max_chunk_elements).amax(dim=1)
-            found = torch.where(torch.isfinite(values).all(dim=1), direct, math.inf)
-            reach = found + margin * (chunk_norms + found)
+            reach = _norm_reach(chunk, chunk_norms, self._storage, *best, self.max_chunk_elements)
             go_left = left >= 0 and bool(block_max[left] >= (chunk_norms - reach).min())
             go_right = right < num_blocks and bool(block_min[right] <= (chunk_norms + reach).max())
             if not (go_left or go_right):
