@@ -1,14 +1,16 @@
 #!/usr/bin/env python
 """Time evaluations on the shared CIFAR-10 smoke benchmark (ResNet-20).
 
-    python scripts/bench_eval.py [--data-root ...] [--checkpoint ...] [--cache-dir DIR]
+    python scripts/bench_eval.py [--data-root ...] [--checkpoint ...] [--cache-dir DIR] [--num-workers N]
     python scripts/bench_eval.py --against-openood [--methods grood msp ...] [--log FILE]
     python scripts/bench_eval.py --warm-runs       # a second GROOD run on the same cache against a warm MSP run
 
 Default: the forward pass over every split (train, test and each OOD set) runs on an empty cache, then
 each method runs on the cached outputs (issue target: all methods <= 1.5x the forward pass). GROOD's
 time includes its mixup prototype (a second pass through part of the network over the training
-images); ODIN re-runs the network with input perturbation and is reported apart. Prints a table.
+images); ODIN re-runs the network with input perturbation and is reported apart. Prints a table, and the
+forward pass against the bare network on random tensors of the benchmark's shape (issue target: >= 0.9x),
+with ``--num-workers`` loader workers (default 0: decoding in the main process).
 
 ``--against-openood``: OpenOOD v1.5's own ``Evaluator`` and grood on the same methods, data, network and
 settings (batch size, loader workers, OpenOOD's automatic parameter search), one after the other in this
