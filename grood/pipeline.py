@@ -337,6 +337,10 @@ def method_problem(name: str, params: Mapping[str, Any], feature_dim: int, confi
     user set, OpenOOD's default, or every value of its APS sweep is invalid), or None. With
     ``on_invalid=adapt`` it is None when :func:`adapt_parameters` can fix it."""
     if name == "grood":
+        try:
+            GROOD(**_grood_params(config, params)).check_index(feature_dim)
+        except ValueError as error:
+            return f"method grood: index={config.index.kind} {error}"
         return None
     cls = DETECTORS[name]
     searched = config.aps and len(aps.search_space(name, params)) > 0

@@ -8,6 +8,8 @@ Not a test: it prints figures. For each scale it times, on the same features:
   (:func:`grood.method.neighbours.exact_choice`; on a CPU the torch search with exact norm pruning);
 - ``grood-faiss-flat``, ``grood-ivf``, ``grood-torch``: ``GROOD(index=...)`` with FAISS flat, the IVF index
   and the plain torch search;
+- ``grood-ivf-int8``: the IVF index with ``scan="int8"`` (int8 codes rank each probed cell, the candidates'
+  true distances decide; CPU only);
 - ``knn``: pytorch-ood's ``KNN`` detector (``fit_features`` + ``predict_features``, its default k=50,
   normalised features, scikit-learn brute-force search);
 - ``eq3-product``: the ``[N, D] x [D, C]`` product of the training features with the class prototypes
@@ -23,7 +25,7 @@ written once by the parent, so each gets a fresh process. Memory: ``peak RSS`` i
 ``ru_maxrss`` (peak resident set size, features and torch/faiss libraries included); ``extra`` is that
 peak minus the resident size right after loading the features (VmRSS), i.e. about the memory the
 method itself added at its peak (transient copies made while loading can hide part of it).
-IVF recall@1 is measured (untimed) on a random subset of the queries: the fraction whose nearest
+IVF recall@1 (both scans) is measured (untimed) on a random subset of the queries: the fraction whose nearest
 training gradient under IVF is the exact one, or one at the same distance (relative 1e-4: a tie).
 It is printed for all, ID and OOD queries: an OOD query's gradient lies far from every training
 gradient, among many near-equidistant ones, so IVF often returns another of them (the relative
@@ -56,12 +58,15 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-METHODS = ("faiss-flat", "grood-exact", "grood-faiss-flat", "grood-ivf", "grood-torch", "knn")
+METHODS = ("faiss-flat", "grood-exact", "grood-faiss-flat", "grood-ivf", "grood-ivf-int8", "grood-torch", "knn")
+#: The IVF runs: method -> the ``scan`` of its index.
+IVF_SCANS = {"grood-ivf": "float32", "grood-ivf-int8": "int8"}
 
 #: Issue 12's targets, as ratios of one run: (label, numerator, denominator, comparison, bound).
 TARGETS = (
     ("GROOD exact / bare FAISS flat", "grood-exact", "faiss-flat", "<=", 1.0),
     ("GROOD exact / GROOD IVF", "grood-exact", "grood-ivf", ">=", 8.0),
+    ("GROOD exact / GROOD IVF int8", "grood-exact", "grood-ivf-int8", ">=", 8.0),
     ("pytorch-ood KNN / GROOD exact", "knn", "grood-exact", ">=", 3.0),
 )
 IVF_RECALL_TARGET = 0.98
@@ -132,11 +137,12 @@ def run_child(spec: dict) -> dict:
     elif method.startswith("grood-"):
         from grood.method import GROOD
 
-        kind = method.split("-", 1)[1].replace("-", "_")
+        kind = "ivf" if method in IVF_SCANS else method.split("-", 1)[1].replace("-", "_")
         params = {}
         if kind == "ivf":
             chosen = (("nlist", spec["nlist"]), ("nprobe", spec["nprobe"]), ("routing_dim", spec["routing_dim"]))
             params = {k: v for k, v in chosen if v is not None}
+            params["scan"] = IVF_SCANS[method]
         detector = GROOD(index=kind, index_params=params, device=spec["device"])
         start = time.perf_counter()
         detector.fit(train, labels, num_classes=spec["classes"])
@@ -158,7 +164,7 @@ def run_child(spec: dict) -> dict:
             start = time.perf_counter()
             nearest_cells(detector.gradients(queries), index.centroids, index.nprobe, index.projection)
             result["gradients_and_routing_s"] = time.perf_counter() - start
-        if method in ("grood-exact", "grood-ivf", "grood-faiss-flat"):  # untimed: nearest training gradients of a subset
+        if method in ("grood-exact", "grood-faiss-flat", *IVF_SCANS):  # untimed: nearest training gradients of a subset
             subset = torch.from_numpy(np.load(folder / "recall_rows.npy"))
             distances, neighbours = detector.index.search(detector.gradients(queries[subset]), 1)
             np.save(folder / f"neighbours-{method}.npy", neighbours[:, 0].cpu().numpy())
@@ -273,29 +279,39 @@ def bench_scale(name: str, train: int, queries: int, dim: int, classes: int, arg
         if "grood-exact" in results:
             print(f"  and GROOD exact / GROOD IVF <= {results['grood-exact']['total_s'] / product['fit_s']:.1f} "
                   "(IVF's fit computes eq. 3 too)")
-    if "grood-ivf" in results and "grood-exact" in results:
-        ivf = results["grood-ivf"]
-        floor = ivf["fit_s"] + ivf["gradients_and_routing_s"]
-        print(f"GROOD IVF's fit ({ivf['fit_s']:.2f} s) with the query gradients and routing "
-              f"({ivf['gradients_and_routing_s']:.2f} s), without any scan of its cells: {floor:.2f} s, so GROOD "
-              f"exact / GROOD IVF <= {results['grood-exact']['total_s'] / floor:.1f} with this IVF, whatever its scan")
+    for method in IVF_SCANS:
+        if method in results and "grood-exact" in results:
+            _print_ivf_floor(method, results)
     _print_exact_agreement(distances, results)
-    if "grood-ivf" in neighbours and "grood-exact" in neighbours:
-        # recall@1: IVF returned the exact nearest training gradient, or one at the same distance (a tie)
-        same = neighbours["grood-ivf"] == neighbours["grood-exact"]
-        exact_d, ivf_d = distances["grood-exact"], distances["grood-ivf"]
-        tie = np.abs(ivf_d - exact_d) <= 1e-4 * exact_d
-        found = same | tie
-        is_id = data["is_id"][recall_rows]
-        r = results["grood-ivf"]
-        verdict = "met" if found.mean() >= IVF_RECALL_TARGET else "NOT met"
-        print(f"IVF recall@1 (target >= {IVF_RECALL_TARGET}: {verdict}) on {len(found)} queries: {found.mean():.4f} all, "
-              f"{found[is_id].mean():.4f} ID, {found[~is_id].mean():.4f} OOD   (nlist={r['nlist']}, {r['num_cells']} cells after balancing, "
-              f"largest {100 * r['largest_cell']:.1f}% of the vectors, nprobe={r['nprobe']}); the norm bound left "
-              f"{100 * r['compared_fraction']:.1f}% of the probed cells' pairs to compare")
-        if (~found).any():
-            excess = (ivf_d - exact_d)[~found] / exact_d[~found]
-            print(f"  where IVF missed, its distance exceeds the exact one by {np.median(excess):.2e} (median, relative)")
+    for method in IVF_SCANS:
+        if method in neighbours and "grood-exact" in neighbours:
+            _print_ivf_recall(method, neighbours, distances, results[method], data["is_id"][recall_rows])
+
+
+def _print_ivf_floor(method: str, results: dict[str, dict]) -> None:
+    """The IVF's fit, query gradients and routing: what any scan of its cells comes on top of."""
+    ivf, label = results[method], f"GROOD IVF ({IVF_SCANS[method]} scan)"
+    floor = ivf["fit_s"] + ivf["gradients_and_routing_s"]
+    print(f"{label}'s fit ({ivf['fit_s']:.2f} s) with the query gradients and routing "
+          f"({ivf['gradients_and_routing_s']:.2f} s), without any scan of its cells: {floor:.2f} s, so GROOD "
+          f"exact / {label} <= {results['grood-exact']['total_s'] / floor:.1f}, whatever its scan")
+
+
+def _print_ivf_recall(method: str, neighbours: dict[str, np.ndarray], distances: dict[str, np.ndarray], r: dict,
+                      is_id: np.ndarray) -> None:
+    """recall@1: IVF returned the exact nearest training gradient, or one at the same distance (a tie)."""
+    same = neighbours[method] == neighbours["grood-exact"]
+    exact_d, ivf_d = distances["grood-exact"], distances[method]
+    found = same | (np.abs(ivf_d - exact_d) <= 1e-4 * exact_d)
+    verdict = "met" if found.mean() >= IVF_RECALL_TARGET else "NOT met"
+    print(f"IVF ({IVF_SCANS[method]} scan) recall@1 (target >= {IVF_RECALL_TARGET}: {verdict}) on {len(found)} queries: "
+          f"{found.mean():.4f} all, {found[is_id].mean():.4f} ID, {found[~is_id].mean():.4f} OOD   (nlist={r['nlist']}, "
+          f"{r['num_cells']} cells after balancing, largest {100 * r['largest_cell']:.1f}% of the vectors, "
+          f"nprobe={r['nprobe']}); the norm bound left {100 * r['compared_fraction']:.1f}% of the probed cells' pairs "
+          "to compare")
+    if (~found).any():
+        excess = (ivf_d - exact_d)[~found] / exact_d[~found]
+        print(f"  where IVF missed, its distance exceeds the exact one by {np.median(excess):.2e} (median, relative)")
 
 
 def _print_exact_agreement(distances: dict[str, np.ndarray], results: dict[str, dict]) -> None:

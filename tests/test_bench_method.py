@@ -22,7 +22,7 @@ def test_bench_method_prints_table_ratios_and_eq3_bounds() -> None:
     assert completed.returncode == 0, completed.stderr[-3000:]
     out = completed.stdout
     assert "round 2 of 2" in out
-    for method in ("faiss-flat", "grood-exact", "grood-ivf"):
+    for method in ("faiss-flat", "grood-exact", "grood-ivf", "grood-ivf-int8"):
         row = re.search(rf"^\| {method} \| ([0-9.]+) \| ([0-9.]+) \| ([0-9.]+) \|", out, flags=re.MULTILINE)
         assert row, f"no table row for {method}:\n{out}"
         # the table keeps, per method, the fastest of its two rounds
@@ -32,14 +32,19 @@ def test_bench_method_prints_table_ratios_and_eq3_bounds() -> None:
     assert "GROOD exact ran as: torch+norm_pruning" in out  # the CPU's fastest exact search
     assert re.search(r"GROOD exact / bare FAISS flat\s+[0-9.]+  target <= 1: (met|NOT met)", out)
     assert re.search(r"GROOD exact / GROOD IVF\s+[0-9.]+  target >= 8: (met|NOT met)", out)
+    assert re.search(r"GROOD exact / GROOD IVF int8\s+[0-9.]+  target >= 8: (met|NOT met)", out)
     assert re.search(r"pytorch-ood KNN / GROOD exact\s+n/a  target >= 3: not measured", out)
-    assert re.search(r"IVF recall@1 \(target >= 0.98: (met|NOT met)\) on 300 queries: [01]\.\d{4} all", out)
+    for scan in ("float32", "int8"):
+        assert re.search(rf"IVF \({scan} scan\) recall@1 \(target >= 0.98: (met|NOT met)\) on 300 queries: [01]\.\d{{4}} all",
+                         out)
     assert re.search(r"GROOD exact against FAISS flat on 300 queries: largest relative distance difference", out)
     # the IVF floor: its fit, query gradients and routing, from the same run's figures
-    floor = re.search(r"GROOD IVF's fit \(([0-9.]+) s\) with the query gradients and routing \(([0-9.]+) s\), without any "
-                      r"scan of its cells: ([0-9.]+) s, so GROOD exact / GROOD IVF <= ([0-9.]+)", out)
-    assert floor, out
-    assert abs(float(floor.group(1)) + float(floor.group(2)) - float(floor.group(3))) <= 0.011
+    for scan in ("float32", "int8"):
+        label = rf"GROOD IVF \({scan} scan\)"
+        floor = re.search(rf"{label}'s fit \(([0-9.]+) s\) with the query gradients and routing \(([0-9.]+) s\), "
+                          rf"without any scan of its cells: ([0-9.]+) s, so GROOD exact / {label} <= ([0-9.]+)", out)
+        assert floor, out
+        assert abs(float(floor.group(1)) + float(floor.group(2)) - float(floor.group(3))) <= 0.011
     assert re.search(r"the norm bound left \d+\.\d% of the probed cells' pairs to compare", out)
 
 

@@ -346,11 +346,13 @@ class IVFIndexParams:
     nlist: Optional[int] = None       # None = grood.method's default
     nprobe: Optional[int] = None
     routing_dim: Optional[int] = None
+    scan: str = "float32"             # float32 | int8 (int8 codes, candidates reranked exactly; CPU only)
 
     def problems(self) -> list[str]:
         found: list[str] = []
         for key in ("nlist", "nprobe", "routing_dim"):
             _at_least(found, key, getattr(self, key), 1)
+        _one_of(found, "scan", self.scan, ("float32", "int8"))
         return found
 
 

@@ -141,6 +141,14 @@ class GROOD:
         if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1; got {batch_size!r}")
 
+    def check_index(self, dim: int) -> None:
+        """Raise ValueError where this detector's index cannot be built for ``dim``-dimensional features on
+        its device, e.g. ``index_params={"scan": "int8"}`` on CUDA; for the indexes in torch ("ivf", "torch"),
+        whose construction allocates nothing. The pipeline calls it before any forward pass (:meth:`fit`
+        builds the index after them)."""
+        if self.variant in INDEXED_VARIANTS and self.index_kind in ("ivf", "torch"):
+            build_index(self.index_kind, dim, device=self.device, **self.index_params)
+
     # ------------------------------------------------------------------------------------ helpers
     @property
     def is_fitted(self) -> bool:

@@ -94,9 +94,10 @@ def exact_choice(device: str | torch.device | None = None) -> tuple[str, dict[st
 
 def build_index(kind: str, dim: int, device: str | torch.device | None = None, **params: Any) -> NeighbourIndex:
     """A new empty index of ``kind`` (one of :data:`INDEX_KINDS`); ``"exact"`` builds :func:`exact_choice`
-    for ``device`` (the device of the vectors it will hold). The built index's ``kind`` says which.
+    for ``device`` (the device of the vectors it will hold; the "ivf" and "torch" indexes keep their vectors
+    there). The built index's ``kind`` says which.
 
-    ``params`` go to the index's constructor (``nlist``, ``nprobe``, ``niter``, ``routing_dim`` for "ivf";
+    ``params`` go to the index's constructor (``nlist``, ``nprobe``, ``niter``, ``routing_dim``, ``scan`` for "ivf";
     ``max_chunk_elements``, ``norm_pruning`` for "torch"; ``nprobe``, ``nlist``, ``train_batches``,
     ``loader_batch_size`` for "faiss_ivf"; none for "exact" and "faiss_flat").
     """
@@ -107,6 +108,8 @@ def build_index(kind: str, dim: int, device: str | torch.device | None = None, *
             raise ValueError(f"index kind 'exact' takes no parameters (got {sorted(params)}); it picks the fastest "
                              "exact search itself: name 'faiss_flat' or 'torch' to set one")
         kind, params = exact_choice(device)
+    if kind in ("ivf", "torch") and device is not None:  # the indexes in torch hold their vectors there
+        params = {"device": device, **params}
     try:
         return INDEX_CLASSES[kind](dim, **params)
     except TypeError as error:

@@ -33,14 +33,20 @@ def _to_faiss(vectors: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(vectors.detach().to(device="cpu", dtype=torch.float32).numpy())
 
 
+#: The differences of :func:`_direct_distances` are computed a chunk at a time of at most this many entries
+#: (16 MB): larger chunks are fresh memory pages on every chunk, which made it 2.8x slower at ImageNet-like
+#: scale (130,000 queries x 2 candidates x 2048 dimensions: 1.82 s with 2^26 entries, 0.66 s with 2^20).
+DIRECT_CHUNK_ELEMENTS = 2**22
+
+
 def _direct_distances(
     queries: torch.Tensor, vectors: torch.Tensor, rows: torch.Tensor, max_chunk_elements: int
 ) -> torch.Tensor:
     """``[B, k]`` Euclidean distances of ``queries [B, D]`` to ``vectors[rows]`` (``rows [B, k]``),
     computed from the differences (no cancellation), a chunk of queries at a time so that the
-    ``[chunk, k, D]`` differences hold at most ``max_chunk_elements`` entries."""
+    ``[chunk, k, D]`` differences hold at most ``min(max_chunk_elements, DIRECT_CHUNK_ELEMENTS)`` entries."""
     per_query = max(1, rows.shape[1] * vectors.shape[1])
-    chunk = max(1, max_chunk_elements // per_query)
+    chunk = max(1, min(max_chunk_elements, DIRECT_CHUNK_ELEMENTS) // per_query)
     parts = [
         torch.linalg.vector_norm(queries[start : start + chunk].unsqueeze(1) - vectors[rows[start : start + chunk]], dim=2)
         for start in range(0, queries.shape[0], chunk)
@@ -66,8 +72,15 @@ def _norm_reach(
     """
     direct = _direct_distances(queries, vectors, rows, max_chunk_elements).amax(dim=1)
     found = torch.where(torch.isfinite(values).all(dim=1), direct, math.inf)
-    margin = 2.0 * queries.shape[1] * 2.0**-24
-    return found + margin * (query_norms + found)
+    return _reach_of_distance(query_norms, found, queries.shape[1])
+
+
+def _reach_of_distance(query_norms: torch.Tensor, distances: torch.Tensor, dim: int) -> torch.Tensor:
+    """``[B]``: the norm bound's reach for queries whose ``k``-th nearest neighbour lies at most
+    ``distances [B]`` away (true distances, ``inf`` where unknown), widened by the float32 rounding margin
+    of :func:`_norm_reach` (relative ``2 * dim * 2^-24`` of the norms and distances)."""
+    margin = 2.0 * dim * 2.0**-24
+    return distances + margin * (query_norms + distances)
 
 
 def _squared_row_norms(vectors: torch.Tensor) -> torch.Tensor:

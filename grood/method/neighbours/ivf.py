@@ -16,6 +16,7 @@ from grood.method.neighbours.base import (
     _direct_distances,
     _norm_reach,
     _load_torch_index_file,
+    _reach_of_distance,
     _squared_row_norms,
     log,
 )
@@ -28,6 +29,30 @@ DEFAULT_NPROBE = 12
 DEFAULT_KMEANS_ITERATIONS = 10
 #: Dimensions of the projected gradient directions that the IVF index routes by (see :class:`IVFIndex`).
 DEFAULT_ROUTING_DIM = 128
+#: How a probed cell is compared with its queries (``scan``): float32 products, or int8 codes (see :class:`IVFIndex`).
+SCANS = ("float32", "int8")
+#: ``scan="int8"``: candidates kept per query and per neighbour asked, whose true distances then decide.
+INT8_CANDIDATES_PER_NEIGHBOUR = 2
+#: ``scan="int8"``: the largest dimension whose int8 products (each at most 127^2) sum without overflowing int32.
+MAX_INT8_DIM = (2**31 - 1) // (127 * 127)
+#: ``scan="int8"``: a cell's queries are compared with it this many (query, vector) pairs at a time, so that its
+#: int32 products and float32 ranking (8 bytes a pair) stay in the CPU's cache between their passes.
+INT8_CHUNK_ELEMENTS = 2**19
+
+
+def int8_codes(vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row-wise symmetric int8 quantisation of ``vectors [N, D]``: ``codes [N, D]`` (int8 in -127..127) and
+    ``scales [N]`` (float32) with ``vectors ~ scales[:, None] * codes``; ``scale = max |v_i| / 127`` (a zero
+    row gets zero codes). Each entry is off by at most half its row's scale."""
+    codes = torch.empty(vectors.shape, dtype=torch.int8, device=vectors.device)
+    scales = torch.empty(vectors.shape[0], device=vectors.device)
+    rows = max(1, 2**20 // max(1, vectors.shape[1]))  # a block at a time: float temporaries of 4 MB at most
+    for start in range(0, vectors.shape[0], rows):
+        block = vectors[start : start + rows]
+        block_scales = torch.amax(block.abs(), dim=1).clamp_(min=1e-30).div_(127.0)
+        scales[start : start + rows] = block_scales
+        codes[start : start + rows] = (block / block_scales.unsqueeze(1)).round_()
+    return codes, scales
 
 
 def default_nlist(num_vectors: int) -> int:
@@ -65,6 +90,13 @@ class IVFIndex(NeighbourIndex):
       then skipped where every norm in the cell differs from the query's by more than the ``k``-th
       distance found (``||q - x|| >= | ||q|| - ||x|| |``), which changes no result. At CIFAR scale
       (``scripts/bench_method.py``) it leaves about 78% of the probed pairs to compare.
+    - **int8 scan** (``scan="int8"``, CPU only). The probed cells are ranked by int8 codes of the vectors and
+      queries (:func:`int8_codes`, one scale per row) in int8 matrix products with exact int32 sums
+      (``torch._int_mm``: on CPUs with int8 matrix instructions, such as AMX or AVX-512 VNNI, several times
+      the float32 rate); each query keeps its ``2 * k`` best candidates by codes
+      (:data:`INT8_CANDIDATES_PER_NEIGHBOUR`), and their true float32 distances choose the ``k`` returned,
+      so every distance returned is exact. The codes take a quarter of the vectors' memory again.
+      The same norm bound applies, from the true distance of the candidates of each query's first cell.
 
     The cells are trained on the vectors of the **first** :meth:`add` (k-means on at most
     ``64 * nlist`` of them, a fixed-seed random subset, ``niter`` iterations); later adds are assigned
@@ -77,9 +109,13 @@ class IVFIndex(NeighbourIndex):
         niter: k-means iterations (default 10, FAISS's default for IVF).
         routing_dim: the gradient directions are routed in their top ``routing_dim`` principal
             dimensions (default :data:`DEFAULT_ROUTING_DIM`; all when ``>= dim``).
+        scan: ``"float32"`` (default): each probed cell is ranked by float32 products; ``"int8"``: by int8
+            codes, with the candidates' true distances deciding (see above; CPU only, ``dim`` at most
+            :data:`MAX_INT8_DIM`).
         device: where the centroids and lists live (default: the device of the first add).
 
-    Raises ``ValueError`` at the first add when it holds fewer than ``39 * nlist`` vectors.
+    Raises ``ValueError`` at the first add when it holds fewer than ``39 * nlist`` vectors, or when
+    ``scan="int8"`` and the vectors are not on the CPU.
     """
 
     kind = "ivf"
@@ -92,9 +128,16 @@ class IVFIndex(NeighbourIndex):
         nprobe: int = DEFAULT_NPROBE,
         niter: int = DEFAULT_KMEANS_ITERATIONS,
         routing_dim: int = DEFAULT_ROUTING_DIM,
+        scan: str = "float32",
         device: str | torch.device | None = None,
     ) -> None:
         super().__init__(dim)
+        if scan not in SCANS:
+            raise ValueError(f"scan must be one of {', '.join(SCANS)}; got {scan!r}")
+        if scan == "int8" and self.dim > MAX_INT8_DIM:
+            raise ValueError(f"scan='int8' handles dim <= {MAX_INT8_DIM} (int32 sums of int8 products); got dim="
+                             f"{self.dim}: use scan='float32'")
+        self.scan = scan
         if nlist is not None and (isinstance(nlist, bool) or int(nlist) < 1):
             raise ValueError(f"nlist must be >= 1 (or None for the default); got {nlist}")
         if nprobe is None or int(nprobe) < 1:
@@ -108,6 +151,7 @@ class IVFIndex(NeighbourIndex):
         self.nprobe = int(nprobe)
         self.niter = int(niter)
         self.device = None if device is None else torch.device(device)
+        self._check_scan_device(self.device)
         self.max_chunk_elements = 2**26
         self.projection: torch.Tensor | None = None  # [dim, routing_dim] (None: directions unprojected)
         self.centroids: torch.Tensor | None = None  # [num_cells, 1 + routing_dim], in routing coordinates
@@ -115,6 +159,7 @@ class IVFIndex(NeighbourIndex):
         self.ids = torch.empty(0, dtype=torch.long)  # [ntotal]: row of each vector in the order added
         self.offsets = torch.zeros(1, dtype=torch.long)  # [num_cells + 1]: cell c is rows offsets[c]:offsets[c+1]
         self._squared_norms = torch.empty(0)
+        self._codes: tuple[torch.Tensor, torch.Tensor] | None = None  # scan="int8": codes [ntotal, dim], scales [ntotal]
         self._cell_norms: tuple[torch.Tensor, torch.Tensor] | None = None  # smallest, largest norm of each cell
         #: (query, indexed vector) pairs in the probed cells, and those compared, by all searches so far.
         self.pairs_probed = 0
@@ -129,6 +174,11 @@ class IVFIndex(NeighbourIndex):
     @property
     def ntotal(self) -> int:
         return int(self.ids.shape[0])
+
+    def _check_scan_device(self, device: torch.device | None) -> None:
+        if self.scan == "int8" and device is not None and device.type != "cpu":
+            raise ValueError(f"the 'ivf' index's scan='int8' runs on the CPU only (torch._int_mm); its vectors are on "
+                             f"{device}: use scan='float32' there, or device='cpu'")
 
     @property
     def num_cells(self) -> int:
@@ -145,6 +195,7 @@ class IVFIndex(NeighbourIndex):
 
     def _add(self, vectors: torch.Tensor) -> None:
         if self.device is None:
+            self._check_scan_device(vectors.device)
             self.device = vectors.device
         vectors = vectors.detach().to(device=self.device, dtype=torch.float32)
         first = self.centroids is None
@@ -163,6 +214,7 @@ class IVFIndex(NeighbourIndex):
         counts = torch.bincount(cells, minlength=self.num_cells)
         self.offsets = torch.cat([torch.zeros(1, dtype=torch.long, device=self.device), torch.cumsum(counts, 0)])
         self._squared_norms = _squared_row_norms(self.vectors)
+        self._codes = int8_codes(self.vectors) if self.scan == "int8" else None
         self._cell_norms = None
         if first:
             self._warn_if_imbalanced()
@@ -209,35 +261,79 @@ class IVFIndex(NeighbourIndex):
         (:func:`~grood.method.neighbours.base._norm_reach`): a vector ``x`` with ``| ||q|| - ||x|| | >`` the
         ``k``-th distance found so far cannot be nearer (triangle inequality), so a cell whose norms all lie
         outside ``||q|| +- reach`` is skipped.
-        The result is that of scanning every probed cell (ties aside); ``compared_fraction`` says how many
-        pairs were compared."""
+        With ``scan="float32"`` the result is that of scanning every probed cell (ties aside); with
+        ``scan="int8"`` that of the candidates the codes chose. ``compared_fraction`` says how many pairs
+        were compared."""
         queries = queries.detach().to(device=self.device, dtype=torch.float32)
         nprobe = min(self.nprobe, self.num_cells)
         probes = nearest_cells(queries, self.centroids, nprobe, self.projection)  # [B, nprobe]
-        sizes = self.list_sizes().to(self.device)
-        self.pairs_probed += int(sizes[probes].sum())
-        scan = self._scan_nearest if k == 1 else self._scan_k_nearest
-        best = scan(queries, probes, torch.arange(queries.shape[0], device=self.device), torch.zeros_like(probes[:, 0]),
-                    k, None)
-        if nprobe > 1:
-            later = probes[:, 1:]
-            query_norms = torch.linalg.vector_norm(queries, dim=1)
-            reach = _norm_reach(queries, query_norms, self.vectors, *self._k_best(*best, k), self.max_chunk_elements)
-            low, high = (query_norms - reach).unsqueeze(1), (query_norms + reach).unsqueeze(1)  # [B, 1] each
-            smallest, largest = self._norm_ranges()
-            keep = (smallest[later] <= high) & (largest[later] >= low)  # [B, nprobe - 1]: a norm within reach
-            query_rows, slots = keep.nonzero(as_tuple=True)
-            best = scan(queries, probes, query_rows, slots + 1, k, best)
-        values, rows = self._k_best(*best, k)
-        missing = torch.isinf(values).any(dim=1)
+        self.pairs_probed += int(self.list_sizes().to(self.device)[probes].sum())
+        search = self._search_by_codes if self.scan == "int8" else self._search_by_products
+        rows, distances = search(queries, probes, k)  # [B, k] each; distance inf: fewer than k found
+        missing = torch.isinf(distances).any(dim=1)
         if missing.any():
             raise RuntimeError(
                 f"the 'ivf' index found fewer than k={k} neighbours for {int(missing.sum())} of {queries.shape[0]} "
                 f"queries (the cells it probed hold too few vectors); raise nprobe or use the 'exact' index"
             )
-        distances = _direct_distances(queries, self.vectors, rows, self.max_chunk_elements)
         distances, order = torch.sort(distances, dim=1)
         return distances, self.ids[rows.gather(1, order)]
+
+    def _search_by_products(
+        self, queries: torch.Tensor, probes: torch.Tensor, k: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``scan="float32"``: rows ``[B, k]`` of the ``k`` nearest vectors of each query in its probed cells,
+        and their true distances ``[B, k]`` (``inf`` where not found)."""
+        scan = self._scan_nearest if k == 1 else self._scan_k_nearest
+        best = scan(queries, probes, *self._first_probes(probes), k, None)
+        if probes.shape[1] > 1:
+            query_norms = torch.linalg.vector_norm(queries, dim=1)
+            reach = _norm_reach(queries, query_norms, self.vectors, *self._k_best(*best, k), self.max_chunk_elements)
+            best = scan(queries, probes, *self._later_probes_in_reach(probes, query_norms, reach), k, best)
+        values, rows = self._k_best(*best, k)
+        distances = _direct_distances(queries, self.vectors, rows, self.max_chunk_elements)
+        return rows, torch.where(torch.isinf(values), math.inf, distances)
+
+    def _search_by_codes(self, queries: torch.Tensor, probes: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``scan="int8"``: each query's ``2 k`` best candidates by int8 codes over its probed cells, of which
+        the ``k`` nearest by true distance: rows ``[B, k]`` and distances ``[B, k]`` (``inf`` where not found).
+        The norm bound's reach comes from the true distances of the first cell's candidates."""
+        codes, scales = int8_codes(queries)
+        width = k * INT8_CANDIDATES_PER_NEIGHBOUR
+        # [B, nprobe * 2k] each: columns s * 2k .. (s + 1) * 2k - 1 hold the best of the s-th probed cell
+        values = torch.full((queries.shape[0], probes.shape[1] * width), math.inf, device=self.device)
+        rows = torch.zeros(values.shape, dtype=torch.long, device=self.device)
+        self._scan_codes(codes, scales, probes, *self._first_probes(probes), values, rows)
+        if probes.shape[1] > 1:
+            query_norms = torch.linalg.vector_norm(queries, dim=1)
+            first = self._candidate_distances(queries, values[:, :width], rows[:, :width])
+            reach = _reach_of_distance(query_norms, torch.topk(first, k, dim=1, largest=False).values[:, -1], self.dim)
+            self._scan_codes(codes, scales, probes, *self._later_probes_in_reach(probes, query_norms, reach), values, rows)
+        values, rows = self._k_best(values, rows, width)  # the 2k best by codes over all probed cells
+        distances, picked = torch.topk(self._candidate_distances(queries, values, rows), k, dim=1, largest=False)
+        return rows.gather(1, picked), distances
+
+    def _candidate_distances(self, queries: torch.Tensor, values: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """``[B, M]`` true distances of the candidates ``rows [B, M]`` (``inf`` where ``values`` is: no candidate)."""
+        distances = _direct_distances(queries, self.vectors, rows, self.max_chunk_elements)
+        return torch.where(torch.isinf(values), math.inf, distances)
+
+    @staticmethod
+    def _first_probes(probes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (query, probe slot) pairs of each query's nearest cell: ``(arange(B), zeros(B))``."""
+        return torch.arange(probes.shape[0], device=probes.device), torch.zeros_like(probes[:, 0])
+
+    def _later_probes_in_reach(
+        self, probes: torch.Tensor, query_norms: torch.Tensor, reach: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (query, probe slot) pairs of the probed cells after the first that hold a norm within
+        ``query_norms +- reach`` (``[B]`` each): ``(query_rows, slots)``."""
+        low, high = (query_norms - reach).unsqueeze(1), (query_norms + reach).unsqueeze(1)  # [B, 1] each
+        smallest, largest = self._norm_ranges()
+        later = probes[:, 1:]
+        keep = (smallest[later] <= high) & (largest[later] >= low)  # [B, nprobe - 1]: a norm within reach
+        query_rows, slots = keep.nonzero(as_tuple=True)
+        return query_rows, slots + 1
 
     @staticmethod
     def _k_best(values: torch.Tensor, rows: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -260,13 +356,14 @@ class IVFIndex(NeighbourIndex):
         return self._cell_norms
 
     def _probing_pairs(
-        self, probes: torch.Tensor, query_rows: torch.Tensor, slots: torch.Tensor
+        self, probes: torch.Tensor, query_rows: torch.Tensor, slots: torch.Tensor, chunk_elements: int | None = None
     ) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor]]:
         """The (query, probed cell) pairs ``(query_rows[i], probes[query_rows[i], slots[i]])`` in list-major
         order: for each cell, ``(cell_rows, query_rows, slots)``: the cell's rows of :attr:`vectors`, the
         queries that probe it (each once: a query's probes are distinct cells) and which of their probes it
-        is, a chunk of queries at a time so that one ranking matrix holds at most ``max_chunk_elements``
-        entries."""
+        is, a chunk of queries at a time so that one ranking matrix holds at most ``chunk_elements``
+        entries (default :attr:`max_chunk_elements`)."""
+        chunk_elements = self.max_chunk_elements if chunk_elements is None else chunk_elements
         cells = probes[query_rows, slots]
         pair_order = torch.sort(cells, stable=True).indices  # pairs grouped by cell
         pair_counts = torch.bincount(cells, minlength=self.num_cells).tolist()
@@ -279,7 +376,7 @@ class IVFIndex(NeighbourIndex):
             if pairs == 0 or last == first:
                 continue
             self.pairs_compared += pairs * (last - first)
-            chunk = max(1, self.max_chunk_elements // (last - first))
+            chunk = max(1, chunk_elements // (last - first))
             for start in range(begin, position, chunk):
                 end = min(start + chunk, position)
                 yield slice(first, last), query_rows[start:end], slots[start:end]
@@ -291,9 +388,9 @@ class IVFIndex(NeighbourIndex):
         against every vector of one cell (its rows ``cell_rows``), in one matrix product. The gathered
         queries and the ranking matrix live in ``buffers``, reused from cell to cell: fresh tensors of
         this size would be fresh memory pages each time, which the OS must fault in and zero."""
-        size = cell_rows.stop - cell_rows.start
-        chosen = torch.index_select(queries, 0, query_rows, out=buffers.queries(query_rows.shape[0]))
-        ranking = buffers.ranking(query_rows.shape[0], size)
+        count, size = query_rows.shape[0], cell_rows.stop - cell_rows.start
+        chosen = torch.index_select(queries, 0, query_rows, out=buffers.take("queries", (count, self.dim)))
+        ranking = buffers.take("ranking", (count, size))
         return torch.addmm(self._squared_norms[cell_rows], chosen, self.vectors[cell_rows].T, alpha=-2.0, out=ranking)
 
     def _scan_nearest(
@@ -306,7 +403,7 @@ class IVFIndex(NeighbourIndex):
             best = (torch.full((queries.shape[0], 1), math.inf, device=self.device),
                     torch.zeros((queries.shape[0], 1), dtype=torch.long, device=self.device))
         best_values, best_rows = best[0][:, 0], best[1][:, 0]  # views: updated in place
-        buffers = _ScanBuffers(queries, self.max_chunk_elements)
+        buffers = _ScanBuffers(self.device, self.max_chunk_elements)
         for cell_rows, rows, _ in self._probing_pairs(probes, query_rows, slots):
             values, columns = self._cell_ranking(cell_rows, queries, rows, buffers).min(dim=1)
             current = best_values[rows]
@@ -327,7 +424,7 @@ class IVFIndex(NeighbourIndex):
             best = (torch.full((queries.shape[0], width), math.inf, device=self.device),
                     torch.zeros((queries.shape[0], width), dtype=torch.long, device=self.device))
         best_values, best_rows = best
-        buffers = _ScanBuffers(queries, self.max_chunk_elements)
+        buffers = _ScanBuffers(self.device, self.max_chunk_elements)
         for cell_rows, rows, cell_slots in self._probing_pairs(probes, query_rows, slots):
             ranking = self._cell_ranking(cell_rows, queries, rows, buffers)
             found = min(k, ranking.shape[1])
@@ -337,12 +434,42 @@ class IVFIndex(NeighbourIndex):
             best_rows[rows.unsqueeze(1), target] = columns + cell_rows.start
         return best
 
+    def _scan_codes(
+        self, codes: torch.Tensor, scales: torch.Tensor, probes: torch.Tensor, query_rows: torch.Tensor,
+        slots: torch.Tensor, values: torch.Tensor, rows: torch.Tensor,
+    ) -> None:
+        """``scan="int8"``: the ``M`` best vectors of each probed cell given by the (query, probe) pairs, ranked
+        by the queries' int8 ``codes [B, D]`` and ``scales [B]`` against the cell's codes, written into
+        ``values`` and ``rows`` (``[B, nprobe * M]``; columns ``s * M + j``: the ``j``-th of the ``s``-th
+        probed cell, ``inf`` where not scanned).
+
+        A query ``q ~ s_q c_q`` and a vector ``x ~ s_x c_x`` are ranked by ``||x||^2 / (2 s_q) - s_x (c_q . c_x)``,
+        which is ``(||x||^2 - 2 q.x) / (2 s_q)`` up to the codes' rounding, so it orders one query's vectors
+        as their distances do (``||q - x||^2 = ||q||^2 + ||x||^2 - 2 q.x``); ``c_q . c_x`` is an exact int32 sum.
+        """
+        vector_codes, vector_scales = self._codes
+        negative_scales, half_norms = -vector_scales, self._squared_norms * 0.5
+        inverse_scales = scales.reciprocal()
+        width = values.shape[1] // probes.shape[1]
+        buffers = _ScanBuffers(self.device, INT8_CHUNK_ELEMENTS)
+        for cell_rows, chunk_rows, chunk_slots in self._probing_pairs(probes, query_rows, slots, INT8_CHUNK_ELEMENTS):
+            count, size = chunk_rows.shape[0], cell_rows.stop - cell_rows.start
+            chosen = torch.index_select(codes, 0, chunk_rows, out=buffers.take("codes", (count, self.dim), torch.int8))
+            products = torch._int_mm(chosen, vector_codes[cell_rows].T, out=buffers.take("products", (count, size), torch.int32))
+            ranking = buffers.take("ranking", (count, size)).copy_(products)
+            ranking.mul_(negative_scales[cell_rows]).addr_(inverse_scales[chunk_rows], half_norms[cell_rows])
+            found = min(width, size)
+            cell_values, columns = torch.topk(ranking, found, dim=1, largest=False, sorted=False)
+            target = (chunk_slots * width).unsqueeze(1) + torch.arange(found, device=self.device)
+            values[chunk_rows.unsqueeze(1), target] = cell_values
+            rows[chunk_rows.unsqueeze(1), target] = columns + cell_rows.start
+
     def save(self, path: str | os.PathLike[str]) -> None:
         if self.ntotal == 0:
             raise ValueError("nothing to save: the 'ivf' index is empty; add() vectors first")
         state = {
             "kind": self.kind, "nlist": self.nlist, "nprobe": self.nprobe, "niter": self.niter,
-            "routing_dim": self.routing_dim, "centroids": self.centroids.cpu(),
+            "routing_dim": self.routing_dim, "scan": self.scan, "centroids": self.centroids.cpu(),
             "projection": None if self.projection is None else self.projection.cpu(), "vectors": self.vectors.cpu(), "ids": self.ids.cpu(),
             "offsets": self.offsets.cpu(),
         }
@@ -354,36 +481,35 @@ class IVFIndex(NeighbourIndex):
         state = _load_torch_index_file(path, cls.kind)
         index = cls(
             state["vectors"].shape[1], nlist=state["nlist"], nprobe=state["nprobe"], niter=state["niter"],
-            routing_dim=state["routing_dim"],
+            routing_dim=state["routing_dim"], scan=state.get("scan", "float32"),  # files before scan: float32
         )
         index.device = torch.device("cpu") if device is None else torch.device(device)
+        index._check_scan_device(index.device)
         index.centroids = state["centroids"].to(index.device)
         index.projection = None if state["projection"] is None else state["projection"].to(index.device)
         index.vectors = state["vectors"].to(index.device)
         index.ids = state["ids"].to(index.device)
         index.offsets = state["offsets"].to(index.device)
         index._squared_norms = _squared_row_norms(index.vectors)
+        index._codes = int8_codes(index.vectors) if index.scan == "int8" else None
         return index
 
 
 class _ScanBuffers:
-    """Storage reused by one IVF search for every cell's gathered queries ``[P, D]`` and ranking matrix
-    ``[P, size]`` (``P * size <= max_chunk_elements``, so the ranking storage never exceeds it), grown
-    when a larger one is needed."""
+    """Storage reused by one IVF scan from cell to cell: one flat buffer per name (the gathered queries, the
+    products, the ranking matrix), grown when a larger one is needed (to twice the size asked, at most
+    ``max_chunk_elements`` entries unless more are asked)."""
 
-    def __init__(self, queries: torch.Tensor, max_chunk_elements: int) -> None:
-        self._dim = queries.shape[1]
-        self._queries = torch.empty(0, device=queries.device)
-        self._ranking = torch.empty(0, device=queries.device)
+    def __init__(self, device: torch.device, max_chunk_elements: int) -> None:
+        self._device = device
         self._max_chunk_elements = max_chunk_elements
+        self._storage: dict[str, torch.Tensor] = {}
 
-    def queries(self, count: int) -> torch.Tensor:
-        if self._queries.numel() < count * self._dim:
-            self._queries = torch.empty(count * self._dim, device=self._queries.device)
-        return self._queries[: count * self._dim].view(count, self._dim)
-
-    def ranking(self, count: int, size: int) -> torch.Tensor:
-        if self._ranking.numel() < count * size:
-            self._ranking = torch.empty(max(count * size, min(self._max_chunk_elements, 2 * count * size)),
-                                        device=self._ranking.device)
-        return self._ranking[: count * size].view(count, size)
+    def take(self, name: str, shape: tuple[int, int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """A ``shape`` tensor of ``dtype`` in the buffer ``name`` (its values: whatever was there)."""
+        count = shape[0] * shape[1]
+        buffer = self._storage.get(name)
+        if buffer is None or buffer.numel() < count or buffer.dtype != dtype:
+            buffer = torch.empty(max(count, min(self._max_chunk_elements, 2 * count)), dtype=dtype, device=self._device)
+            self._storage[name] = buffer
+        return buffer[:count].view(shape)
