@@ -548,10 +548,12 @@ class GROODPostprocessor(BasePostprocessor):
         self._num_workers = loader_workers(int(getattr(id_loader_dict["train"], "num_workers", 0)))
         self.device = (resolve_device(self.params["device"]) if self.params["device"] is not None
                        else _module_device(net))
-        self.network = as_split_network(
+        network = as_split_network(
             net, self.params["split_block"], early_layer=self.params["early_layer"],
             feature_layer=self.params["feature_layer"], head_layer=self.params["head_layer"],
-        ).to(self.device).eval()
+        )
+        self._new_detector().check_index(network.feature_dim)  # before any forward pass: e.g. scan='int8' on CUDA
+        self.network = network.to(self.device).eval()
         self._source_net = net
         self.train_outputs = None
         self.ood_prototype = None
@@ -638,12 +640,16 @@ class GROODPostprocessor(BasePostprocessor):
 
     def _fit_detector(self) -> None:
         """Algorithm 1 on the kept training features: class prototypes, eq. 5 gradients, eq. 6 index."""
-        detector = GROOD(index=self.params["index"], k=int(self.params["k"]),
-                         index_params=dict(self.params["index_params"] or {}), fit_on=self.params["fit_on"],
-                         device=self.device, progress=self.params["progress"])
+        detector = self._new_detector()
         detector.fit(self.train_outputs.features, ood_prototype=self.ood_prototype)
         detector.progress = False  # no bar per inference batch
         self.detector = detector
+
+    def _new_detector(self) -> GROOD:
+        """An unfitted GROOD detector with this postprocessor's parameters, on its device."""
+        return GROOD(index=self.params["index"], k=int(self.params["k"]),
+                     index_params=dict(self.params["index_params"] or {}), fit_on=self.params["fit_on"],
+                     device=self.device, progress=self.params["progress"])
 
     def _set_k(self, k: int) -> None:
         if k > self.detector.num_indexed:

@@ -351,6 +351,19 @@ def test_a_shuffled_train_loader_gives_the_same_fit(fitted, trained_net):
                                reference.train_outputs.features.features)
 
 
+def test_setup_rejects_an_index_the_device_cannot_run_before_any_forward_pass(trained_net, monkeypatch):
+    import grood.openood_compat as compat
+
+    def no_forward_pass(*args, **kwargs):
+        raise AssertionError("a forward pass ran before the index settings were checked")
+
+    monkeypatch.setattr(compat, "forward_pass", no_forward_pass)
+    id_dict, ood_dict = loader_dicts(per_class=3)
+    postprocessor = GROODPostprocessor(index="ivf", index_params={"scan": "int8"}, device="cuda", progress=False)
+    with pytest.raises(ValueError, match="scan='int8' runs on the CPU only"):
+        postprocessor.setup(trained_net, id_dict, ood_dict)
+
+
 def test_postprocess_checks_setup_and_network(trained_net):
     postprocessor = GROODPostprocessor(progress=False)
     images = torch.zeros(2, 3, SIZE, SIZE)

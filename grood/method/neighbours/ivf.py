@@ -97,6 +97,9 @@ class IVFIndex(NeighbourIndex):
       (:data:`INT8_CANDIDATES_PER_NEIGHBOUR`), and their true float32 distances choose the ``k`` returned,
       so every distance returned is exact. The codes take a quarter of the vectors' memory again.
       The same norm bound applies, from the true distance of the candidates of each query's first cell.
+      At ImageNet-like scale (``scripts/bench_method.py``, 200,000 x 2048, 130,000 queries, 2 cores with
+      AMX) the score took 11.3 s against 27.3 s with float32, recall@1 0.983 against 0.984; at CIFAR scale
+      (dimension 512) the products are a small part of the scan and it gains nothing.
 
     The cells are trained on the vectors of the **first** :meth:`add` (k-means on at most
     ``64 * nlist`` of them, a fixed-seed random subset, ``niter`` iterations); later adds are assigned
