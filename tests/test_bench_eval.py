@@ -71,3 +71,20 @@ def test_cuda_calls_stay_put_inside_the_block_only():
         assert patched
         assert x.cuda() is x and layer.cuda() is layer
     assert torch.Tensor.cuda is tensor_cuda and nn.Module.cuda is module_cuda
+
+
+def test_loading_seconds_reads_every_item_of_every_dataset():
+    class Counted:
+        def __init__(self, size: int) -> None:
+            self.size, self.read = size, []
+
+        def __len__(self) -> int:
+            return self.size
+
+        def __getitem__(self, item: int):
+            self.read.append(item)
+            return torch.zeros(3), 0
+
+    datasets = [Counted(3), Counted(5)]
+    assert bench_eval.loading_seconds(datasets) >= 0.0
+    assert [d.read for d in datasets] == [[0, 1, 2], [0, 1, 2, 3, 4]]
