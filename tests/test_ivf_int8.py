@@ -42,7 +42,7 @@ def test_int8_codes_bound_each_entry_by_half_its_row_scale() -> None:
 @pytest.mark.parametrize("k", [1, 3])
 def test_int8_scan_of_one_cell_keeps_the_best_by_codes_and_returns_their_nearest(k: int) -> None:
     """nprobe=1: a float64 reference from the codes themselves. Each query's 2k best vectors of its cell by
-    ``||x||^2 / (2 s_q) - s_x (c_q . c_x)``, then the k nearest of those by true distance."""
+    ``||x||^2 / 2 - s_q s_x (c_q . c_x)``, then the k nearest of those by true distance."""
     database = _gradient_like(4000, 32, seed=1)
     queries = database[:200] * (1 + 0.05 * torch.randn(200, 32, generator=torch.Generator().manual_seed(2)))
     index = build_index("ivf", 32, nlist=20, nprobe=1, scan="int8")
@@ -56,8 +56,8 @@ def test_int8_scan_of_one_cell_keeps_the_best_by_codes_and_returns_their_nearest
     for row in range(queries.shape[0]):
         first, last = int(index.offsets[cells[row]]), int(index.offsets[cells[row] + 1])
         products = codes[first:last].long() @ query_codes[row].long()  # exact integer sums
-        ranking = (index.vectors[first:last].double().square().sum(dim=1) / (2 * query_scales[row].double())
-                   - scales[first:last].double() * products.double())
+        ranking = (index.vectors[first:last].double().square().sum(dim=1) / 2
+                   - query_scales[row].double() * scales[first:last].double() * products.double())
         ordered = torch.sort(ranking).values
         if ordered.shape[0] > width and ordered[width] - ordered[width - 1] <= 1e-5 * ordered.abs().max():
             continue  # a near-tie at the candidates' cut: float32 may keep either
@@ -87,6 +87,17 @@ def test_int8_scan_returns_true_distances_and_the_recall_of_the_float32_scan() -
         recall[scan] = float((distances <= exact_distances * (1 + 1e-5)).float().mean())
     assert recall["float32"] >= 0.95
     assert recall["int8"] >= recall["float32"] - 0.01
+
+
+def test_int8_scan_of_a_zero_query_finds_the_smallest_norm_among_large_vectors() -> None:
+    """A zero query has zero codes and the smallest scale: its ranking must stay finite (no 1 / scale)."""
+    database = 1e4 * (1 + torch.rand(2000, 8, generator=torch.Generator().manual_seed(12)))
+    index = build_index("ivf", 8, nlist=4, nprobe=4, scan="int8")
+    index.add(database)
+    distances, ids = index.search(torch.zeros(1, 8), 1)
+    smallest = int(torch.linalg.vector_norm(database, dim=1).argmin())
+    assert int(ids[0, 0]) == smallest
+    torch.testing.assert_close(distances[0, 0], torch.linalg.vector_norm(database[smallest]))
 
 
 def test_int8_scan_does_not_depend_on_the_chunking(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -96,7 +96,7 @@ class IVFIndex(NeighbourIndex):
       the float32 rate); each query keeps its ``2 * k`` best candidates by codes
       (:data:`INT8_CANDIDATES_PER_NEIGHBOUR`), and their true float32 distances choose the ``k`` returned,
       so every distance returned is exact. The codes take a quarter of the vectors' memory again.
-      The same norm bound applies, from the true distance of the candidates of each query's first cell.
+      The same norm bound applies, from the true distances of the ``k`` best by codes of each query's first cell.
       At ImageNet-like scale (``scripts/bench_method.py``, 200,000 x 2048, 130,000 queries, 2 cores with
       AMX; the README's table) the score took 10.6 s against 24.0 s with float32, recall@1 0.983 against
       0.984; at CIFAR scale (dimension 512) the products are a small part of the scan: 1.27 s against 1.40 s.
@@ -300,7 +300,7 @@ class IVFIndex(NeighbourIndex):
     def _search_by_codes(self, queries: torch.Tensor, probes: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``scan="int8"``: each query's ``2 k`` best candidates by int8 codes over its probed cells, of which
         the ``k`` nearest by true distance: rows ``[B, k]`` and distances ``[B, k]`` (``inf`` where not found).
-        The norm bound's reach comes from the true distances of the first cell's candidates."""
+        The norm bound's reach comes from the true distances of the first cell's ``k`` best by codes."""
         codes, scales = int8_codes(queries)
         width = k * INT8_CANDIDATES_PER_NEIGHBOUR
         # [B, nprobe * 2k] each: columns s * 2k .. (s + 1) * 2k - 1 hold the best of the s-th probed cell
@@ -309,8 +309,9 @@ class IVFIndex(NeighbourIndex):
         self._scan_codes(codes, scales, probes, *self._first_probes(probes), values, rows)
         if probes.shape[1] > 1:
             query_norms = torch.linalg.vector_norm(queries, dim=1)
-            first = self._candidate_distances(queries, values[:, :width], rows[:, :width])
-            reach = _reach_of_distance(query_norms, torch.topk(first, k, dim=1, largest=False).values[:, -1], self.dim)
+            # the first cell's k best by codes are k true vectors: the farthest of them bounds the k-th distance
+            first = self._candidate_distances(queries, *self._k_best(values[:, :width], rows[:, :width], k))
+            reach = _reach_of_distance(query_norms, first.amax(dim=1), self.dim)
             self._scan_codes(codes, scales, probes, *self._later_probes_in_reach(probes, query_norms, reach), values, rows)
         values, rows = self._k_best(values, rows, width)  # the 2k best by codes over all probed cells
         distances, picked = torch.topk(self._candidate_distances(queries, values, rows), k, dim=1, largest=False)
@@ -446,21 +447,21 @@ class IVFIndex(NeighbourIndex):
         ``values`` and ``rows`` (``[B, nprobe * M]``; columns ``s * M + j``: the ``j``-th of the ``s``-th
         probed cell, ``inf`` where not scanned).
 
-        A query ``q ~ s_q c_q`` and a vector ``x ~ s_x c_x`` are ranked by ``||x||^2 / (2 s_q) - s_x (c_q . c_x)``,
-        which is ``(||x||^2 - 2 q.x) / (2 s_q)`` up to the codes' rounding, so it orders one query's vectors
-        as their distances do (``||q - x||^2 = ||q||^2 + ||x||^2 - 2 q.x``); ``c_q . c_x`` is an exact int32 sum.
+        A query ``q ~ s_q c_q`` and a vector ``x ~ s_x c_x`` are ranked by ``||x||^2 / 2 - s_q s_x (c_q . c_x)``,
+        which is ``(||x||^2 - 2 q.x) / 2`` up to the codes' rounding, so it orders one query's vectors as their
+        distances do (``||q - x||^2 = ||q||^2 + ||x||^2 - 2 q.x``); ``c_q . c_x`` is an exact int32 sum.
         """
         vector_codes, vector_scales = self._codes
         negative_scales, half_norms = -vector_scales, self._squared_norms * 0.5
-        inverse_scales = scales.reciprocal()
+        query_scales = scales.unsqueeze(1)  # [B, 1]
         width = values.shape[1] // probes.shape[1]
         buffers = _ScanBuffers(self.device, INT8_CHUNK_ELEMENTS)
         for cell_rows, chunk_rows, chunk_slots in self._probing_pairs(probes, query_rows, slots, INT8_CHUNK_ELEMENTS):
             count, size = chunk_rows.shape[0], cell_rows.stop - cell_rows.start
             chosen = torch.index_select(codes, 0, chunk_rows, out=buffers.take("codes", (count, self.dim), torch.int8))
             products = torch._int_mm(chosen, vector_codes[cell_rows].T, out=buffers.take("products", (count, size), torch.int32))
-            ranking = buffers.take("ranking", (count, size)).copy_(products)
-            ranking.mul_(negative_scales[cell_rows]).addr_(inverse_scales[chunk_rows], half_norms[cell_rows])
+            ranking = buffers.take("ranking", (count, size)).copy_(products).mul_(negative_scales[cell_rows])
+            torch.addcmul(half_norms[cell_rows], ranking, query_scales[chunk_rows], out=ranking)
             found = min(width, size)
             cell_values, columns = torch.topk(ranking, found, dim=1, largest=False, sorted=False)
             target = (chunk_slots * width).unsqueeze(1) + torch.arange(found, device=self.device)
