@@ -37,8 +37,9 @@ __all__ = [
     "hydra_compose", "register_configs", "result_config", "to_plain", "validate",
 ]
 
-#: The Hydra config folder of the checkout (``configs/``).
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+#: The Hydra config folder, shipped inside the package (``grood/configs``; the checkout's top-level
+#: ``configs`` is a link to it), so an installed wheel composes runs from any working directory.
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 #: Keys that change how a run goes, not what it computes: left out of :func:`config_hash` and of the
 #: comparison that decides whether a finished run can be reused.
