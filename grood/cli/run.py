@@ -26,7 +26,6 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from grood.config import ConfigError, check_command_line, register_configs, validate  # noqa: E402
 from grood.pipeline import (MethodsFailedError, MissingInputError, RunInputError,  # noqa: E402

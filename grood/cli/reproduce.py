@@ -26,8 +26,7 @@ import sys
 from pathlib import Path
 from typing import Iterator, Sequence
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 from grood.config import ConfigError, to_plain  # noqa: E402
 from grood.resources import configure_threads  # noqa: E402
@@ -42,7 +41,7 @@ from grood.reproduce import (  # noqa: E402
     reproduce_target,
 )
 
-CONFIG_DIR = REPO_ROOT / "configs"
+from grood.config import CONFIG_DIR  # noqa: E402
 
 
 @contextlib.contextmanager

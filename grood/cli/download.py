@@ -22,7 +22,6 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from grood.data.download import (  # noqa: E402
     DOWNLOADABLE,

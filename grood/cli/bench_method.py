@@ -55,8 +55,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+REPO = Path(__file__).resolve().parents[2]
 
 METHODS = ("faiss-flat", "grood-exact", "grood-faiss-flat", "grood-ivf", "grood-ivf-int8", "grood-torch", "knn")
 #: The IVF runs: method -> the ``scan`` of its index.
@@ -204,7 +203,7 @@ def measure(method: str, folder: Path, args: argparse.Namespace, classes: int) -
     spec = {"method": method, "folder": str(folder), "classes": classes, "nlist": args.nlist,
             "nprobe": args.nprobe, "routing_dim": args.routing_dim, "knn_k": args.knn_k, "device": args.device}
     completed = subprocess.run(
-        [sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True, check=False
+        [sys.executable, "-m", "grood.cli.bench_method", "--child", json.dumps(spec)], capture_output=True, text=True, check=False
     )
     if completed.returncode != 0:
         raise RuntimeError(f"{method} failed:\n{completed.stderr[-3000:]}")

@@ -35,8 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+REPO = Path(__file__).resolve().parents[2]
 
 #: AUROC points (percent) by which a CUDA smoke run may differ from the CPU run.
 DEFAULT_TOLERANCE = 0.05

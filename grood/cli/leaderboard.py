@@ -15,7 +15,6 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from grood.reporting.leaderboard import format_leaderboard, leaderboard_rows  # noqa: E402
 from grood.reporting.runs import RunFormatError  # noqa: E402

@@ -58,8 +58,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+REPO = Path(__file__).resolve().parents[2]
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
