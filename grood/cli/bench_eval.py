@@ -58,6 +58,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+#: The checkout holding this package (what --against-openood installs in its throwaway environment).
 REPO = Path(__file__).resolve().parents[2]
 
 import torch  # noqa: E402
@@ -85,7 +86,7 @@ throwaway virtual environment (never in this project's .venv), from a copy of it
   /tmp/ooenv/bin/pip install scikit-learn json5 scipy tqdm pyyaml opencv-python-headless imgaug pandas \\
       diffdist gdown statsmodels timm foolbox Cython faiss-cpu
   /tmp/ooenv/bin/pip install --no-build-isolation libmr
-  GROOD_SHARED_DIR={shared} /tmp/ooenv/bin/python {script} --against-openood
+  GROOD_SHARED_DIR={shared} /tmp/ooenv/bin/python -m grood bench-eval --against-openood
 """
 
 
@@ -175,16 +176,16 @@ def warm_runs(args: argparse.Namespace) -> int:
     env = {**os.environ}
 
     def timed(method: str) -> float:
-        command = [sys.executable, str(REPO / "scripts" / "run.py"), "experiment=smoke", f"method={method}",
+        command = [sys.executable, "-m", "grood", "run", "experiment=smoke", f"method={method}",
                    "progress=false", f"paths.cache_dir={cache_dir}", f"paths.results_dir={results}",
                    f"paths.data_root={args.data_root}", f"dataset.checkpoint={args.checkpoint}"]
         started = time.perf_counter()
-        subprocess.run(command, cwd=REPO, env=env, check=True, capture_output=True)
+        subprocess.run(command, env=env, check=True, capture_output=True)
         return time.perf_counter() - started
 
     cold_msp, cold_grood = timed("msp"), timed("grood")  # fill the feature and prototype caches
     warm_msp, warm_grood = timed("msp"), timed("grood")
-    print(f"scripts/run.py experiment=smoke, cache {cache_dir}")
+    print(f"grood run experiment=smoke, cache {cache_dir}")
     print(f"  method=msp    first {cold_msp:6.1f} s   again {warm_msp:6.1f} s")
     print(f"  method=grood  first {cold_grood:6.1f} s   again {warm_grood:6.1f} s")
     ratio = warm_grood / warm_msp
@@ -448,7 +449,7 @@ def compare(openood: dict[str, tuple[float, dict]], grood: dict[str, tuple[float
 def against_openood(args: argparse.Namespace) -> int:
     evaluation_api = import_openood()
     if evaluation_api is None:
-        print(INSTALL_OPENOOD.format(repo=REPO, shared=Path(args.data_root).parents[1], script=Path(__file__)),
+        print(INSTALL_OPENOOD.format(repo=REPO, shared=Path(args.data_root).parents[1]),
               file=sys.stderr)
         return 2
     config_root = args.openood_configs or str(Path(evaluation_api.__file__).resolve().parents[2] / "configs")
@@ -486,7 +487,7 @@ def against_openood(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    shared = Path(os.environ.get("GROOD_SHARED_DIR", REPO.parent / "shared"))
+    shared = Path(os.environ.get("GROOD_SHARED_DIR") or "../shared")  # as paths.shared_dir
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", default=str(shared / "data" / "openood_cifar10_smoke"))
     parser.add_argument("--checkpoint", default=str(shared / "checkpoints" / "cifar10_resnet20_akamaster.th"))

@@ -55,8 +55,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[2]
-
 METHODS = ("faiss-flat", "grood-exact", "grood-faiss-flat", "grood-ivf", "grood-ivf-int8", "grood-torch", "knn")
 #: The IVF runs: method -> the ``scan`` of its index.
 IVF_SCANS = {"grood-ivf": "float32", "grood-ivf-int8": "int8"}
@@ -326,7 +324,7 @@ def _print_exact_agreement(distances: dict[str, np.ndarray], results: dict[str, 
               f"{worst:.1e} (exact search: float32 rounding only)")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--quick", action="store_true", help="CIFAR scale only")
@@ -352,12 +350,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeat", type=int, default=1,
                         help="rounds of all methods; each keeps its fastest (default 1; 3 on a shared machine)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.repeat < 1:
         parser.error(f"--repeat must be >= 1; got {args.repeat}")
     if args.child:
         print(json.dumps(run_child(json.loads(args.child))))
-        return
+        return 0
     scales = args.scales or (["cifar"] if args.quick else ["cifar", "imagenet"])
     from grood.method.faiss_loader import bundled_openblas, import_faiss, openblas_core
 
@@ -371,7 +369,8 @@ def main() -> None:
     if "imagenet" in scales:
         bench_scale("ImageNet-like", args.imagenet_train, args.imagenet_queries, args.imagenet_dim,
                     args.imagenet_classes, args)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

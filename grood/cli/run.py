@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import hydra
@@ -27,17 +28,20 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 
-from grood.config import ConfigError, check_command_line, register_configs, validate  # noqa: E402
-from grood.pipeline import (MethodsFailedError, MissingInputError, RunInputError,  # noqa: E402
-                            check_results_folder, run_evaluation)
-from grood.resources import configure_threads  # noqa: E402
+from grood.cli.hydra_app import run_hydra_app
+from grood.config import CONFIG_DIR, ConfigError, check_command_line, register_configs, validate  # noqa: E402
 
 log = logging.getLogger("grood.run")
 register_configs()
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="config")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def main(cfg: DictConfig) -> float | None:
+    # torch and the detectors load here, after the command line was checked (a typo is reported at once)
+    from grood.pipeline import (MethodsFailedError, MissingInputError, RunInputError, check_results_folder,
+                                run_evaluation)
+    from grood.resources import configure_threads
+
     configure_threads()
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
@@ -54,10 +58,16 @@ def main(cfg: DictConfig) -> float | None:
     return None if first is None or "farood" not in first.index else float(first.loc["farood", "AUROC"])
 
 
-if __name__ == "__main__":
+def cli(argv: Sequence[str] | None = None, prog: str = "grood run") -> int:
+    """``grood run <overrides>``: check the command line (exit status 2 when bad), then the Hydra app."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        check_command_line(sys.argv[1:])
+        check_command_line(argv)
     except ConfigError as error:
-        print(f"scripts/run.py: {error}", file=sys.stderr)
-        sys.exit(2)
-    main()
+        print(f"{prog}: {error}", file=sys.stderr)
+        return 2
+    return run_hydra_app(main, prog, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

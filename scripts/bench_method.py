@@ -1,0 +1,16 @@
+#!/usr/bin/env python
+"""`grood bench-method` from a checkout, installed or not:
+`python scripts/bench_method.py ARGS` = `grood bench-method ARGS`.
+
+The command lives in the package (grood.cli.bench_method); see `grood bench-method --help`.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's grood, installed or not
+
+from grood.cli.bench_method import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main())
