@@ -58,4 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if name in ("run", "train"):
         return command(name)(rest, prog=f"grood {name}")
-    return command(name)(rest)
+    saved, sys.argv = sys.argv, [f"grood {name}", *rest]  # argparse names the command in its messages
+    try:
+        return command(name)(rest)
+    finally:
+        sys.argv = saved

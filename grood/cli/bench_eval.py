@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Time evaluations on the shared CIFAR-10 smoke benchmark (ResNet-20).
 
-    python scripts/bench_eval.py [--data-root ...] [--checkpoint ...] [--cache-dir DIR] [--num-workers N]
-    python scripts/bench_eval.py --against-openood [--methods grood msp ...] [--log FILE]
-    python scripts/bench_eval.py --warm-runs       # a second GROOD run on the same cache against a warm MSP run
+    grood bench-eval [--data-root ...] [--checkpoint ...] [--cache-dir DIR] [--num-workers N]
+    grood bench-eval --against-openood [--methods grood msp ...] [--log FILE]
+    grood bench-eval --warm-runs       # a second GROOD run on the same cache against a warm MSP run
 
 Default: the forward pass over every split (train, test and each OOD set) runs on an empty cache, then
 each method runs on the cached outputs (issue target: all methods <= 1.5x the forward pass). GROOD's
@@ -41,7 +41,7 @@ install it in a throwaway virtual environment). How the two sides are made to ma
 
 Times: OpenOOD's is, per method, ``Evaluator(...)`` (postprocessor setup and APS) plus ``eval_ood()``;
 grood's is the pipeline from an empty feature cache (every forward pass included) plus, per method, APS
-and scoring, as ``scripts/run.py experiment=smoke method=all`` does; a second grood pass on the warm
+and scoring, as ``grood run experiment=smoke method=all`` does; a second grood pass on the warm
 feature cache is printed too. OpenOOD's verbose output goes to ``--log``.
 """
 
@@ -167,7 +167,7 @@ def bare_network_throughput(network: SplitNetwork, spec: dict, batch_size: int, 
 
 
 def warm_runs(args: argparse.Namespace) -> int:
-    """``scripts/run.py experiment=smoke method=grood`` a second time on the same cache against a warm
+    """``grood run experiment=smoke method=grood`` a second time on the same cache against a warm
     ``method=msp`` run (issue target: no longer than MSP's plus 20%): wall-clock seconds of each command."""
     import subprocess
 
@@ -369,7 +369,7 @@ def run_openood(evaluation_api: Any, net: OpenOODInterface, methods: Sequence[st
 
 # --------------------------------------------------------------------------- grood's side
 def smoke_config(cache_dir: str, overrides: Sequence[str]) -> Any:
-    """The validated config of ``scripts/run.py experiment=smoke progress=false`` plus ``overrides``."""
+    """The validated config of ``grood run experiment=smoke progress=false`` plus ``overrides``."""
     from grood.config import compose_run_config
 
     return compose_run_config(["experiment=smoke", "progress=false", f"paths.cache_dir={cache_dir}", *overrides])
@@ -503,7 +503,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-warm", action="store_true", help="--against-openood: skip grood's warm-cache pass")
     parser.add_argument("--log", default="bench_eval_openood.log", help="--against-openood: OpenOOD's output")
     parser.add_argument("--warm-runs", action="store_true",
-                        help="a second scripts/run.py method=grood on the same cache against a warm method=msp run")
+                        help="a second grood run method=grood on the same cache against a warm method=msp run")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     configure_threads()

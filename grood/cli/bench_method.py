@@ -33,10 +33,10 @@ distance excess of the misses is printed too).
 
 Usage::
 
-    python scripts/bench_method.py --quick            # CIFAR scale only
-    python scripts/bench_method.py                    # CIFAR and ImageNet-like scales
-    python scripts/bench_method.py --scales cifar --cifar-queries 20000 --skip knn
-    python scripts/bench_method.py --repeat 3                 # fastest of 3 rounds per method
+    grood bench-method --quick            # CIFAR scale only
+    grood bench-method                    # CIFAR and ImageNet-like scales
+    grood bench-method --scales cifar --cifar-queries 20000 --skip knn
+    grood bench-method --repeat 3                 # fastest of 3 rounds per method
 
 Timings are wall-clock seconds on whatever cores the machine gives (shared machines give noisy numbers).
 """

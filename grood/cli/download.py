@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """Download OpenOOD v1.5 benchmark data and checkpoints (needs the internet; see grood/data/download.py).
 
-    python scripts/download.py data --benchmark cifar10 --data-root ./data          # `make data`
-    python scripts/download.py checkpoints --benchmark cifar10 --dest ./checkpoints  # `make checkpoints`
-    python scripts/download.py plan --benchmark imagenet200 --data-root ./data --dest ./checkpoints
-    python scripts/download.py verify --data-root ./data --dest ./checkpoints       # installed files vs manifest
+    grood download data --benchmark cifar10 --data-root ./data          # `make data`
+    grood download checkpoints --benchmark cifar10 --dest ./checkpoints  # `make checkpoints`
+    grood download plan --benchmark imagenet200 --data-root ./data --dest ./checkpoints
+    grood download verify --data-root ./data --dest ./checkpoints       # installed files vs manifest
 
 What is installed (recorded in the manifest, its files present) is skipped; interrupted downloads resume;
 archives placed by hand at the printed path are used without network. Offline, it stops at once and lists

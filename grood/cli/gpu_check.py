@@ -1,17 +1,17 @@
 #!/usr/bin/env python
 """One GPU check (``make gpu-check``): everything that needs CUDA, in one command, with a summary.
 
-    python scripts/gpu_check.py [--out results/gpu_check] [--cpu-results DIR] [--tolerance 0.05]
+    grood gpu-check [--out results/gpu_check] [--cpu-results DIR] [--tolerance 0.05]
 
 On a machine without CUDA it stops at once (exit status 2) and says so. On a CUDA machine it runs, each
 step with its own time limit (about 8 minutes in all on one GPU and a few CPU cores):
 
 1. ``tests``: the CUDA-marked tests, ``pytest -m cuda`` (``@pytest.mark.cuda``; they skip without CUDA).
-2. ``smoke``: ``scripts/run.py experiment=smoke device=cuda`` (every method, as ``make smoke``) and the same
+2. ``smoke``: ``grood run experiment=smoke device=cuda`` (every method, as ``make smoke``) and the same
    on the CPU (or the CPU results in ``--cpu-results``, e.g. ``results/smoke/smoke`` from ``make smoke``),
    each with its own feature cache; every AUROC of every method's ``metrics.csv`` (each OOD set, nearood,
    farood; in percent, as the tables print them) must match the CPU run's within ``--tolerance`` points.
-3. ``train``: the training smoke (``scripts/train.py dataset=cifar10_smoke``) on CUDA with mixed precision
+3. ``train``: the training smoke (``grood train dataset=cifar10_smoke``) on CUDA with mixed precision
    (``train.amp=true``): two epochs finish, losses are finite, ``train_config.json`` says cuda + amp.
 4. ``faiss_gpu``: with faiss-gpu installed (``faiss.StandardGpuResources``, ``faiss.get_num_gpus() > 0``),
    GROOD's exact index on CUDA against the CPU; with faiss-cpu it is reported as skipped.

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Print a results folder in the format of OpenOOD's leaderboard submissions (``make leaderboard RUN=...``).
 
-    python scripts/leaderboard.py results/runs/default/cifar10/grood/seed0-1a2b3c4d
-    python scripts/leaderboard.py results/smoke/smoke/cifar10_smoke/all/seed0-... --training CrossEntropy
+    grood leaderboard results/runs/default/cifar10/grood/seed0-1a2b3c4d
+    grood leaderboard results/smoke/smoke/cifar10_smoke/all/seed0-... --training CrossEntropy
 
 One markdown row per method (Training, Postprocessor, Near-OOD AUROC, Far-OOD AUROC, ID Accuracy, Outlier
 Data, Model Arch., Additional Description); see grood/reporting/leaderboard.py. Exit status: 0 printed,

@@ -1,11 +1,11 @@
 #!/usr/bin/env python
 """The paper's tables and figures, one command each (specs in ``grood/reproduce/targets/<target>.yaml``).
 
-    python scripts/reproduce.py table2                  # run what Table 2 needs, write results/table2/
-    python scripts/reproduce.py table4 --smoke          # its smoke version (shared smoke benchmark, CPU)
-    python scripts/reproduce.py all                     # tables 1-7, figures 2-5, appendix A.4
-    python scripts/reproduce.py table2 --tables-only    # merge the results that exist, run nothing
-    python scripts/reproduce.py table2 --print-commands --launcher submitit_slurm   # cluster dispatch
+    grood reproduce table2                  # run what Table 2 needs, write results/table2/
+    grood reproduce table4 --smoke          # its smoke version (shared smoke benchmark, CPU)
+    grood reproduce all                     # tables 1-7, figures 2-5, appendix A.4
+    grood reproduce table2 --tables-only    # merge the results that exist, run nothing
+    grood reproduce table2 --print-commands --launcher submitit_slurm   # cluster dispatch
 
 Targets: table1 ... table7, figure2 ... figure5, appendix_a4, and the groups ``figures`` and ``all``.
 Every evaluation runs in this process (Hydra's compose API + ``grood.pipeline.run_evaluation``), one
@@ -26,8 +26,6 @@ import sys
 from pathlib import Path
 from typing import Iterator, Sequence
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
 from grood.config import ConfigError, to_plain  # noqa: E402
 from grood.resources import configure_threads  # noqa: E402
 from grood.reproduce import (  # noqa: E402
@@ -46,7 +44,7 @@ from grood.config import CONFIG_DIR  # noqa: E402
 
 @contextlib.contextmanager
 def hydra_composer(config_dir: Path = CONFIG_DIR) -> Iterator[Compose]:
-    """``compose(overrides) -> RunConfig``: the validated config ``scripts/run.py`` would get for ``overrides``."""
+    """``compose(overrides) -> RunConfig``: the validated config ``grood run`` would get for ``overrides``."""
     from grood.config import compose_run_config
 
     yield lambda overrides: compose_run_config(list(overrides), config_dir)
@@ -61,7 +59,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tables-only", action="store_true",
                         help="run nothing; merge the results that exist (e.g. written by cluster jobs)")
     parser.add_argument("--print-commands", action="store_true",
-                        help="print the scripts/run.py multirun commands doing the jobs, one per line; run nothing")
+                        help="print the grood run multirun commands doing the jobs, one per line; run nothing")
     parser.add_argument("--launcher", default=None,
                         help="with --print-commands: a hydra/launcher option, e.g. submitit_slurm")
     parser.add_argument("--runs-dir", type=Path, default=None,
@@ -90,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if hydra_overrides and not args.print_commands:
         print(f"error: {hydra_overrides} configure Hydra's launcher: use them with --print-commands", file=sys.stderr)
         return 2
-    command_line = "python scripts/reproduce.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    command_line = "grood reproduce " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     ok = True
     with hydra_composer() as compose:
         try:

@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """Evaluate OOD detectors on one OpenOOD v1.5 benchmark (Hydra app).
 
-    python scripts/run.py dataset=cifar10 method=grood
-    python scripts/run.py dataset=cifar10 method=all              # every method on one feature cache
-    python scripts/run.py -m dataset=cifar10 seed=0,1,2 method=grood   # multirun over checkpoints
-    python scripts/run.py experiment=smoke                         # the shared CIFAR-10 smoke benchmark
+    grood run dataset=cifar10 method=grood
+    grood run dataset=cifar10 method=all              # every method on one feature cache
+    grood run -m dataset=cifar10 seed=0,1,2 method=grood   # multirun over checkpoints
+    grood run experiment=smoke                         # the shared CIFAR-10 smoke benchmark
 
 Every key is typed (grood/config/schema.py): an unknown key, a wrong type or a value out of range stops the
 run at once, before any output folder or cache entry is written, and so does every bad input (data root,
