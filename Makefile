@@ -1,5 +1,6 @@
 # grood: one command per job. `make help` lists them.
 # Setup makes a virtual environment in .venv with torch 2.14.1 / torchvision 0.29.1, then grood (editable, dev extra).
+# Every target calls the package's command line, `$(PY) -m grood <command>` (the console command `grood`).
 
 PYTHON_BOOTSTRAP ?= python3
 VENV ?= .venv
@@ -35,11 +36,14 @@ help:
 	@echo "make reproduce-author  (SMOKE=1)  paper-text GROOD vs the author's OpenOOD configuration (method=grood_openood)"
 	@echo "make leaderboard RUN=<results folder> [TRAINING=CrossEntropy]  the run as OpenOOD leaderboard entries"
 
+# The editable install in compat mode: the checkout goes on sys.path through a .pth file, so that a folder
+# named grood (this checkout, seen from the folder holding it) cannot shadow the package as a namespace
+# package (the default editable finder comes after sys.path; tests/test_packaging.py).
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON_BOOTSTRAP) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install $(TORCH_PIN)
-	$(PY) -m pip install -e '.[dev,faiss]'
+	$(PY) -m pip install -e '.[dev,faiss]' --config-settings editable_mode=compat
 	touch $@
 
 setup: $(VENV)/.installed
@@ -51,18 +55,18 @@ test-slow: setup
 	GROOD_SHARED_DIR=$(SHARED) $(PY) -m pytest -m slow
 
 data: setup
-	$(PY) scripts/download.py data --benchmark $(DATASET) --data-root $(DOWNLOAD_ROOT) $(if $(filter 1,$(CSID)),--csid)
+	$(PY) -m grood download data --benchmark $(DATASET) --data-root $(DOWNLOAD_ROOT) $(if $(filter 1,$(CSID)),--csid)
 
 checkpoints: setup
-	$(PY) scripts/download.py checkpoints --benchmark $(DATASET) --dest $(CHECKPOINT_ROOT)
+	$(PY) -m grood download checkpoints --benchmark $(DATASET) --dest $(CHECKPOINT_ROOT)
 
 bench-method: setup
-	$(PY) scripts/bench_method.py
+	$(PY) -m grood bench-method
 
 # Every method on the shared CIFAR-10 smoke benchmark (../shared or $GROOD_SHARED_DIR), CPU, minutes.
 SMOKE_RUN = experiment=smoke progress=false paths.results_dir=results/smoke paths.data_root=$(or $(DATA_ROOT),$(SMOKE_ROOT))
 smoke: setup
-	GROOD_SHARED_DIR=$(SHARED) $(PY) scripts/run.py $(SMOKE_RUN)
+	GROOD_SHARED_DIR=$(SHARED) $(PY) -m grood run $(SMOKE_RUN)
 	GROOD_SHARED_DIR=$(SHARED) GROOD_SMOKE_RESULTS=results/smoke GROOD_SMOKE_ARGS="$(SMOKE_RUN)" \
 		$(PY) -m pytest -m smoke tests/test_smoke.py
 
@@ -70,21 +74,21 @@ smoke: setup
 # device=cuda against the CPU run (AUROCs within 0.05), the AMP training smoke, FAISS on the GPU when faiss-gpu is
 # installed; summary in results/gpu_check/summary.md. Stops at once on a machine without CUDA.
 gpu-check: setup
-	GROOD_SHARED_DIR=$(SHARED) $(PY) scripts/gpu_check.py --out results/gpu_check
+	GROOD_SHARED_DIR=$(SHARED) $(PY) -m grood gpu-check --out results/gpu_check
 
 # The main job: OpenOOD v1.5 data and checkpoints (online), then one evaluation.
 run: setup data checkpoints
-	$(PY) scripts/run.py dataset=$(DATASET) method=$(METHOD) $(DATA_ROOT_ARG)
+	$(PY) -m grood run dataset=$(DATASET) method=$(METHOD) $(DATA_ROOT_ARG)
 
-# A results folder (one method, or method=all) as OpenOOD leaderboard entries (scripts/leaderboard.py).
+# A results folder (one method, or method=all) as OpenOOD leaderboard entries (grood leaderboard).
 RUN ?=
 TRAINING ?= CrossEntropy
 leaderboard: setup
 	@test -n "$(RUN)" || { echo "give the results folder: make leaderboard RUN=<folder with run.json or summary.json>"; exit 2; }
-	@$(PY) scripts/leaderboard.py "$(RUN)" --training "$(TRAINING)"
+	@$(PY) -m grood leaderboard "$(RUN)" --training "$(TRAINING)"
 
 bench-eval: setup
-	GROOD_SHARED_DIR=$(SHARED) $(PY) scripts/bench_eval.py
+	GROOD_SHARED_DIR=$(SHARED) $(PY) -m grood bench-eval
 
 SEEDS ?= 0
 MIXUP ?= 0
@@ -94,10 +98,10 @@ TRAIN_ARGS ?=
 # SEEDS=0,1,2: one model per seed (Hydra multirun); MIXUP=1: manifold mixup (Table 7); re-running resumes.
 # DATASET=cifar10_smoke: the CPU smoke recipe (seconds). More overrides: TRAIN_ARGS="train.keep_epoch_checkpoints=15".
 train: setup
-	GROOD_SHARED_DIR=$(SHARED) $(PY) scripts/train.py -m dataset=$(DATASET) seed=$(SEEDS) \
+	GROOD_SHARED_DIR=$(SHARED) $(PY) -m grood train -m dataset=$(DATASET) seed=$(SEEDS) \
 		manifold_mixup=$(if $(filter 1,$(MIXUP)),true,false) $(DATA_ROOT_ARG) $(TRAIN_ARGS)
 
-# ---- paper tables and figures (see scripts/reproduce.py) ----
+# ---- paper tables and figures (grood reproduce; grood/cli/reproduce.py) ----
 # `make reproduce-tableN` runs what paper table N needs (finished runs are kept) and writes results/tableN/
 # (CSV, LaTeX, paper_vs_ours.csv, report.md); reproduce-figures: figures 2-5 and the appendix A.4 timing
 # table; reproduce-author: paper-text GROOD vs the author's OpenOOD configuration (method=grood_openood);
@@ -109,5 +113,5 @@ REPRODUCE_TARGETS := reproduce-table1 reproduce-table2 reproduce-table3 reproduc
                      reproduce-table6 reproduce-table7 reproduce-figures reproduce-author reproduce-all
 
 $(REPRODUCE_TARGETS): reproduce-%: setup
-	GROOD_SHARED_DIR=$(SHARED) $(PY) scripts/reproduce.py $* \
+	GROOD_SHARED_DIR=$(SHARED) $(PY) -m grood reproduce $* \
 		$(if $(filter 1,$(SMOKE)),--smoke) $(if $(DATA_ROOT),-o paths.data_root=$(DATA_ROOT)) $(REPRODUCE_ARGS)

@@ -349,7 +349,7 @@ def train(
             initialised (seed it before building it) or anything: a resumed run loads its weights.
         train_set: items ``(image [3, H, W], label)``, augmented.
         test_set: held-out ID items for the per-epoch accuracy that selects ``best.ckpt``
-            (``scripts/train.py`` passes the benchmark's *val* split, as OpenOOD does); None = none.
+            (``grood train`` passes the benchmark's *val* split, as OpenOOD does); None = none.
         output_dir: where the files listed in the module docstring go.
 
     Returns:

@@ -17,11 +17,9 @@ from torch import nn
 from grood.backbones import build_backbone
 from grood.openood_compat import as_split_network
 
+import grood.cli.bench_eval as bench_eval
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_eval.py"
-spec = importlib.util.spec_from_file_location("bench_eval", SCRIPT)
-bench_eval = importlib.util.module_from_spec(spec)
-sys.modules["bench_eval"] = bench_eval
-spec.loader.exec_module(bench_eval)
 
 
 def test_without_openood_it_says_how_to_install_it(tmp_path):

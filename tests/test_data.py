@@ -315,7 +315,7 @@ def test_validate_reports_missing_lists_layout_and_command(tmp_path):
     assert "missing: images_classic/" in message
     assert "missing: benchmark_imglist/cifar10/train_cifar10.txt" not in message
     assert "    test_places365.txt" in message and "  benchmark_imglist/cifar10/" in message  # the expected tree
-    assert f"python scripts/download.py data --benchmark cifar10 --data-root {tmp_path}" in message
+    assert f"grood download data --benchmark cifar10 --data-root {tmp_path}" in message
     assert "make data DATASET=cifar10" in message
     with pytest.raises(DataLayoutError, match=r"no script downloads benchmark .cifar10_smoke.: point the data root \(paths.data_root"):
         get_benchmark("cifar10_smoke").validate(tmp_path / "nowhere")

@@ -538,11 +538,7 @@ def test_script_offline_names_every_archive_for_real(tmp_path, closed_port):
 
 
 def test_checkpoints_offline_in_process(tmp_path, closed_port, monkeypatch, capsys):
-    sys.path.insert(0, str(REPO / "scripts"))
-    try:
-        import download as script
-    finally:
-        sys.path.remove(str(REPO / "scripts"))
+    import grood.cli.download as script
     for key, value in _offline_env(closed_port).items():
         monkeypatch.setenv(key, value)
     monkeypatch.setattr(urllib.request, "_opener", None)  # rebuild urllib's opener with the proxy settings
@@ -590,11 +586,7 @@ def test_manual_note_for_imagenet_train_images(tmp_path):
 
 
 def test_script_merges_shared_archives_across_benchmarks(tmp_path):
-    sys.path.insert(0, str(REPO / "scripts"))
-    try:
-        import download as script
-    finally:
-        sys.path.remove(str(REPO / "scripts"))
+    import grood.cli.download as script
     args = script.build_parser().parse_args(["data", "--benchmark", "cifar10", "cifar100", "--data-root", str(tmp_path)])
     resources = script.resources_for(args)
     assert [r.name for r in resources].count("cifar100") == 1 and len(resources) == 8
@@ -697,11 +689,7 @@ def test_imagenet_train_images_placed_first_do_not_hide_the_archive(drive, tmp_p
 
 # ---------------------------------------------------------------------------- verify
 def _script():
-    sys.path.insert(0, str(REPO / "scripts"))
-    try:
-        import download as script
-    finally:
-        sys.path.remove(str(REPO / "scripts"))
+    import grood.cli.download as script
     return script
 
 
@@ -749,7 +737,7 @@ def test_make_checkpoints_honours_grood_checkpoint_root(tmp_path):
     result = subprocess.run(["make", "-n", "checkpoints", f"VENV={tmp_path / 'venv'}"], cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert f"scripts/download.py checkpoints --benchmark cifar10 --dest {tmp_path / 'elsewhere'}" in result.stdout
+    assert f"grood download checkpoints --benchmark cifar10 --dest {tmp_path / 'elsewhere'}" in result.stdout
     env.pop("GROOD_CHECKPOINT_ROOT")
     result = subprocess.run(["make", "-n", "checkpoints", f"VENV={tmp_path / 'venv'}"], cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=60)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -13,11 +12,9 @@ import pandas as pd
 import pytest
 import torch
 
+import grood.cli.gpu_check as gpu_check
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.py"
-spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-gpu_check = importlib.util.module_from_spec(spec)
-sys.modules["gpu_check"] = gpu_check  # dataclasses look their module up there
-spec.loader.exec_module(gpu_check)
 
 ROWS = ["tin", "nearood", "mnist", "fashionmnist", "texture", "farood"]
 

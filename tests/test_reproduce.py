@@ -1,7 +1,7 @@
 """One command per paper table / figure: specs, jobs, merging run folders, skips, reports, cluster commands.
 
 Fast tests build tables from fake run folders (the schema ``grood.pipeline.write_method_results`` writes) and
-compose every shipped spec's jobs with Hydra; the local multirun test runs ``scripts/run.py -m`` (MSP, two
+compose every shipped spec's jobs with Hydra; the local multirun test runs ``grood run -m`` (MSP, two
 seeds) on the smoke benchmark; the ``slow`` tests run each target's smoke version.
 """
 
@@ -43,14 +43,7 @@ METRICS = ["FPR@95", "AUROC", "AUPR_IN", "AUPR_OUT", "ACC"]
 GROUPS_C10 = {"near": ["cifar100", "tin"], "far": ["mnist", "svhn", "texture", "places365"]}
 
 
-def _script_module():
-    spec = importlib.util.spec_from_file_location("reproduce_script", REPO / "scripts" / "reproduce.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-SCRIPT = _script_module()
+import grood.cli.reproduce as SCRIPT  # noqa: E402  (`grood reproduce`)
 
 
 @pytest.fixture()
@@ -380,7 +373,7 @@ def test_cluster_commands_write_the_job_folders_and_the_launcher_config_composes
     commands = cluster_commands(jobs, tmp_path / "runs", launcher="submitit_slurm")
     assert len(commands) == 4  # one multirun per benchmark, one cluster job per checkpoint (seed)
     first = shlex.split(commands[0])
-    assert first[:4] == ["python", "scripts/run.py", "-m", "hydra/launcher=submitit_slurm"]
+    assert first[:6] == ["python", "-m", "grood", "run", "-m", "hydra/launcher=submitit_slurm"]
     assert "seed=0,1,2" in first and f"hydra.sweep.dir={tmp_path / 'runs' / 'table2'}" in first
     assert "hydra.sweep.subdir=cifar10/all/seed${seed}" in first
     assert jobs[0].directory(tmp_path / "runs") == tmp_path / "runs" / "table2" / "cifar10" / "all" / "seed0"

@@ -1,10 +1,9 @@
-"""grood.training and scripts/train.py: the recipe's schedule, manifold mixup, resume, atomic checkpoints,
+"""grood.training, grood.training_run and `grood train`: the recipe's schedule, manifold mixup, resume, atomic checkpoints,
 the Hydra configs and the smoke run on the shared CIFAR-10 smoke data (CPU, ResNet-20, seconds)."""
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import math
 import os
@@ -16,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
 from torch.utils.data import TensorDataset
 
 import grood.training as training
@@ -34,19 +32,11 @@ from grood.training import (
     sample_mixup,
     train,
 )
+from grood.config import ConfigError
+from grood.config.train_schema import compose_train_config
+from grood.training_run import TrainingDataError, run_training, train_config_from
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIR = str(REPO_ROOT / "configs")
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("grood_train_script", REPO_ROOT / "scripts" / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-train_script = _load_script()
 
 
 @pytest.fixture(autouse=True)
@@ -60,8 +50,7 @@ def _one_thread():
 
 
 def _compose(overrides: list[str]):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(config_name="train", overrides=overrides)
+    return compose_train_config(overrides)
 
 
 def _smoke_overrides(smoke_data_root: Path, checkpoint_root: Path, *extra: str) -> list[str]:
@@ -325,10 +314,53 @@ def test_configs_give_each_dataset_its_recipe():
     assert _compose(["dataset=cifar10_smoke"]).train.subset_per_class == 20
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["train.epochz=3"], r"'train.epochz' is not a setting; valid keys of train: epochs, batch_size"),
+    (["train.epochs=abc"], r"train.epochs: Value 'abc' of type 'str' could not be converted to Integer"),
+    (["manifold_mixup=maybe"], r"manifold_mixup: Value 'maybe' is not a valid bool"),
+    (["+train.lr=0.1"], r"undeclared training configuration key\(s\).*train.lr"),
+    (["train.epochs=0", "train.augmentation=autoaugment", "device=gpu", "train.min_learning_rate=1.0",
+      "train.eval_split=holdout", "train.subset_per_class=0"],
+     r"(?s)device=.gpu..*train.epochs=0: must be an integer >= 1.*subset_per_class=0.*min_learning_rate=1.0.*"
+     r"augmentation='autoaugment': must be one of \['cifar', 'imagenet'\].*eval_split='holdout'"),
+])
+def test_training_config_is_typed(overrides, message):
+    """Every key of configs/train.yaml is declared with its type: an unknown key, a wrong type or a value out
+    of range stops at composition, naming the key (all range problems at once)."""
+    with pytest.raises(ConfigError, match=message):
+        _compose(["dataset=cifar10", *overrides])
+
+
+def test_train_config_takes_every_loop_setting_from_its_key():
+    """The loop's TrainConfig: each field from the config key of its name, none left at the class default."""
+    config = _compose(["dataset=cifar100", "seed=2", "manifold_mixup=true", "num_workers=3", "progress=false",
+                       "device=cpu", "train.epochs=7", "train.batch_size=9", "train.learning_rate=0.05",
+                       "train.min_learning_rate=0.001", "train.momentum=0.5", "train.nesterov=false",
+                       "train.weight_decay=0.01", "train.mixup_alpha=0.4", "train.amp=false",
+                       "train.max_batches_per_epoch=4", "train.keep_epoch_checkpoints=2"])
+    loop = train_config_from(config)
+    assert (loop.seed, loop.manifold_mixup, loop.num_workers, loop.progress, loop.device) == (2, True, 3, False, "cpu")
+    assert (loop.epochs, loop.batch_size, loop.learning_rate, loop.min_learning_rate, loop.momentum) == (
+        7, 9, 0.05, 0.001, 0.5)
+    assert (loop.nesterov, loop.weight_decay, loop.mixup_alpha, loop.amp) == (False, 0.01, 0.4, False)
+    assert (loop.max_batches_per_epoch, loop.keep_epoch_checkpoints) == (4, 2)
+    assert loop.extra == {"dataset": "cifar100", "backbone": "resnet18_32x32", "eval_split": "val"}
+
+
+def test_train_command_line_stops_on_a_bad_key_before_training(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "grood", "train", "dataset=cifar10_smoke", "train.epocs=1",
+                             f"paths.checkpoint_root={tmp_path}"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=120, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "grood train: Could not override 'train.epocs'" in result.stderr
+    assert "valid keys of train: epochs" in result.stderr
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
 def test_missing_data_names_the_make_command(tmp_path):
     cfg = _compose(["dataset=cifar10", f"paths.data_root={tmp_path / 'nowhere'}", f"paths.checkpoint_root={tmp_path}"])
-    with pytest.raises(train_script.TrainingDataError, match=r"(?s)does not exist.*train_cifar10.txt.*make data DATASET=cifar10"):
-        train_script.run_training(cfg)
+    with pytest.raises(TrainingDataError, match=r"(?s)does not exist.*train_cifar10.txt.*make data DATASET=cifar10"):
+        run_training(cfg)
     assert not (tmp_path / "trained").exists()  # nothing written before the data is there
     lists = tmp_path / "root" / "benchmark_imglist" / "cifar10"
     lists.mkdir(parents=True)
@@ -336,15 +368,15 @@ def test_missing_data_names_the_make_command(tmp_path):
     for name in ("train_cifar10.txt", "val_cifar10.txt"):
         (lists / name).write_text("cifar10/train/airplane/0000.png 0\n")
     cfg = _compose(["dataset=cifar10", f"paths.data_root={tmp_path / 'root'}", f"paths.checkpoint_root={tmp_path}"])
-    with pytest.raises(train_script.TrainingDataError, match=r"(?s)1 of 1 image file\(s\) missing.*make data DATASET=cifar10"):
-        train_script.run_training(cfg)
+    with pytest.raises(TrainingDataError, match=r"(?s)1 of 1 image file\(s\) missing.*make data DATASET=cifar10"):
+        run_training(cfg)
 
 
 def test_smoke_script_resumes_and_matches_uninterrupted(tmp_path, smoke_data_root, monkeypatch):
     """The smoke recipe on the real smoke images, through the script's entry point: interrupted in epoch 2 and
     re-run, it continues at epoch 2 and ends with the weights of an uninterrupted run."""
     small = ["train.subset_per_class=8", "train.eval_subset_per_class=2"]  # 80 train images: fast under load
-    straight = train_script.run_training(_compose(_smoke_overrides(smoke_data_root, tmp_path / "a", *small)))
+    straight = run_training(_compose(_smoke_overrides(smoke_data_root, tmp_path / "a", *small)))
     real_getitem = ImageListDataset.__getitem__
     served = {"train": 0}
 
@@ -358,10 +390,10 @@ def test_smoke_script_resumes_and_matches_uninterrupted(tmp_path, smoke_data_roo
     monkeypatch.setattr(ImageListDataset, "__getitem__", lambda self, i: counting_getitem(self, i, stop_at=80 + 30))
     cfg = _compose(_smoke_overrides(smoke_data_root, tmp_path / "b", *small))
     with pytest.raises(KeyboardInterrupt):
-        train_script.run_training(cfg)
+        run_training(cfg)
     served["train"] = 0
     monkeypatch.setattr(ImageListDataset, "__getitem__", lambda self, i: counting_getitem(self, i))
-    resumed = train_script.run_training(cfg)
+    resumed = run_training(cfg)
     assert served["train"] == 80  # 8 images x 10 classes: epoch 2 only
     _assert_same_weights(_state(straight), _state(resumed))
     provenance = json.loads((resumed.parent / "provenance.json").read_text())["sessions"]
@@ -369,10 +401,11 @@ def test_smoke_script_resumes_and_matches_uninterrupted(tmp_path, smoke_data_roo
 
 
 def test_smoke_cli_writes_openood_checkpoints_history_and_provenance(tmp_path, smoke_data_root):
-    command = [sys.executable, str(REPO_ROOT / "scripts" / "train.py"),
+    command = [sys.executable, "-m", "grood", "train",
                *_smoke_overrides(smoke_data_root, tmp_path), "train.epochs=1"]
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "HYDRA_FULL_ERROR": "1", "OMP_NUM_THREADS": "1"})
+                            env={**os.environ, "HYDRA_FULL_ERROR": "1", "OMP_NUM_THREADS": "1",
+                                 "PYTHONPATH": str(REPO_ROOT)})
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = tmp_path / "trained" / "cifar10_smoke_resnet20" / "s0"
     for name in ("epoch_001.ckpt", "best.ckpt", "last.ckpt"):

@@ -79,7 +79,7 @@ def strip_prefixes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Te
 def _missing_checkpoint_message(path: Path) -> str:
     return (
         f"checkpoint {path} not found. Download the OpenOOD v1.5 checkpoints with `make checkpoints "
-        f"DATASET=<benchmark>` (= `python scripts/download.py checkpoints --benchmark <benchmark> --dest "
+        f"DATASET=<benchmark>` (= `grood download checkpoints --benchmark <benchmark> --dest "
         f"./checkpoints`), or point the config key dataset.checkpoint at an existing file"
     )
 

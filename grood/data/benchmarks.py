@@ -88,7 +88,7 @@ class Benchmark:
             224-pixel images without resizing: ``{"size": 224, "crop_size": 224}``).
         images_dirs: split name -> images folder, where a list's images live elsewhere (OpenOOD's ImageNet
             ``textures`` list is relative to ``images_classic``).
-        downloadable: whether ``scripts/download.py data --benchmark <name>`` can fetch it.
+        downloadable: whether ``grood download data --benchmark <name>`` can fetch it.
     """
 
     name: str
@@ -255,7 +255,7 @@ class Benchmark:
         if self.downloadable:
             return (
                 f"fetch them with `make data DATASET={self.name} DATA_ROOT={data_root}{' CSID=1' if csid else ''}` "
-                f"or `python scripts/download.py data --benchmark {self.name} --data-root {data_root}"
+                f"or `grood download data --benchmark {self.name} --data-root {data_root}"
                 f"{' --csid' if csid else ''}`"
             )
         return (

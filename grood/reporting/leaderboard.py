@@ -127,7 +127,7 @@ def leaderboard_rows(results_dir: str | Path, training: str = "CrossEntropy") ->
         entries = [_entry(root, training)]
     else:
         raise RunFormatError(f"{root}: neither run.json (one method's results) nor summary.json (method=all) is "
-                             "there; give RUN=<the results folder scripts/run.py wrote>")
+                             "there; give RUN=<the results folder grood run wrote>")
     return pd.DataFrame(entries, columns=COLUMNS)
 
 

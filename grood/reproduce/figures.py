@@ -135,7 +135,7 @@ def build_epoch_curves(spec: Spec, runs_root: Path, figures_dir: Path) -> Built:
     root = runs_root / source_spec.experiment
     long = _collect(root)
     if long is None:
-        built.lines.append(f"no runs below {root}: run `scripts/reproduce.py {source}"
+        built.lines.append(f"no runs below {root}: run `grood reproduce {source}"
                            f"{' --smoke' if spec.smoke else ''}` first (it also draws this figure)")
         return built
     long = pd.concat([select_rows(long, row.select, str(spec.path)) for row in source_spec.rows], ignore_index=True)

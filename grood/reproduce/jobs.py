@@ -1,5 +1,5 @@
 """Evaluation jobs: a spec expanded into :class:`Job` s, run where their results are missing, and the same
-jobs as ``scripts/run.py`` Hydra multirun commands for a cluster.
+jobs as ``grood run`` Hydra multirun commands for a cluster.
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def expand_jobs(spec: Spec, paths: Mapping[str, Any],
                 if not found:
                     notes.append(Outcome(f"{entry.segment}/*/seed{seed}", entry.dataset, seed, "skipped",
                                          f"no checkpoint matches {pattern}; train them first "
-                                         "(scripts/train.py) or point the spec's epochs.glob at them"))
+                                         "(grood train) or point the spec's epochs.glob at them"))
                     continue
                 if len(found) < (entry.epochs_last or 1):
                     notes.append(Outcome(f"{entry.segment}/*/seed{seed}", entry.dataset, seed, "note",
@@ -243,7 +243,7 @@ def run_jobs(jobs: Sequence[Job], compose: Compose, runs_root: str | Path, force
 
 def cluster_commands(jobs: Sequence[Job], runs_root: str | Path, launcher: str | None = None,
                      python: str = "python") -> list[str]:
-    """Hydra multirun commands of ``scripts/run.py`` doing the same jobs, one per group of jobs that differ
+    """Hydra multirun commands of ``grood run`` (``python -m grood run -m``) doing the same jobs, one per group of jobs that differ
     only by seed (``seed=0,1,2``: one cluster job per checkpoint). Each job writes the folder
     :meth:`Job.directory` would (``hydra.sweep.dir`` / ``hydra.sweep.subdir``), so ``--tables-only``
     merges the results wherever they ran."""
@@ -255,7 +255,7 @@ def cluster_commands(jobs: Sequence[Job], runs_root: str | Path, launcher: str |
     commands = []
     for (experiment, segment, tag, overrides), members in groups.items():
         seeds = ",".join(str(job.seed) for job in members)
-        parts = [python, "scripts/run.py", "-m"]
+        parts = [python, "-m", "grood", "run", "-m"]
         if launcher:
             parts.append(f"hydra/launcher={launcher}")
         parts += [*overrides, f"seed={seeds}", f"paths.results_dir={runs_root}",

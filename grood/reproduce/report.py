@@ -94,13 +94,13 @@ def write_report(spec: Spec, out_path: Path, outcomes: Sequence[Outcome], built:
     target = spec.name
     lines += ["## Commands", "",
               f"- this target: `{make_smoke}make reproduce-{target if target.startswith('table') else 'figures'}` "
-              f"= `python scripts/reproduce.py {target}{smoke}` (finished jobs are kept; `--force` re-runs them)",
-              f"- merge existing results only (e.g. from a cluster): `python scripts/reproduce.py {target}{smoke} "
+              f"= `grood reproduce {target}{smoke}` (finished jobs are kept; `--force` re-runs them)",
+              f"- merge existing results only (e.g. from a cluster): `grood reproduce {target}{smoke} "
               "--tables-only`",
-              f"- one SLURM job per (dataset, checkpoint): `python scripts/reproduce.py {target}{smoke} "
+              f"- one SLURM job per (dataset, checkpoint): `grood reproduce {target}{smoke} "
               "--print-commands --launcher submitit_slurm`, run the printed commands, then `--tables-only`", ""]
     if commands:
-        lines += ["The same jobs as `scripts/run.py` multiruns (local launcher):", "", "```", *commands, "```", ""]
+        lines += ["The same jobs as `grood run` multiruns (local launcher):", "", "```", *commands, "```", ""]
     return _write_text(out_path, "\n".join(lines))
 
 
@@ -119,7 +119,7 @@ class TargetResult:
 def reproduce_target(spec: Spec, compose: Compose, runs_root: str | Path, out_root: str | Path,
                      force: bool = False, tables_only: bool = False, extra_overrides: Sequence[str] = (),
                      paths: Mapping[str, Any] | None = None, evaluate: Evaluate | None = None,
-                     argv: str = "scripts/reproduce.py") -> TargetResult:
+                     argv: str = "grood reproduce") -> TargetResult:
     """Run (or, with ``tables_only``, only merge) one target; write its files and ``report.md``.
 
     Tables go to ``<out_root>/<name>/`` (``<name>.csv``, ``<name>.tex``, ``paper_vs_ours.csv``,

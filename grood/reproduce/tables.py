@@ -192,7 +192,7 @@ def _sota_cells(spec: Spec, runs_root: Path, built: Built) -> pd.DataFrame | Non
     experiment = f"{source}_smoke" if spec.smoke else str(source)
     long = _collect(runs_root / experiment)
     if long is None:
-        built.lines.append(f"SOTA: no runs below {runs_root / experiment}; run `scripts/reproduce.py {source}"
+        built.lines.append(f"SOTA: no runs below {runs_root / experiment}; run `grood reproduce {source}"
                            f"{' --smoke' if spec.smoke else ''}` first (the row shows '--')")
         return None
     summary = summarize_runs(long, metrics=(spec.value,), accuracies=False)
