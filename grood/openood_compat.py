@@ -19,10 +19,11 @@ OpenOOD's contract (``openood/postprocessors/base_postprocessor.py`` and
 What this module adds over OpenOOD's base class, on purpose:
 
 - No ``.cuda()``: everything runs on the device of the network's parameters (or ``device=``).
-- Any network: OpenOOD's ``ResNet18_32x32``, ``ResNet18_224x224``, ``ResNet50``, ``ViT_B_16`` and ``Swin_T``
-  become the matching :mod:`grood.backbones` network with the same weights (strict state-dict load); any
-  other classifier is split by layer name with :func:`grood.wrap` (``early_layer``, ``feature_layer``,
-  ``head_layer``); a :class:`~grood.backbones.base.SplitNetwork` is used as it is.
+- Any network, through :func:`grood.backbones.openood_net.as_split_network`: OpenOOD's ``ResNet18_32x32``,
+  ``ResNet18_224x224``, ``ResNet50``, ``ViT_B_16`` and ``Swin_T`` become the matching :mod:`grood.backbones`
+  network with the same weights (strict state-dict load); any other classifier is split by layer name with
+  :func:`grood.wrap` (``early_layer``, ``feature_layer``, ``head_layer``); a
+  :class:`~grood.backbones.base.SplitNetwork` is used as it is.
 - The training set is read once; its penultimate features, logits and labels are kept, so a changed
   hyper-parameter re-fits only what it needs (``k`` re-uses the index; a prototype parameter
   recomputes the OOD prototype and the training gradients; an index parameter rebuilds the index).
@@ -45,10 +46,8 @@ from torchvision.transforms import Normalize
 from torchvision.transforms.v2 import Normalize as NormalizeV2
 
 from grood.backbones.base import SplitNetwork
-from grood.backbones.checkpoints import load_state_dict_checked
-from grood.backbones.registry import build_backbone
-from grood.backbones.wrap import wrap
-from grood.device import default_device, resolve_device
+from grood.backbones.openood_net import as_split_network
+from grood.device import module_device, resolve_device
 from grood.data.transforms import ToNormalisedTensor
 from grood.features import SplitOutputs, forward_pass
 from grood.method.detector import GROOD, NotFittedError
@@ -77,9 +76,8 @@ except ImportError:
     OPENOOD_AVAILABLE = False
 
 __all__ = [
-    "DEFAULTS", "OPENOOD_AVAILABLE", "OPENOOD_NETWORKS", "PROTOTYPES", "SWEEPABLE", "BasePostprocessor",
-    "FallbackBasePostprocessor", "GROODPostprocessor", "OpenOODImages", "as_split_network", "find_normalization",
-    "run_inference",
+    "DEFAULTS", "OPENOOD_AVAILABLE", "PROTOTYPES", "SWEEPABLE", "BasePostprocessor", "FallbackBasePostprocessor",
+    "GROODPostprocessor", "OpenOODImages", "find_normalization", "run_inference",
 ]
 
 #: OOD-prototype strategies the postprocessor offers: every registry strategy with one prototype for all
@@ -110,15 +108,6 @@ _INDEX_INPUTS = {"fit_on", "index", "index_params"}
 #: Parameters fixed at construction (they choose the network and how passes run).
 _FIXED = ("early_layer", "feature_layer", "head_layer", "batch_size", "device", "progress")
 
-#: OpenOOD v1.5 network class -> (grood backbone name, path of its final linear layer).
-OPENOOD_NETWORKS: dict[str, tuple[str, str]] = {
-    "ResNet18_32x32": ("resnet18_32x32", "fc"),
-    "ResNet18_224x224": ("resnet18_224x224", "fc"),
-    "ResNet50": ("resnet50", "fc"),
-    "ViT_B_16": ("vit_b_16", "heads.head"),
-    "Swin_T": ("swin_t", "head"),
-}
-
 
 class _Unset:
     """Marks a named parameter the caller did not give (so OpenOOD's config may supply it)."""
@@ -130,16 +119,7 @@ class _Unset:
 _UNSET: Any = _Unset()
 
 
-# --------------------------------------------------------------------------- devices and batches
-def _module_device(net: nn.Module) -> torch.device:
-    """The device of ``net``'s first parameter (or buffer); :func:`default_device` for a module without any."""
-    for tensor in net.parameters():
-        return tensor.device
-    for tensor in net.buffers():
-        return tensor.device
-    return default_device()
-
-
+# --------------------------------------------------------------------------- batches
 def _batch_data_label(batch: Any, where: str) -> tuple[torch.Tensor, Any]:
     """``(batch['data'], batch['label'])`` of an OpenOOD batch, or a TypeError saying what was found."""
     if not isinstance(batch, Mapping) or "data" not in batch or "label" not in batch:
@@ -197,7 +177,7 @@ class FallbackBasePostprocessor:
 
     def inference(self, net: nn.Module, data_loader: Iterable, progress: bool = True
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return run_inference(self.postprocess, net, data_loader, _module_device(net), progress)
+        return run_inference(self.postprocess, net, data_loader, module_device(net), progress)
 
 
 #: OpenOOD's ``BasePostprocessor`` when ``openood`` imports, else :class:`FallbackBasePostprocessor`.
@@ -267,74 +247,6 @@ def find_normalization(obj: Any, depth: int = 5) -> tuple[tuple[float, ...], tup
             if found is not None:
                 return found
     return None
-
-
-# --------------------------------------------------------------------------- networks
-def _openood_class_name(net: nn.Module) -> str | None:
-    """The OpenOOD network class ``net`` is (or derives from), by class name and module; None otherwise."""
-    for cls in type(net).__mro__:
-        if cls.__module__.split(".")[0] == "openood" and cls.__name__ in OPENOOD_NETWORKS:
-            return cls.__name__
-    return None
-
-
-def as_split_network(
-    net: nn.Module,
-    split_block: int | None = None,
-    *,
-    early_layer: str | None = None,
-    feature_layer: str | None = None,
-    head_layer: str | None = None,
-) -> SplitNetwork:
-    """``net`` as a :class:`~grood.backbones.base.SplitNetwork` (``early`` / ``mid`` / ``head``, paper eq. 1).
-
-    - With ``early_layer`` and ``head_layer`` (and optionally ``feature_layer``): :func:`grood.wrap`
-      splits ``net`` at those submodules (any classifier, OpenOOD's too; its parameters are shared).
-    - A ``SplitNetwork`` is returned as it is (its ``split_block`` set when ``split_block`` is given).
-    - OpenOOD v1.5's ``ResNet18_32x32``, ``ResNet18_224x224``, ``ResNet50``, ``ViT_B_16`` and ``Swin_T``
-      (recognised by class name and ``openood.*`` module, without importing openood) become the matching
-      grood backbone with the same number of classes, a **copy** of the network's weights loaded with
-      ``strict=True`` (the state-dict keys are the same: OpenOOD's CIFAR ResNet-18 layout for the first,
-      torchvision's for the others), on the network's device, in eval mode.
-    - ``nn.DataParallel`` / ``DistributedDataParallel`` wrappers are looked through.
-
-    Raises:
-        TypeError: any other network without layer names; the message lists what is supported.
-        ValueError: only one of ``early_layer`` / ``head_layer``, or layer names for a SplitNetwork.
-        grood.backbones.wrap.SplitError: the layer names do not split ``net`` (lists the valid names).
-        CheckpointMismatchError: the OpenOOD network's weights do not fit (e.g. a ViT with another image size).
-    """
-    if isinstance(net, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-        net = net.module
-    names = {"early_layer": early_layer, "feature_layer": feature_layer, "head_layer": head_layer}
-    if isinstance(net, SplitNetwork):
-        if any(value is not None for value in names.values()):
-            raise ValueError(f"{type(net).__name__} is already a grood SplitNetwork; layer names "
-                             f"{ {k: v for k, v in names.items() if v is not None} } are for other networks")
-        if split_block is not None:
-            net.split_block = split_block
-        return net
-    if early_layer is not None or head_layer is not None or feature_layer is not None:
-        if early_layer is None or head_layer is None:
-            raise ValueError(f"splitting {type(net).__name__} by layer name needs early_layer and head_layer "
-                             f"(feature_layer is optional); got {names}")
-        network = wrap(net, early_layer, feature_layer, head_layer)
-        if split_block is not None:
-            network.split_block = split_block
-        return network.eval()
-    class_name = _openood_class_name(net)
-    if class_name is None:
-        raise TypeError(
-            f"GROOD cannot split {type(net).__module__}.{type(net).__name__} into early / mid / head without layer "
-            f"names. Supported without them: grood.backbones.SplitNetwork subclasses and OpenOOD v1.5's "
-            f"{', '.join(OPENOOD_NETWORKS)}. For another network, give early_layer, feature_layer and head_layer "
-            "(e.g. 'layer1', 'avgpool', 'fc' for a torchvision ResNet; see grood.wrap)"
-        )
-    backbone, classifier_path = OPENOOD_NETWORKS[class_name]
-    classifier = net.get_submodule(classifier_path)
-    network = build_backbone(backbone, num_classes=int(classifier.out_features), split_block=split_block)
-    load_state_dict_checked(network, net.state_dict(), source=f"OpenOOD network {class_name}", strict=True)
-    return network.to(_module_device(net)).eval()
 
 
 # --------------------------------------------------------------------------- parameters
@@ -547,7 +459,7 @@ class GROODPostprocessor(BasePostprocessor):
         }
         self._num_workers = loader_workers(int(getattr(id_loader_dict["train"], "num_workers", 0)))
         self.device = (resolve_device(self.params["device"]) if self.params["device"] is not None
-                       else _module_device(net))
+                       else module_device(net))
         network = as_split_network(
             net, self.params["split_block"], early_layer=self.params["early_layer"],
             feature_layer=self.params["feature_layer"], head_layer=self.params["head_layer"],

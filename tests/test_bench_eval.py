@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from grood.backbones import build_backbone
-from grood.openood_compat import as_split_network
+from grood.backbones.openood_net import as_split_network
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_eval.py"
 spec = importlib.util.spec_from_file_location("bench_eval", SCRIPT)

@@ -22,6 +22,7 @@ from torchvision.transforms import Compose, Normalize
 import grood.method.detector as detector_module
 from grood.method import strategies
 from grood.backbones import CheckpointMismatchError, SplitNetwork
+from grood.backbones.openood_net import as_split_network
 from grood.features import forward_pass
 from grood.metrics import auroc
 from grood.method.detector import GROOD, NotFittedError
@@ -32,7 +33,6 @@ from grood.openood_compat import (
     FallbackBasePostprocessor,
     GROODPostprocessor,
     OpenOODImages,
-    as_split_network,
     find_normalization,
 )
 
