@@ -52,16 +52,8 @@ from grood.data.transforms import ToNormalisedTensor
 from grood.features import SplitOutputs, forward_pass
 from grood.method.detector import GROOD, NotFittedError
 from grood.method.prototypes import class_prototypes
-from grood.method.strategies import (
-    FILTER_PARAMS,
-    STRATEGIES,
-    STRATEGY_PARAMS,
-    FeatureRows,
-    PrototypeInputs,
-    TrainingPass,
-    build_ood_prototype,
-    strategy_params,
-)
+from grood.method.strategies import FILTER_PARAMS, STRATEGIES, STRATEGY_PARAMS, build_ood_prototype, strategy_params
+from grood.prototype_inputs import TrainingPass, prototype_inputs
 from grood.progress import track
 from grood.resources import loader_workers
 
@@ -516,16 +508,15 @@ class GROODPostprocessor(BasePostprocessor):
         run = dict(batch_size=self.params["batch_size"], num_workers=self._num_workers, device=self.device,
                    progress=self.params["progress"])
         ood_val, id_val = self._loaders["ood_val"], self._loaders["id_val"]
-        inputs = PrototypeInputs(
-            class_prototypes=class_prototypes(train.features, train.labels, self.network.num_classes),
+        inputs = prototype_inputs(
+            class_prototypes(train.features, train.labels, self.network.num_classes),
             network=self.network,
             training=lambda: TrainingPass(self._loaders["train"], train.logits, train.labels,
                                           self.train_outputs.early_prototypes()),
             image_shape=lambda: tuple(self._loaders["train"][0][0].shape),
             normalization=self._normalization,
             id_validation=None if id_val is None else (lambda: (id_val, _labels_of(id_val))),
-            val_ood=None if ood_val is None else (lambda: FeatureRows.of_images(
-                self.network, ood_val, description="GROOD: val OOD prototype", **run)),
+            val_ood=None if ood_val is None else (lambda: ood_val),
             seed=int(self.params["seed"]), **run,
             advice={
                 "val_ood": "it needs OOD validation images, ood_loader_dict['val'] (OpenOOD's Evaluator passes them), "

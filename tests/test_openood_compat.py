@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import Compose, Normalize
 
 import grood.method.detector as detector_module
+from grood import prototype_inputs as passes
 from grood.method import strategies
 from grood.backbones import CheckpointMismatchError, SplitNetwork
 from grood.backbones.openood_net import as_split_network
@@ -317,7 +318,7 @@ def _library_scores(net: SplitNetwork, id_dict, prototype: str = "mixup", **groo
                          device="cpu", progress=False)
     protos = torch.stack([train.features.features[train.features.labels == c].mean(0) for c in range(NUM_CLASSES)])
     if prototype == "mixup":
-        candidates = strategies.mixup_features(
+        candidates = passes.mixup_features(
             net, pairs, train.features.logits, train.early_prototypes(), mixup_lambda=0.5,
             train_labels=train.features.labels, device="cpu", progress=False)
         p_ood = strategies.finish_prototype(candidates, protos)
@@ -442,7 +443,7 @@ def test_uniform_prototype_uses_the_datasets_normalisation(trained_net):
     assert find_normalization(grood_transform) == (tuple(float(v) for v in mean), tuple(float(v) for v in std))
     postprocessor = GROODPostprocessor(prototype="uniform", seed=3, progress=False)
     postprocessor.setup(trained_net, id_dict, ood_dict)
-    candidates = strategies.uniform_noise_features(trained_net, image_shape=(3, SIZE, SIZE), mean=mean,
+    candidates = passes.uniform_noise_features(trained_net, image_shape=(3, SIZE, SIZE), mean=mean,
                                                        std=std, seed=3, device="cpu")
     torch.testing.assert_close(postprocessor.ood_prototype, candidates.mean(0), rtol=1e-5, atol=1e-6)
 
@@ -496,10 +497,10 @@ def test_set_hyperparam_list_follows_args_dict_key_order():
 
 def test_set_hyperparam_refits_only_what_it_needs(monkeypatch):
     index_builds, mixups = [], []
-    build_index, mixup_features = detector_module.build_index, strategies.mixup_features
+    build_index, mixup_features = detector_module.build_index, passes.mixup_features
     monkeypatch.setattr(detector_module, "build_index",
                         lambda *a, **kw: index_builds.append(a) or build_index(*a, **kw))
-    monkeypatch.setattr(strategies, "mixup_features",
+    monkeypatch.setattr(passes, "mixup_features",
                         lambda *a, **kw: mixups.append(kw) or mixup_features(*a, **kw))
 
     net = TinyNet().eval()  # random weights: unsaturated NCP probabilities, so the training gradients differ
@@ -734,12 +735,11 @@ def test_a_wrapped_torchvision_network_runs_through_the_evaluators_calls():
     outputs = forward_pass(network, DataLoader(pairs, batch_size=5), num_classes=NUM_CLASSES, accumulate_early=True,
                            device="cpu", progress=False)
     protos = class_prototypes(outputs.features.features, outputs.features.labels, NUM_CLASSES)
-    inputs = strategies.PrototypeInputs(
-        class_prototypes=protos, network=network, device="cpu",
-        training=lambda: strategies.TrainingPass(pairs, outputs.features.logits, outputs.features.labels,
-                                                 outputs.early_prototypes()),
-        val_ood=lambda: strategies.FeatureRows.of_images(network, OpenOODImages(ood_dict["val"].dataset, "val"),
-                                                         device="cpu"))
+    inputs = passes.prototype_inputs(
+        protos, network=network, device="cpu",
+        training=lambda: passes.TrainingPass(pairs, outputs.features.logits, outputs.features.labels,
+                                             outputs.early_prototypes()),
+        val_ood=lambda: OpenOODImages(ood_dict["val"].dataset, "val"))
     p_ood = strategies.build_ood_prototype(chosen["prototype"], inputs)
     torch.testing.assert_close(postprocessor.ood_prototype, p_ood, rtol=1e-5, atol=1e-6)
     detector = GROOD(device="cpu", k=chosen["k"]).fit(outputs.features, ood_prototype=p_ood)
@@ -777,7 +777,7 @@ def test_corrupted_prototype_reads_the_id_validation_images(trained_net):
                                        progress=False)
     postprocessor.setup(trained_net, id_dict, ood_dict)
     val = id_dict["val"].dataset
-    candidates = strategies.corrupted_id_features(
+    candidates = passes.corrupted_id_features(
         trained_net, [(val.images[i], int(val.labels[i])) for i in range(len(val))], val.labels, mean=mean,
         std=std, num_images=6, seed=2, device="cpu")
     torch.testing.assert_close(postprocessor.ood_prototype, candidates.mean(0), rtol=1e-5, atol=1e-6)
