@@ -19,6 +19,7 @@ OpenOOD's contract (``openood/postprocessors/base_postprocessor.py`` and
 What this module adds over OpenOOD's base class, on purpose:
 
 - No ``.cuda()``: everything runs on the device of the network's parameters (or ``device=``).
+- Plain loaders too: batches (and dataset items) may be ``(images, labels)`` pairs as well as OpenOOD's dicts.
 - Any network, through :func:`grood.backbones.openood_net.as_split_network`: OpenOOD's ``ResNet18_32x32``,
   ``ResNet18_224x224``, ``ResNet50``, ``ViT_B_16`` and ``Swin_T`` become the matching :mod:`grood.backbones`
   network with the same weights (strict state-dict load); any other classifier is split by layer name with
@@ -41,7 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, IterableDataset
+from torch.utils.data import DataLoader
 from torchvision.transforms import Normalize
 from torchvision.transforms.v2 import Normalize as NormalizeV2
 
@@ -53,7 +54,7 @@ from grood.features import SplitOutputs, forward_pass
 from grood.method.detector import GROOD, NotFittedError
 from grood.method.prototypes import class_prototypes
 from grood.method.strategies import FILTER_PARAMS, STRATEGIES, STRATEGY_PARAMS, build_ood_prototype, strategy_params
-from grood.prototype_inputs import TrainingPass, prototype_inputs
+from grood.prototype_inputs import ImageItems, TrainingPass, prototype_inputs, read_batch
 from grood.progress import track
 from grood.resources import loader_workers
 
@@ -69,7 +70,7 @@ except ImportError:
 
 __all__ = [
     "DEFAULTS", "OPENOOD_AVAILABLE", "PROTOTYPES", "SWEEPABLE", "BasePostprocessor", "FallbackBasePostprocessor",
-    "GROODPostprocessor", "OpenOODImages", "find_normalization", "run_inference",
+    "GROODPostprocessor", "find_normalization", "run_inference",
 ]
 
 #: OOD-prototype strategies the postprocessor offers: every registry strategy with one prototype for all
@@ -112,17 +113,6 @@ _UNSET: Any = _Unset()
 
 
 # --------------------------------------------------------------------------- batches
-def _batch_data_label(batch: Any, where: str) -> tuple[torch.Tensor, Any]:
-    """``(batch['data'], batch['label'])`` of an OpenOOD batch, or a TypeError saying what was found."""
-    if not isinstance(batch, Mapping) or "data" not in batch or "label" not in batch:
-        found = sorted(batch) if isinstance(batch, Mapping) else type(batch).__name__
-        raise TypeError(
-            f"{where}: OpenOOD batches are dicts with keys 'data' [B, 3, H, W] and 'label' [B]; got {found}. "
-            "Use OpenOOD's ImglistDataset, or a dataset whose items are {'data': image, 'label': class}"
-        )
-    return batch["data"], batch["label"]
-
-
 def run_inference(
     postprocess: Callable[[nn.Module, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
     net: nn.Module,
@@ -138,7 +128,7 @@ def run_inference(
     """
     preds, confs, labels = [], [], []
     for batch in track(data_loader, "GROOD inference", progress):
-        data, label = _batch_data_label(batch, "inference")
+        data, label = read_batch(batch, "inference")
         pred, conf = postprocess(net, data.to(device))
         preds.append(pred.detach().cpu().reshape(-1))
         confs.append(conf.detach().cpu().reshape(-1))
@@ -177,30 +167,9 @@ BasePostprocessor: type = _OpenOODBasePostprocessor if OPENOOD_AVAILABLE else Fa
 
 
 # --------------------------------------------------------------------------- data
-class OpenOODImages(Dataset):
-    """An OpenOOD dataset (items are dicts with ``'data'`` and ``'label'``) as ``(image, label)`` pairs,
-    the item format of :func:`grood.features.forward_pass` and :mod:`grood.method.strategies`."""
-
-    def __init__(self, dataset: Any, name: str) -> None:
-        map_style = hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")
-        if isinstance(dataset, IterableDataset) or not map_style:
-            raise TypeError(
-                f"{name}: GROOD reads the training images by index, so the DataLoader must wrap a map-style dataset "
-                f"(with __getitem__ and __len__); got {type(dataset).__name__}"
-            )
-        self.dataset = dataset
-        self.name = name
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        data, label = _batch_data_label(self.dataset[index], f"{self.name} item {index}")
-        return data, int(label)
-
-
-def _loader_dataset(loaders: Mapping[str, Any] | None, key: str, name: str, required: bool) -> OpenOODImages | None:
-    """``loaders[key].dataset`` wrapped as :class:`OpenOODImages`; None (or an error when ``required``) if absent."""
+def _loader_dataset(loaders: Mapping[str, Any] | None, key: str, name: str, required: bool) -> ImageItems | None:
+    """``loaders[key].dataset`` (items: ``(image, label)`` pairs or OpenOOD's dicts) as
+    :class:`~grood.prototype_inputs.ImageItems`; None (or an error when ``required``) if absent."""
     loader = loaders.get(key) if isinstance(loaders, Mapping) else None
     if loader is None:
         if not required:
@@ -209,7 +178,7 @@ def _loader_dataset(loaders: Mapping[str, Any] | None, key: str, name: str, requ
         raise ValueError(f"{name}[{key!r}] is missing (found {found}); OpenOOD's Evaluator passes it to setup()")
     if not isinstance(loader, DataLoader):
         raise TypeError(f"{name}[{key!r}] must be a torch DataLoader; got {type(loader).__name__}")
-    return OpenOODImages(loader.dataset, f"{name}[{key!r}]")
+    return ImageItems(loader.dataset, f"{name}[{key!r}]")
 
 
 def _normalize_of(transform: Any) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
@@ -412,7 +381,7 @@ class GROODPostprocessor(BasePostprocessor):
         self.detector: GROOD | None = None
         self.train_outputs: SplitOutputs | None = None
         self._source_net: nn.Module | None = None
-        self._loaders: dict[str, OpenOODImages | None] = {}
+        self._loaders: dict[str, ImageItems | None] = {}
         self._num_workers = 0
         self._early_split: int | None = None  # split_block behind train_outputs' early sums
 
@@ -515,7 +484,7 @@ class GROODPostprocessor(BasePostprocessor):
                                           self.train_outputs.early_prototypes()),
             image_shape=lambda: tuple(self._loaders["train"][0][0].shape),
             normalization=self._normalization,
-            id_validation=None if id_val is None else (lambda: (id_val, _labels_of(id_val))),
+            id_validation=None if id_val is None else (lambda: (id_val, id_val.labels())),
             val_ood=None if ood_val is None else (lambda: ood_val),
             seed=int(self.params["seed"]), **run,
             advice={
@@ -635,7 +604,3 @@ class GROODPostprocessor(BasePostprocessor):
         names = list(self.args_dict) or list(SWEEPABLE)
         return {name: self.params[name] for name in names}
 
-
-def _labels_of(images: OpenOODImages) -> torch.Tensor:
-    """``[N]`` int64 labels of an OpenOOD dataset, read item by item (which loads each image once)."""
-    return torch.tensor([images[index][1] for index in range(len(images))], dtype=torch.long)

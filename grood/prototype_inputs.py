@@ -35,7 +35,7 @@ from grood.progress import track
 from grood.resources import loader_workers
 
 __all__ = [
-    "TrainingPass", "corrupted_id_features", "image_rows", "is_map_style", "mix_early", "mixup_features",
+    "ImageItems", "TrainingPass", "corrupted_id_features", "image_rows", "is_map_style", "mix_early", "mixup_features",
     "network_features", "noise_image_outputs", "prototype_inputs", "read_batch", "uniform_noise_features",
 ]
 
@@ -62,6 +62,31 @@ def is_map_style(dataset: Any) -> bool:
     """True for a dataset whose rows are read by index (``__getitem__`` and ``__len__``, not iterable-style)."""
     return (not isinstance(dataset, IterableDataset) and hasattr(dataset, "__getitem__")
             and hasattr(dataset, "__len__"))
+
+
+class ImageItems(Dataset):
+    """A map-style dataset whose items are ``(image, label)`` pairs or OpenOOD's dicts ``{"data", "label"}``, as
+    ``(image [3, H, W], label)`` pairs: the item format the network passes here read."""
+
+    def __init__(self, dataset: Any, name: str) -> None:
+        if not is_map_style(dataset):
+            raise TypeError(
+                f"{name}: GROOD reads these images by index, so it needs a map-style dataset (with __getitem__ and "
+                f"__len__), or a DataLoader over one; got {type(dataset).__name__}"
+            )
+        self.dataset = dataset
+        self.name = name
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        data, label = read_batch(self.dataset[index], f"{self.name} item {index}")
+        return data, int(label)
+
+    def labels(self) -> torch.Tensor:
+        """``[N]`` int64 labels, read item by item (which loads each image once)."""
+        return torch.tensor([self[index][1] for index in range(len(self))], dtype=torch.long)
 
 
 @dataclass

@@ -33,7 +33,6 @@ from grood.openood_compat import (
     BasePostprocessor,
     FallbackBasePostprocessor,
     GROODPostprocessor,
-    OpenOODImages,
     find_normalization,
 )
 
@@ -378,12 +377,38 @@ def test_postprocess_checks_setup_and_network(trained_net):
         postprocessor.postprocess(TinyNet(), images)
 
 
-def test_batches_must_be_openood_dicts(trained_net):
-    pairs = [(torch.zeros(3, SIZE, SIZE), 0)] * 4
-    with pytest.raises(TypeError, match="'data'"):
-        GROODPostprocessor(progress=False).setup(trained_net, {"train": DataLoader(pairs)}, {})
+def _as_pairs(loader: DataLoader) -> DataLoader:
+    """A plain ``(image, label)`` DataLoader over the same images as an OpenOOD-style dict loader."""
+    data = loader.dataset
+    return DataLoader([(data.images[i], int(data.labels[i])) for i in range(len(data))], batch_size=loader.batch_size)
+
+
+def test_plain_xy_loaders_give_the_scores_of_openood_dict_loaders(trained_net):
+    id_dict, ood_dict = loader_dicts(per_class=4)
+    with_dicts = GROODPostprocessor(progress=False, prototype="val_ood", num_images=5)
+    with_dicts.setup(trained_net, id_dict, ood_dict)
+    plain_id = {key: _as_pairs(loader) for key, loader in id_dict.items()}
+    plain_ood = {"val": _as_pairs(ood_dict["val"]), "near": {"blobs": _as_pairs(ood_dict["near"]["blobs"])}}
+    plain = GROODPostprocessor(progress=False, prototype="val_ood", num_images=5)
+    plain.setup(trained_net, plain_id, plain_ood)  # on main: TypeError, OpenOOD dicts only
+    torch.testing.assert_close(plain.ood_prototype, with_dicts.ood_prototype)
+    for mine, theirs in zip(plain.inference(trained_net, plain_ood["near"]["blobs"], progress=False),
+                            with_dicts.inference(trained_net, ood_dict["near"]["blobs"], progress=False)):
+        np.testing.assert_allclose(mine, theirs, rtol=1e-6, atol=1e-6)
+    mixup = GROODPostprocessor(progress=False)  # the default mixup prototype reads the (x, y) training items too
+    mixup.setup(trained_net, plain_id, plain_ood)
+    assert torch.isfinite(mixup.ood_prototype).all()
+
+
+def test_batches_must_be_pairs_or_openood_dicts(trained_net):
+    triples = [(torch.zeros(3, SIZE, SIZE), 0, "extra")] * 4
+    with pytest.raises(TypeError, match="a tuple of 3 elements"):
+        GROODPostprocessor(progress=False).setup(trained_net, {"train": DataLoader(triples)}, {})
+    with pytest.raises(TypeError, match=r"keys 'data' and 'label'; got \['image', 'label'\]"):
+        GROODPostprocessor(progress=False).setup(
+            trained_net, {"train": DataLoader([{"image": torch.zeros(3, SIZE, SIZE), "label": 0}] * 4)}, {})
     with pytest.raises(ValueError, match=r"id_loader_dict\['train'\] is missing"):
-        GROODPostprocessor(progress=False).setup(trained_net, {"test": DataLoader(pairs)}, {})
+        GROODPostprocessor(progress=False).setup(trained_net, {"test": DataLoader(triples)}, {})
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[
@@ -739,7 +764,7 @@ def test_a_wrapped_torchvision_network_runs_through_the_evaluators_calls():
         protos, network=network, device="cpu",
         training=lambda: passes.TrainingPass(pairs, outputs.features.logits, outputs.features.labels,
                                              outputs.early_prototypes()),
-        val_ood=lambda: OpenOODImages(ood_dict["val"].dataset, "val"))
+        val_ood=lambda: passes.ImageItems(ood_dict["val"].dataset, "val"))
     p_ood = strategies.build_ood_prototype(chosen["prototype"], inputs)
     torch.testing.assert_close(postprocessor.ood_prototype, p_ood, rtol=1e-5, atol=1e-6)
     detector = GROOD(device="cpu", k=chosen["k"]).fit(outputs.features, ood_prototype=p_ood)
