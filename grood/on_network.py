@@ -43,7 +43,7 @@ from grood.io import atomic_directory, atomic_file
 from grood.method.detector import GROOD as FeatureGROOD
 from grood.method.detector import NotFittedError
 from grood.method.prototypes import class_prototypes
-from grood.method.strategies import FILTER_PARAMS, STRATEGIES, build_ood_prototype, strategy_params
+from grood.method.strategies import FILTER_PARAMS, SINGLE_PROTOTYPE, STRATEGIES, build_ood_prototype, strategy_params
 from grood.prototype_inputs import ImageItems, TrainingPass, is_map_style, prototype_inputs, read_batch
 
 try:  # pytorch-ood's detector API, when installed: GROOD is then one of its detectors
@@ -66,8 +66,6 @@ SAVE_FORMAT = "grood.GROOD"
 SAVE_VERSION = 1
 _NETWORK_FILE = "network.json"
 _DETECTOR_DIR = "detector"
-#: Strategies with one prototype for every OOD set (the oracles need the OOD test sets themselves).
-PROTOTYPES = tuple(name for name, strategy in STRATEGIES.items() if not strategy.per_ood_set)
 
 
 class NetworkMismatchError(ValueError):
@@ -183,8 +181,8 @@ class GROOD(_DetectorBase):
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"GROOD(model, ...): model must be a torch.nn.Module; got {type(model).__name__}")
-        if prototype not in PROTOTYPES:
-            raise ValueError(f"prototype={prototype!r}: expected one of {', '.join(PROTOTYPES)}" + (
+        if prototype not in SINGLE_PROTOTYPE:
+            raise ValueError(f"prototype={prototype!r}: expected one of {', '.join(SINGLE_PROTOTYPE)}" + (
                 " (an oracle needs the OOD test sets; grood's pipeline runs it)" if prototype in STRATEGIES else ""))
         given = dict(prototype_params or {})
         unread = sorted(set(given) - set(STRATEGIES[prototype].params) - set(FILTER_PARAMS))

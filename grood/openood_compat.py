@@ -20,11 +20,8 @@ What this module adds over OpenOOD's base class, on purpose:
 
 - No ``.cuda()``: everything runs on the device of the network's parameters (or ``device=``).
 - Plain loaders too: batches (and dataset items) may be ``(images, labels)`` pairs as well as OpenOOD's dicts.
-- Any network, through :func:`grood.backbones.openood_net.as_split_network`: OpenOOD's ``ResNet18_32x32``,
-  ``ResNet18_224x224``, ``ResNet50``, ``ViT_B_16`` and ``Swin_T`` become the matching :mod:`grood.backbones`
-  network with the same weights (strict state-dict load); any other classifier is split by layer name with
-  :func:`grood.wrap` (``early_layer``, ``feature_layer``, ``head_layer``); a
-  :class:`~grood.backbones.base.SplitNetwork` is used as it is.
+- Any network (:func:`grood.backbones.openood_net.as_split_network`): OpenOOD's five, a grood
+  :class:`~grood.backbones.base.SplitNetwork`, or any classifier split by layer name (:func:`grood.wrap`).
 - The training set is read once; its penultimate features, logits and labels are kept, so a changed
   hyper-parameter re-fits only what it needs (``k`` re-uses the index; a prototype parameter
   recomputes the OOD prototype and the training gradients; an index parameter rebuilds the index).
@@ -43,18 +40,17 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from torchvision.transforms import Normalize
-from torchvision.transforms.v2 import Normalize as NormalizeV2
 
 from grood.backbones.base import SplitNetwork
 from grood.backbones.openood_net import as_split_network
 from grood.device import module_device, resolve_device
-from grood.data.transforms import ToNormalisedTensor
 from grood.features import SplitOutputs, forward_pass
 from grood.method.detector import GROOD, NotFittedError
 from grood.method.prototypes import class_prototypes
-from grood.method.strategies import FILTER_PARAMS, STRATEGIES, STRATEGY_PARAMS, build_ood_prototype, strategy_params
-from grood.prototype_inputs import ImageItems, TrainingPass, prototype_inputs, read_batch
+from grood.method.strategies import (
+    FILTER_PARAMS, SINGLE_PROTOTYPE, STRATEGIES, STRATEGY_PARAMS, build_ood_prototype, strategy_params,
+)
+from grood.prototype_inputs import ImageItems, TrainingPass, find_normalization, prototype_inputs, read_batch
 from grood.progress import track
 from grood.resources import loader_workers
 
@@ -73,9 +69,8 @@ __all__ = [
     "GROODPostprocessor", "find_normalization", "run_inference",
 ]
 
-#: OOD-prototype strategies the postprocessor offers: every registry strategy with one prototype for all
-#: OOD sets (the oracles need images held out of the scored sets, which OpenOOD's Evaluator cannot do).
-PROTOTYPES = tuple(name for name, strategy in STRATEGIES.items() if not strategy.per_ood_set)
+#: The strategies offered: not the oracles (their images must be held out of the scored sets; OpenOOD cannot).
+PROTOTYPES = SINGLE_PROTOTYPE
 
 
 def _shared_default(name: str) -> Any:
@@ -98,8 +93,6 @@ DEFAULTS: dict[str, Any] = {
 SWEEPABLE = ("prototype", *STRATEGY_PARAMS, "split_block", "seed", "fit_on", "index", "index_params", "k")
 #: Parameters of the GROOD fit itself (a change recomputes the training gradients and rebuilds the index).
 _INDEX_INPUTS = {"fit_on", "index", "index_params"}
-#: Parameters fixed at construction (they choose the network and how passes run).
-_FIXED = ("early_layer", "feature_layer", "head_layer", "batch_size", "device", "progress")
 
 
 class _Unset:
@@ -179,35 +172,6 @@ def _loader_dataset(loaders: Mapping[str, Any] | None, key: str, name: str, requ
     if not isinstance(loader, DataLoader):
         raise TypeError(f"{name}[{key!r}] must be a torch DataLoader; got {type(loader).__name__}")
     return ImageItems(loader.dataset, f"{name}[{key!r}]")
-
-
-def _normalize_of(transform: Any) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-    if isinstance(transform, (Normalize, NormalizeV2, ToNormalisedTensor)):
-        return tuple(float(v) for v in transform.mean), tuple(float(v) for v in transform.std)
-    return None
-
-
-def find_normalization(obj: Any, depth: int = 5) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-    """``(mean, std)`` of the first torchvision ``Normalize`` (or grood's :class:`ToNormalisedTensor`) found in
-    a dataset's transforms, or None.
-
-    Follows ``dataset``, ``preprocessor``, ``transform``, ``transform_image`` and ``transforms`` (OpenOOD's
-    ``ImglistDataset.preprocessor.transform.transforms[-1]``), and sequences, at most ``depth`` levels deep.
-    """
-    found = _normalize_of(obj)
-    if found is not None or depth == 0 or obj is None:
-        return found
-    if isinstance(obj, (list, tuple)):
-        children = list(obj)
-    else:
-        names = ("dataset", "preprocessor", "transform_image", "transform", "transforms")
-        children = [getattr(obj, name, None) for name in names]
-    for child in children:
-        if child is not None and child is not obj:
-            found = find_normalization(child, depth - 1)
-            if found is not None:
-                return found
-    return None
 
 
 # --------------------------------------------------------------------------- parameters
@@ -293,15 +257,14 @@ class GROODPostprocessor(BasePostprocessor):
             (values for the named parameters below), ``.postprocessor_sweep`` (a sweep; OpenOOD's
             ``k_list`` spelling is accepted) and ``.APS_mode``. Named parameters win over the config.
         prototype: the OOD-prototype strategy (:mod:`grood.method.strategies`): ``"mixup"`` (eq. 9, the
-            paper's default), ``"uniform"`` (noise images, the ``keep`` of ``num_images`` with the lowest
-            energy), ``"val_ood"`` (``num_images`` images of ``ood_loader_dict['val']``), ``"corrupted"``
-            (``num_images`` corrupted images of ``id_loader_dict['val']``; needs ``source="synthetic"``: OpenOOD's
-            ``setup`` passes no real corrupted images) or ``"mean"``.
-        mixup_lambda, num_images, keep, corruptions, source, filter_quantile, min_keep: the strategies' parameters
-            (each strategy reads its own; None = its default, e.g. ``num_images`` = every training image
-            for the mixup, 100 for "val_ood"); ``filter_quantile`` is the section-5.2 proximity filter.
-        index: nearest-neighbour index of eq. 6: ``"exact"`` (the fastest exact search), ``"faiss_flat"``, ``"ivf"`` (appendix A.4), ``"torch"``
-            or ``"faiss_ivf"`` (FAISS IndexIVFFlat, the author's cell rule). The author's OpenOOD configuration
+            paper's default), ``"uniform"``, ``"val_ood"`` (images of ``ood_loader_dict['val']``),
+            ``"corrupted"`` (of ``id_loader_dict['val']``, ``source="synthetic"``: OpenOOD passes no real
+            corrupted images) or ``"mean"``.
+        mixup_lambda, num_images, keep, corruptions, source, filter_quantile, min_keep: the strategies'
+            parameters (each reads its own; None = its default); ``filter_quantile``: section 5.2's filter.
+        index: eq. 6's nearest-neighbour index: ``"exact"`` (the fastest exact search), ``"faiss_flat"``,
+            ``"ivf"`` (appendix A.4), ``"torch"`` or ``"faiss_ivf"`` (FAISS IndexIVFFlat, the author's cell
+            rule). The author's OpenOOD configuration
             (``method=grood_openood`` in the pipeline): ``prototype="val_ood", num_images=200, fit_on="correct",
             index="faiss_ivf"``.
         index_params: the index's arguments, e.g. ``{"nlist": 256, "nprobe": 8}`` for ``"ivf"``, or

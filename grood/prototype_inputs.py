@@ -21,7 +21,10 @@ from typing import Any, Callable
 
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
+from torchvision.transforms import Normalize
+from torchvision.transforms.v2 import Normalize as NormalizeV2
 
+from grood.data.transforms import ToNormalisedTensor
 from grood.device import resolve_device
 from grood.method.corruptions import CORRUPTIONS, corrupt_images
 from grood.method.strategies import (
@@ -35,7 +38,7 @@ from grood.progress import track
 from grood.resources import loader_workers
 
 __all__ = [
-    "ImageItems", "TrainingPass", "corrupted_id_features", "image_rows", "is_map_style", "mix_early", "mixup_features",
+    "ImageItems", "TrainingPass", "corrupted_id_features", "find_normalization", "image_rows", "is_map_style", "mix_early", "mixup_features",
     "network_features", "noise_image_outputs", "prototype_inputs", "read_batch", "uniform_noise_features",
 ]
 
@@ -107,6 +110,35 @@ class TrainingPass:
     logits: torch.Tensor
     labels: torch.Tensor
     early_prototypes: torch.Tensor
+
+
+def _normalize_of(transform: Any) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    if isinstance(transform, (Normalize, NormalizeV2, ToNormalisedTensor)):
+        return tuple(float(v) for v in transform.mean), tuple(float(v) for v in transform.std)
+    return None
+
+
+def find_normalization(obj: Any, depth: int = 5) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """``(mean, std)`` of the first torchvision ``Normalize`` (or grood's :class:`ToNormalisedTensor`) found in
+    a dataset's transforms, or None.
+
+    Follows ``dataset``, ``preprocessor``, ``transform``, ``transform_image`` and ``transforms`` (OpenOOD's
+    ``ImglistDataset.preprocessor.transform.transforms[-1]``), and sequences, at most ``depth`` levels deep.
+    """
+    found = _normalize_of(obj)
+    if found is not None or depth == 0 or obj is None:
+        return found
+    if isinstance(obj, (list, tuple)):
+        children = list(obj)
+    else:
+        names = ("dataset", "preprocessor", "transform_image", "transform", "transforms")
+        children = [getattr(obj, name, None) for name in names]
+    for child in children:
+        if child is not None and child is not obj:
+            found = find_normalization(child, depth - 1)
+            if found is not None:
+                return found
+    return None
 
 
 # --------------------------------------------------------------------------- eq. 9: mixup

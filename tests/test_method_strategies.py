@@ -111,3 +111,19 @@ def test_bad_inputs_name_the_fault() -> None:
         strategies.finish_prototype(torch.tensor([[float("nan"), 0.0]]), torch.zeros(2, 2))
     with pytest.raises(ValueError, match="mixup_lambda"):
         passes.mixup_features(torch.nn.Identity(), [], torch.zeros(0, 2), torch.zeros(2, 1), mixup_lambda=2)
+
+
+def test_grood_method_runs_no_network_and_no_data_loader() -> None:
+    """grood.method is tensors only: its modules import no data loading and no grood module above them (the
+    network passes of the strategies live in grood/prototype_inputs.py)."""
+    import ast
+
+    allowed = {"grood.device", "grood.io", "grood.progress"}
+    for path in sorted((Path(strategies.__file__).parent).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            for name in names:
+                assert not name.startswith("torch.utils.data"), f"{path.name} imports {name}"
+                assert not name.startswith("grood.") or name.startswith("grood.method") or name in allowed, (
+                    f"{path.name} imports {name}")

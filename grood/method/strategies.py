@@ -290,6 +290,8 @@ STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
     Strategy("global_oracle", "Table 1 'Global Oracle'", _global_oracle, {"num_images": 100}, uses_seed=True,
              per_ood_set=True),
 )}
+#: The strategies with one prototype for every OOD set (all but the oracles, which need the OOD test sets).
+SINGLE_PROTOTYPE: tuple[str, ...] = tuple(name for name, strategy in STRATEGIES.items() if not strategy.per_ood_set)
 #: Every strategy parameter (of any strategy, and the filter's).
 STRATEGY_PARAMS: tuple[str, ...] = tuple(dict.fromkeys(
     [name for strategy in STRATEGIES.values() for name in strategy.params] + list(FILTER_PARAMS)))
