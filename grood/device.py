@@ -15,3 +15,12 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if device is None or (isinstance(device, str) and device == "auto"):
         return default_device()
     return torch.device(device)
+
+
+def module_device(module: torch.nn.Module) -> torch.device:
+    """The device of ``module``'s first parameter (or buffer); :func:`default_device` for a module without any."""
+    for tensor in module.parameters():
+        return tensor.device
+    for tensor in module.buffers():
+        return tensor.device
+    return default_device()

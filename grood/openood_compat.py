@@ -19,10 +19,9 @@ OpenOOD's contract (``openood/postprocessors/base_postprocessor.py`` and
 What this module adds over OpenOOD's base class, on purpose:
 
 - No ``.cuda()``: everything runs on the device of the network's parameters (or ``device=``).
-- Any network: OpenOOD's ``ResNet18_32x32``, ``ResNet18_224x224``, ``ResNet50``, ``ViT_B_16`` and ``Swin_T``
-  become the matching :mod:`grood.backbones` network with the same weights (strict state-dict load); any
-  other classifier is split by layer name with :func:`grood.wrap` (``early_layer``, ``feature_layer``,
-  ``head_layer``); a :class:`~grood.backbones.base.SplitNetwork` is used as it is.
+- Plain loaders too: batches (and dataset items) may be ``(images, labels)`` pairs as well as OpenOOD's dicts.
+- Any network (:func:`grood.backbones.openood_net.as_split_network`): OpenOOD's five, a grood
+  :class:`~grood.backbones.base.SplitNetwork`, or any classifier split by layer name (:func:`grood.wrap`).
 - The training set is read once; its penultimate features, logits and labels are kept, so a changed
   hyper-parameter re-fits only what it needs (``k`` re-uses the index; a prototype parameter
   recomputes the OOD prototype and the training gradients; an index parameter rebuilds the index).
@@ -40,29 +39,18 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, IterableDataset
-from torchvision.transforms import Normalize
-from torchvision.transforms.v2 import Normalize as NormalizeV2
+from torch.utils.data import DataLoader
 
 from grood.backbones.base import SplitNetwork
-from grood.backbones.checkpoints import load_state_dict_checked
-from grood.backbones.registry import build_backbone
-from grood.backbones.wrap import wrap
-from grood.device import default_device, resolve_device
-from grood.data.transforms import ToNormalisedTensor
+from grood.backbones.openood_net import as_split_network
+from grood.device import module_device, resolve_device
 from grood.features import SplitOutputs, forward_pass
 from grood.method.detector import GROOD, NotFittedError
 from grood.method.prototypes import class_prototypes
 from grood.method.strategies import (
-    FILTER_PARAMS,
-    STRATEGIES,
-    STRATEGY_PARAMS,
-    FeatureRows,
-    PrototypeInputs,
-    TrainingPass,
-    build_ood_prototype,
-    strategy_params,
+    FILTER_PARAMS, SINGLE_PROTOTYPE, STRATEGIES, STRATEGY_PARAMS, build_ood_prototype, strategy_params,
 )
+from grood.prototype_inputs import ImageItems, TrainingPass, find_normalization, prototype_inputs, read_batch
 from grood.progress import track
 from grood.resources import loader_workers
 
@@ -77,14 +65,12 @@ except ImportError:
     OPENOOD_AVAILABLE = False
 
 __all__ = [
-    "DEFAULTS", "OPENOOD_AVAILABLE", "OPENOOD_NETWORKS", "PROTOTYPES", "SWEEPABLE", "BasePostprocessor",
-    "FallbackBasePostprocessor", "GROODPostprocessor", "OpenOODImages", "as_split_network", "find_normalization",
-    "run_inference",
+    "DEFAULTS", "OPENOOD_AVAILABLE", "PROTOTYPES", "SWEEPABLE", "BasePostprocessor", "FallbackBasePostprocessor",
+    "GROODPostprocessor", "find_normalization", "run_inference",
 ]
 
-#: OOD-prototype strategies the postprocessor offers: every registry strategy with one prototype for all
-#: OOD sets (the oracles need images held out of the scored sets, which OpenOOD's Evaluator cannot do).
-PROTOTYPES = tuple(name for name, strategy in STRATEGIES.items() if not strategy.per_ood_set)
+#: The strategies offered: not the oracles (their images must be held out of the scored sets; OpenOOD cannot).
+PROTOTYPES = SINGLE_PROTOTYPE
 
 
 def _shared_default(name: str) -> Any:
@@ -107,17 +93,6 @@ DEFAULTS: dict[str, Any] = {
 SWEEPABLE = ("prototype", *STRATEGY_PARAMS, "split_block", "seed", "fit_on", "index", "index_params", "k")
 #: Parameters of the GROOD fit itself (a change recomputes the training gradients and rebuilds the index).
 _INDEX_INPUTS = {"fit_on", "index", "index_params"}
-#: Parameters fixed at construction (they choose the network and how passes run).
-_FIXED = ("early_layer", "feature_layer", "head_layer", "batch_size", "device", "progress")
-
-#: OpenOOD v1.5 network class -> (grood backbone name, path of its final linear layer).
-OPENOOD_NETWORKS: dict[str, tuple[str, str]] = {
-    "ResNet18_32x32": ("resnet18_32x32", "fc"),
-    "ResNet18_224x224": ("resnet18_224x224", "fc"),
-    "ResNet50": ("resnet50", "fc"),
-    "ViT_B_16": ("vit_b_16", "heads.head"),
-    "Swin_T": ("swin_t", "head"),
-}
 
 
 class _Unset:
@@ -130,27 +105,7 @@ class _Unset:
 _UNSET: Any = _Unset()
 
 
-# --------------------------------------------------------------------------- devices and batches
-def _module_device(net: nn.Module) -> torch.device:
-    """The device of ``net``'s first parameter (or buffer); :func:`default_device` for a module without any."""
-    for tensor in net.parameters():
-        return tensor.device
-    for tensor in net.buffers():
-        return tensor.device
-    return default_device()
-
-
-def _batch_data_label(batch: Any, where: str) -> tuple[torch.Tensor, Any]:
-    """``(batch['data'], batch['label'])`` of an OpenOOD batch, or a TypeError saying what was found."""
-    if not isinstance(batch, Mapping) or "data" not in batch or "label" not in batch:
-        found = sorted(batch) if isinstance(batch, Mapping) else type(batch).__name__
-        raise TypeError(
-            f"{where}: OpenOOD batches are dicts with keys 'data' [B, 3, H, W] and 'label' [B]; got {found}. "
-            "Use OpenOOD's ImglistDataset, or a dataset whose items are {'data': image, 'label': class}"
-        )
-    return batch["data"], batch["label"]
-
-
+# --------------------------------------------------------------------------- batches
 def run_inference(
     postprocess: Callable[[nn.Module, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
     net: nn.Module,
@@ -166,7 +121,7 @@ def run_inference(
     """
     preds, confs, labels = [], [], []
     for batch in track(data_loader, "GROOD inference", progress):
-        data, label = _batch_data_label(batch, "inference")
+        data, label = read_batch(batch, "inference")
         pred, conf = postprocess(net, data.to(device))
         preds.append(pred.detach().cpu().reshape(-1))
         confs.append(conf.detach().cpu().reshape(-1))
@@ -197,7 +152,7 @@ class FallbackBasePostprocessor:
 
     def inference(self, net: nn.Module, data_loader: Iterable, progress: bool = True
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return run_inference(self.postprocess, net, data_loader, _module_device(net), progress)
+        return run_inference(self.postprocess, net, data_loader, module_device(net), progress)
 
 
 #: OpenOOD's ``BasePostprocessor`` when ``openood`` imports, else :class:`FallbackBasePostprocessor`.
@@ -205,30 +160,9 @@ BasePostprocessor: type = _OpenOODBasePostprocessor if OPENOOD_AVAILABLE else Fa
 
 
 # --------------------------------------------------------------------------- data
-class OpenOODImages(Dataset):
-    """An OpenOOD dataset (items are dicts with ``'data'`` and ``'label'``) as ``(image, label)`` pairs,
-    the item format of :func:`grood.features.forward_pass` and :mod:`grood.method.strategies`."""
-
-    def __init__(self, dataset: Any, name: str) -> None:
-        map_style = hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")
-        if isinstance(dataset, IterableDataset) or not map_style:
-            raise TypeError(
-                f"{name}: GROOD reads the training images by index, so the DataLoader must wrap a map-style dataset "
-                f"(with __getitem__ and __len__); got {type(dataset).__name__}"
-            )
-        self.dataset = dataset
-        self.name = name
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        data, label = _batch_data_label(self.dataset[index], f"{self.name} item {index}")
-        return data, int(label)
-
-
-def _loader_dataset(loaders: Mapping[str, Any] | None, key: str, name: str, required: bool) -> OpenOODImages | None:
-    """``loaders[key].dataset`` wrapped as :class:`OpenOODImages`; None (or an error when ``required``) if absent."""
+def _loader_dataset(loaders: Mapping[str, Any] | None, key: str, name: str, required: bool) -> ImageItems | None:
+    """``loaders[key].dataset`` (items: ``(image, label)`` pairs or OpenOOD's dicts) as
+    :class:`~grood.prototype_inputs.ImageItems`; None (or an error when ``required``) if absent."""
     loader = loaders.get(key) if isinstance(loaders, Mapping) else None
     if loader is None:
         if not required:
@@ -237,104 +171,7 @@ def _loader_dataset(loaders: Mapping[str, Any] | None, key: str, name: str, requ
         raise ValueError(f"{name}[{key!r}] is missing (found {found}); OpenOOD's Evaluator passes it to setup()")
     if not isinstance(loader, DataLoader):
         raise TypeError(f"{name}[{key!r}] must be a torch DataLoader; got {type(loader).__name__}")
-    return OpenOODImages(loader.dataset, f"{name}[{key!r}]")
-
-
-def _normalize_of(transform: Any) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-    if isinstance(transform, (Normalize, NormalizeV2, ToNormalisedTensor)):
-        return tuple(float(v) for v in transform.mean), tuple(float(v) for v in transform.std)
-    return None
-
-
-def find_normalization(obj: Any, depth: int = 5) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-    """``(mean, std)`` of the first torchvision ``Normalize`` (or grood's :class:`ToNormalisedTensor`) found in
-    a dataset's transforms, or None.
-
-    Follows ``dataset``, ``preprocessor``, ``transform``, ``transform_image`` and ``transforms`` (OpenOOD's
-    ``ImglistDataset.preprocessor.transform.transforms[-1]``), and sequences, at most ``depth`` levels deep.
-    """
-    found = _normalize_of(obj)
-    if found is not None or depth == 0 or obj is None:
-        return found
-    if isinstance(obj, (list, tuple)):
-        children = list(obj)
-    else:
-        names = ("dataset", "preprocessor", "transform_image", "transform", "transforms")
-        children = [getattr(obj, name, None) for name in names]
-    for child in children:
-        if child is not None and child is not obj:
-            found = find_normalization(child, depth - 1)
-            if found is not None:
-                return found
-    return None
-
-
-# --------------------------------------------------------------------------- networks
-def _openood_class_name(net: nn.Module) -> str | None:
-    """The OpenOOD network class ``net`` is (or derives from), by class name and module; None otherwise."""
-    for cls in type(net).__mro__:
-        if cls.__module__.split(".")[0] == "openood" and cls.__name__ in OPENOOD_NETWORKS:
-            return cls.__name__
-    return None
-
-
-def as_split_network(
-    net: nn.Module,
-    split_block: int | None = None,
-    *,
-    early_layer: str | None = None,
-    feature_layer: str | None = None,
-    head_layer: str | None = None,
-) -> SplitNetwork:
-    """``net`` as a :class:`~grood.backbones.base.SplitNetwork` (``early`` / ``mid`` / ``head``, paper eq. 1).
-
-    - With ``early_layer`` and ``head_layer`` (and optionally ``feature_layer``): :func:`grood.wrap`
-      splits ``net`` at those submodules (any classifier, OpenOOD's too; its parameters are shared).
-    - A ``SplitNetwork`` is returned as it is (its ``split_block`` set when ``split_block`` is given).
-    - OpenOOD v1.5's ``ResNet18_32x32``, ``ResNet18_224x224``, ``ResNet50``, ``ViT_B_16`` and ``Swin_T``
-      (recognised by class name and ``openood.*`` module, without importing openood) become the matching
-      grood backbone with the same number of classes, a **copy** of the network's weights loaded with
-      ``strict=True`` (the state-dict keys are the same: OpenOOD's CIFAR ResNet-18 layout for the first,
-      torchvision's for the others), on the network's device, in eval mode.
-    - ``nn.DataParallel`` / ``DistributedDataParallel`` wrappers are looked through.
-
-    Raises:
-        TypeError: any other network without layer names; the message lists what is supported.
-        ValueError: only one of ``early_layer`` / ``head_layer``, or layer names for a SplitNetwork.
-        grood.backbones.wrap.SplitError: the layer names do not split ``net`` (lists the valid names).
-        CheckpointMismatchError: the OpenOOD network's weights do not fit (e.g. a ViT with another image size).
-    """
-    if isinstance(net, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-        net = net.module
-    names = {"early_layer": early_layer, "feature_layer": feature_layer, "head_layer": head_layer}
-    if isinstance(net, SplitNetwork):
-        if any(value is not None for value in names.values()):
-            raise ValueError(f"{type(net).__name__} is already a grood SplitNetwork; layer names "
-                             f"{ {k: v for k, v in names.items() if v is not None} } are for other networks")
-        if split_block is not None:
-            net.split_block = split_block
-        return net
-    if early_layer is not None or head_layer is not None or feature_layer is not None:
-        if early_layer is None or head_layer is None:
-            raise ValueError(f"splitting {type(net).__name__} by layer name needs early_layer and head_layer "
-                             f"(feature_layer is optional); got {names}")
-        network = wrap(net, early_layer, feature_layer, head_layer)
-        if split_block is not None:
-            network.split_block = split_block
-        return network.eval()
-    class_name = _openood_class_name(net)
-    if class_name is None:
-        raise TypeError(
-            f"GROOD cannot split {type(net).__module__}.{type(net).__name__} into early / mid / head without layer "
-            f"names. Supported without them: grood.backbones.SplitNetwork subclasses and OpenOOD v1.5's "
-            f"{', '.join(OPENOOD_NETWORKS)}. For another network, give early_layer, feature_layer and head_layer "
-            "(e.g. 'layer1', 'avgpool', 'fc' for a torchvision ResNet; see grood.wrap)"
-        )
-    backbone, classifier_path = OPENOOD_NETWORKS[class_name]
-    classifier = net.get_submodule(classifier_path)
-    network = build_backbone(backbone, num_classes=int(classifier.out_features), split_block=split_block)
-    load_state_dict_checked(network, net.state_dict(), source=f"OpenOOD network {class_name}", strict=True)
-    return network.to(_module_device(net)).eval()
+    return ImageItems(loader.dataset, f"{name}[{key!r}]")
 
 
 # --------------------------------------------------------------------------- parameters
@@ -420,15 +257,14 @@ class GROODPostprocessor(BasePostprocessor):
             (values for the named parameters below), ``.postprocessor_sweep`` (a sweep; OpenOOD's
             ``k_list`` spelling is accepted) and ``.APS_mode``. Named parameters win over the config.
         prototype: the OOD-prototype strategy (:mod:`grood.method.strategies`): ``"mixup"`` (eq. 9, the
-            paper's default), ``"uniform"`` (noise images, the ``keep`` of ``num_images`` with the lowest
-            energy), ``"val_ood"`` (``num_images`` images of ``ood_loader_dict['val']``), ``"corrupted"``
-            (``num_images`` corrupted images of ``id_loader_dict['val']``; needs ``source="synthetic"``: OpenOOD's
-            ``setup`` passes no real corrupted images) or ``"mean"``.
-        mixup_lambda, num_images, keep, corruptions, source, filter_quantile, min_keep: the strategies' parameters
-            (each strategy reads its own; None = its default, e.g. ``num_images`` = every training image
-            for the mixup, 100 for "val_ood"); ``filter_quantile`` is the section-5.2 proximity filter.
-        index: nearest-neighbour index of eq. 6: ``"exact"`` (the fastest exact search), ``"faiss_flat"``, ``"ivf"`` (appendix A.4), ``"torch"``
-            or ``"faiss_ivf"`` (FAISS IndexIVFFlat, the author's cell rule). The author's OpenOOD configuration
+            paper's default), ``"uniform"``, ``"val_ood"`` (images of ``ood_loader_dict['val']``),
+            ``"corrupted"`` (of ``id_loader_dict['val']``, ``source="synthetic"``: OpenOOD passes no real
+            corrupted images) or ``"mean"``.
+        mixup_lambda, num_images, keep, corruptions, source, filter_quantile, min_keep: the strategies'
+            parameters (each reads its own; None = its default); ``filter_quantile``: section 5.2's filter.
+        index: eq. 6's nearest-neighbour index: ``"exact"`` (the fastest exact search), ``"faiss_flat"``,
+            ``"ivf"`` (appendix A.4), ``"torch"`` or ``"faiss_ivf"`` (FAISS IndexIVFFlat, the author's cell
+            rule). The author's OpenOOD configuration
             (``method=grood_openood`` in the pipeline): ``prototype="val_ood", num_images=200, fit_on="correct",
             index="faiss_ivf"``.
         index_params: the index's arguments, e.g. ``{"nlist": 256, "nprobe": 8}`` for ``"ivf"``, or
@@ -508,7 +344,7 @@ class GROODPostprocessor(BasePostprocessor):
         self.detector: GROOD | None = None
         self.train_outputs: SplitOutputs | None = None
         self._source_net: nn.Module | None = None
-        self._loaders: dict[str, OpenOODImages | None] = {}
+        self._loaders: dict[str, ImageItems | None] = {}
         self._num_workers = 0
         self._early_split: int | None = None  # split_block behind train_outputs' early sums
 
@@ -547,7 +383,7 @@ class GROODPostprocessor(BasePostprocessor):
         }
         self._num_workers = loader_workers(int(getattr(id_loader_dict["train"], "num_workers", 0)))
         self.device = (resolve_device(self.params["device"]) if self.params["device"] is not None
-                       else _module_device(net))
+                       else module_device(net))
         network = as_split_network(
             net, self.params["split_block"], early_layer=self.params["early_layer"],
             feature_layer=self.params["feature_layer"], head_layer=self.params["head_layer"],
@@ -604,16 +440,15 @@ class GROODPostprocessor(BasePostprocessor):
         run = dict(batch_size=self.params["batch_size"], num_workers=self._num_workers, device=self.device,
                    progress=self.params["progress"])
         ood_val, id_val = self._loaders["ood_val"], self._loaders["id_val"]
-        inputs = PrototypeInputs(
-            class_prototypes=class_prototypes(train.features, train.labels, self.network.num_classes),
+        inputs = prototype_inputs(
+            class_prototypes(train.features, train.labels, self.network.num_classes),
             network=self.network,
             training=lambda: TrainingPass(self._loaders["train"], train.logits, train.labels,
                                           self.train_outputs.early_prototypes()),
             image_shape=lambda: tuple(self._loaders["train"][0][0].shape),
             normalization=self._normalization,
-            id_validation=None if id_val is None else (lambda: (id_val, _labels_of(id_val))),
-            val_ood=None if ood_val is None else (lambda: FeatureRows.of_images(
-                self.network, ood_val, description="GROOD: val OOD prototype", **run)),
+            id_validation=None if id_val is None else (lambda: (id_val, id_val.labels())),
+            val_ood=None if ood_val is None else (lambda: ood_val),
             seed=int(self.params["seed"]), **run,
             advice={
                 "val_ood": "it needs OOD validation images, ood_loader_dict['val'] (OpenOOD's Evaluator passes them), "
@@ -732,7 +567,3 @@ class GROODPostprocessor(BasePostprocessor):
         names = list(self.args_dict) or list(SWEEPABLE)
         return {name: self.params[name] for name in names}
 
-
-def _labels_of(images: OpenOODImages) -> torch.Tensor:
-    """``[N]`` int64 labels of an OpenOOD dataset, read item by item (which loads each image once)."""
-    return torch.tensor([images[index][1] for index in range(len(images))], dtype=torch.long)

@@ -35,16 +35,9 @@ from grood.featureset import FeatureSet
 from grood.io import atomic_write, write_json
 from grood.method.detector import GROOD
 from grood.method.prototypes import class_prototypes
-from grood.method.strategies import (
-    STRATEGIES,
-    FeatureRows,
-    PrototypeInputs,
-    TrainingPass,
-    build_ood_prototype,
-    oracle_split,
-    strategy_params,
-)
+from grood.method.strategies import STRATEGIES, build_ood_prototype, oracle_split, strategy_params
 from grood.metrics import accuracy
+from grood.prototype_inputs import TrainingPass, prototype_inputs
 from grood.provenance import git_commit, package_versions, sha256_of_file
 from grood.resources import loader_workers
 
@@ -430,11 +423,11 @@ def grood_prototype(run: BenchmarkRun, prototype_cfg: Any, class_protos: torch.T
         return TrainingPass(run.dataset("train"), train.features.logits, train.features.labels,
                             train.early_prototypes())
 
-    def val_ood() -> FeatureRows:
+    def val_ood() -> torch.Tensor:
         names = list(run.benchmark.val_ood)
         if not names:
             raise ConfigError(f"benchmark {run.benchmark.name!r} has no val OOD list for prototype=val_ood")
-        return FeatureRows.of_features(torch.cat([run.features(f"val_ood:{name}").features for name in names]))
+        return torch.cat([run.features(f"val_ood:{name}").features for name in names])
 
     def id_validation() -> tuple[Any, torch.Tensor]:
         dataset = run.dataset("val" if run.benchmark.has_split("val") else "test")
@@ -448,8 +441,8 @@ def grood_prototype(run: BenchmarkRun, prototype_cfg: Any, class_protos: torch.T
         size = int(spec.get("crop_size") or spec.get("size"))
         return (3, size, size)
 
-    inputs = PrototypeInputs(
-        class_prototypes=class_protos, network=run.network, training=training, image_shape=image_shape,
+    inputs = prototype_inputs(
+        class_protos, network=run.network, training=training, image_shape=image_shape,
         normalization=lambda: (spec["mean"], spec["std"]), id_validation=id_validation, val_ood=val_ood,
         corrupted_id=corrupted_id if CORRUPTED_SPLIT in run.datasets else None,
         seed=config.seed, batch_size=config.batch_size, num_workers=config.num_workers, device=run.device,
@@ -547,8 +540,8 @@ def score_grood(run: BenchmarkRun, params: Mapping[str, Any]) -> MethodScores:
         seed = run.config.seed
         # the rows of each OOD set behind its oracle prototype are held out of its scores
         splits = {name: oracle_split(len(run.features(name)), num_oracle, seed) for name in ood_names}
-        inputs = PrototypeInputs(class_prototypes=class_protos, ood_names=ood_names, seed=seed,
-                                 ood_test=lambda name: FeatureRows.of_features(run.features(name).features))
+        inputs = prototype_inputs(class_protos, ood_names=ood_names, seed=seed,
+                                  ood_test=lambda name: run.features(name).features)
         id_scores, ood_scores = {}, {}
         for name in ood_names:
             p_ood = build_ood_prototype(strategy, inputs, oracle_params, target=name)

@@ -58,7 +58,7 @@ def test_rows_count_batches_before_the_correct_filter(tmp_path):
     predictions = labels.clone()
     predictions[::3] = (labels[::3] + 1) % 3  # a third of the rows misclassified
     detector = GROOD(index="faiss_ivf", fit_on="correct", index_params={"loader_batch_size": 50}, device="cpu")
-    detector.fit(features, labels, num_classes=3, train_predictions=predictions)
+    detector.fit(features, labels, num_classes=3, train_predictions=predictions, ood_prototype="mean")
     keep = predictions == labels
     # 600 rows = 12 batches of 50 -> T = floor(9.6) = 9 batches (rows 0..449), nlist = int(4 * 3) = 12
     assert (detector.index.train_batches, detector.index.nlist) == (9, 12)
@@ -68,7 +68,7 @@ def test_rows_count_batches_before_the_correct_filter(tmp_path):
     np.testing.assert_allclose(detector.index.index.quantizer.reconstruct_n(0, 12), expected, rtol=1e-4, atol=1e-6)
     # k is honoured (the port searches k=1 whatever k says)
     second = GROOD(index="faiss_ivf", fit_on="correct", k=2, index_params={"loader_batch_size": 50}, device="cpu")
-    second.fit(features, labels, num_classes=3, train_predictions=predictions)
+    second.fit(features, labels, num_classes=3, train_predictions=predictions, ood_prototype="mean")
     queries = features[:20]
     expected_k2 = -detector.index.search(detector.gradients(queries), 2)[0][:, 1]
     torch.testing.assert_close(second.score(queries), expected_k2)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from grood.backbones import build_backbone
-from grood.openood_compat import as_split_network
+from grood.backbones.openood_net import as_split_network
 
 import grood.cli.bench_eval as bench_eval
 

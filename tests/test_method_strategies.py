@@ -10,7 +10,9 @@ import torch
 from grood.backbones import build_backbone
 from grood.data import get_benchmark, test_transform
 from grood.features import FeatureCache, extract_split
+from grood import prototype_inputs as passes
 from grood.method import strategies
+from grood.method.corruptions import corrupt_images
 from grood.method.prototypes import class_prototypes, nearest_prototype_distance
 from grood.metrics import accuracy
 
@@ -40,7 +42,7 @@ def test_resnet20_reaches_75_percent_on_the_smoke_test_list(smoke) -> None:
 
 def test_mixup_features_lie_farther_from_the_class_prototypes_than_id_training_features(smoke) -> None:
     train = smoke["train"]
-    mixed = strategies.mixup_features(
+    mixed = passes.mixup_features(
         smoke["network"], smoke["datasets"]["train"], train.features.logits, train.early_prototypes(),
         num_images=1000, train_labels=train.features.labels, seed=0, batch_size=250, progress=False,
     )
@@ -56,16 +58,16 @@ def test_every_network_strategy_yields_a_finite_prototype_of_the_feature_dimensi
     train, spec = smoke["train"], smoke["benchmark"].transform
     network, protos = smoke["network"], smoke["class_prototypes"]
     if strategy == "mixup":
-        candidates = strategies.mixup_features(network, smoke["datasets"]["train"], train.features.logits,
+        candidates = passes.mixup_features(network, smoke["datasets"]["train"], train.features.logits,
                                                    train.early_prototypes(), num_images=200,
                                                    train_labels=train.features.labels, progress=False)
     elif strategy == "uniform":
-        candidates = strategies.uniform_noise_features(network, image_shape=(3, 32, 32), mean=spec["mean"],
+        candidates = passes.uniform_noise_features(network, image_shape=(3, 32, 32), mean=spec["mean"],
                                                            std=spec["std"], num_images=300, keep=50)
         assert candidates.shape[0] == 50
     elif strategy == "corrupted":
         val = smoke["datasets"]["val"]
-        candidates = strategies.corrupted_id_features(network, val, val.labels, mean=spec["mean"],
+        candidates = passes.corrupted_id_features(network, val, val.labels, mean=spec["mean"],
                                                           std=spec["std"], num_images=100)
         assert candidates.shape[0] == 100
     else:
@@ -76,7 +78,7 @@ def test_every_network_strategy_yields_a_finite_prototype_of_the_feature_dimensi
 
 def test_the_proximity_filter_moves_the_prototype_away_from_the_id_classes(smoke) -> None:
     train = smoke["train"]
-    candidates = strategies.mixup_features(smoke["network"], smoke["datasets"]["train"], train.features.logits,
+    candidates = passes.mixup_features(smoke["network"], smoke["datasets"]["train"], train.features.logits,
                                                train.early_prototypes(), num_images=300,
                                                train_labels=train.features.labels, progress=False)
     protos = smoke["class_prototypes"]
@@ -104,8 +106,24 @@ def test_oracle_split_holds_the_prototype_images_out_of_the_scored_set() -> None
 
 def test_bad_inputs_name_the_fault() -> None:
     with pytest.raises(ValueError, match="unknown corruption 'fog'"):
-        strategies.corrupt_images(torch.zeros(1, 3, 4, 4), "fog", (0.5,) * 3, (0.5,) * 3, torch.Generator())
+        corrupt_images(torch.zeros(1, 3, 4, 4), "fog", (0.5,) * 3, (0.5,) * 3, torch.Generator())
     with pytest.raises(ValueError, match="NaN or inf"):
         strategies.finish_prototype(torch.tensor([[float("nan"), 0.0]]), torch.zeros(2, 2))
     with pytest.raises(ValueError, match="mixup_lambda"):
-        strategies.mixup_features(torch.nn.Identity(), [], torch.zeros(0, 2), torch.zeros(2, 1), mixup_lambda=2)
+        passes.mixup_features(torch.nn.Identity(), [], torch.zeros(0, 2), torch.zeros(2, 1), mixup_lambda=2)
+
+
+def test_grood_method_runs_no_network_and_no_data_loader() -> None:
+    """grood.method is tensors only: its modules import no data loading and no grood module above them (the
+    network passes of the strategies live in grood/prototype_inputs.py)."""
+    import ast
+
+    allowed = {"grood.device", "grood.io", "grood.progress"}
+    for path in sorted((Path(strategies.__file__).parent).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            for name in names:
+                assert not name.startswith("torch.utils.data"), f"{path.name} imports {name}"
+                assert not name.startswith("grood.") or name.startswith("grood.method") or name in allowed, (
+                    f"{path.name} imports {name}")

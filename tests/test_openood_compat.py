@@ -20,8 +20,10 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import Compose, Normalize
 
 import grood.method.detector as detector_module
+from grood import prototype_inputs as passes
 from grood.method import strategies
 from grood.backbones import CheckpointMismatchError, SplitNetwork
+from grood.backbones.openood_net import as_split_network
 from grood.features import forward_pass
 from grood.metrics import auroc
 from grood.method.detector import GROOD, NotFittedError
@@ -31,8 +33,6 @@ from grood.openood_compat import (
     BasePostprocessor,
     FallbackBasePostprocessor,
     GROODPostprocessor,
-    OpenOODImages,
-    as_split_network,
     find_normalization,
 )
 
@@ -317,7 +317,7 @@ def _library_scores(net: SplitNetwork, id_dict, prototype: str = "mixup", **groo
                          device="cpu", progress=False)
     protos = torch.stack([train.features.features[train.features.labels == c].mean(0) for c in range(NUM_CLASSES)])
     if prototype == "mixup":
-        candidates = strategies.mixup_features(
+        candidates = passes.mixup_features(
             net, pairs, train.features.logits, train.early_prototypes(), mixup_lambda=0.5,
             train_labels=train.features.labels, device="cpu", progress=False)
         p_ood = strategies.finish_prototype(candidates, protos)
@@ -377,12 +377,38 @@ def test_postprocess_checks_setup_and_network(trained_net):
         postprocessor.postprocess(TinyNet(), images)
 
 
-def test_batches_must_be_openood_dicts(trained_net):
-    pairs = [(torch.zeros(3, SIZE, SIZE), 0)] * 4
-    with pytest.raises(TypeError, match="'data'"):
-        GROODPostprocessor(progress=False).setup(trained_net, {"train": DataLoader(pairs)}, {})
+def _as_pairs(loader: DataLoader) -> DataLoader:
+    """A plain ``(image, label)`` DataLoader over the same images as an OpenOOD-style dict loader."""
+    data = loader.dataset
+    return DataLoader([(data.images[i], int(data.labels[i])) for i in range(len(data))], batch_size=loader.batch_size)
+
+
+def test_plain_xy_loaders_give_the_scores_of_openood_dict_loaders(trained_net):
+    id_dict, ood_dict = loader_dicts(per_class=4)
+    with_dicts = GROODPostprocessor(progress=False, prototype="val_ood", num_images=5)
+    with_dicts.setup(trained_net, id_dict, ood_dict)
+    plain_id = {key: _as_pairs(loader) for key, loader in id_dict.items()}
+    plain_ood = {"val": _as_pairs(ood_dict["val"]), "near": {"blobs": _as_pairs(ood_dict["near"]["blobs"])}}
+    plain = GROODPostprocessor(progress=False, prototype="val_ood", num_images=5)
+    plain.setup(trained_net, plain_id, plain_ood)  # on main: TypeError, OpenOOD dicts only
+    torch.testing.assert_close(plain.ood_prototype, with_dicts.ood_prototype)
+    for mine, theirs in zip(plain.inference(trained_net, plain_ood["near"]["blobs"], progress=False),
+                            with_dicts.inference(trained_net, ood_dict["near"]["blobs"], progress=False)):
+        np.testing.assert_allclose(mine, theirs, rtol=1e-6, atol=1e-6)
+    mixup = GROODPostprocessor(progress=False)  # the default mixup prototype reads the (x, y) training items too
+    mixup.setup(trained_net, plain_id, plain_ood)
+    assert torch.isfinite(mixup.ood_prototype).all()
+
+
+def test_batches_must_be_pairs_or_openood_dicts(trained_net):
+    triples = [(torch.zeros(3, SIZE, SIZE), 0, "extra")] * 4
+    with pytest.raises(TypeError, match="a tuple of 3 elements"):
+        GROODPostprocessor(progress=False).setup(trained_net, {"train": DataLoader(triples)}, {})
+    with pytest.raises(TypeError, match=r"keys 'data' and 'label'; got \['image', 'label'\]"):
+        GROODPostprocessor(progress=False).setup(
+            trained_net, {"train": DataLoader([{"image": torch.zeros(3, SIZE, SIZE), "label": 0}] * 4)}, {})
     with pytest.raises(ValueError, match=r"id_loader_dict\['train'\] is missing"):
-        GROODPostprocessor(progress=False).setup(trained_net, {"test": DataLoader(pairs)}, {})
+        GROODPostprocessor(progress=False).setup(trained_net, {"test": DataLoader(triples)}, {})
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[
@@ -442,7 +468,7 @@ def test_uniform_prototype_uses_the_datasets_normalisation(trained_net):
     assert find_normalization(grood_transform) == (tuple(float(v) for v in mean), tuple(float(v) for v in std))
     postprocessor = GROODPostprocessor(prototype="uniform", seed=3, progress=False)
     postprocessor.setup(trained_net, id_dict, ood_dict)
-    candidates = strategies.uniform_noise_features(trained_net, image_shape=(3, SIZE, SIZE), mean=mean,
+    candidates = passes.uniform_noise_features(trained_net, image_shape=(3, SIZE, SIZE), mean=mean,
                                                        std=std, seed=3, device="cpu")
     torch.testing.assert_close(postprocessor.ood_prototype, candidates.mean(0), rtol=1e-5, atol=1e-6)
 
@@ -496,10 +522,10 @@ def test_set_hyperparam_list_follows_args_dict_key_order():
 
 def test_set_hyperparam_refits_only_what_it_needs(monkeypatch):
     index_builds, mixups = [], []
-    build_index, mixup_features = detector_module.build_index, strategies.mixup_features
+    build_index, mixup_features = detector_module.build_index, passes.mixup_features
     monkeypatch.setattr(detector_module, "build_index",
                         lambda *a, **kw: index_builds.append(a) or build_index(*a, **kw))
-    monkeypatch.setattr(strategies, "mixup_features",
+    monkeypatch.setattr(passes, "mixup_features",
                         lambda *a, **kw: mixups.append(kw) or mixup_features(*a, **kw))
 
     net = TinyNet().eval()  # random weights: unsaturated NCP probabilities, so the training gradients differ
@@ -734,12 +760,11 @@ def test_a_wrapped_torchvision_network_runs_through_the_evaluators_calls():
     outputs = forward_pass(network, DataLoader(pairs, batch_size=5), num_classes=NUM_CLASSES, accumulate_early=True,
                            device="cpu", progress=False)
     protos = class_prototypes(outputs.features.features, outputs.features.labels, NUM_CLASSES)
-    inputs = strategies.PrototypeInputs(
-        class_prototypes=protos, network=network, device="cpu",
-        training=lambda: strategies.TrainingPass(pairs, outputs.features.logits, outputs.features.labels,
-                                                 outputs.early_prototypes()),
-        val_ood=lambda: strategies.FeatureRows.of_images(network, OpenOODImages(ood_dict["val"].dataset, "val"),
-                                                         device="cpu"))
+    inputs = passes.prototype_inputs(
+        protos, network=network, device="cpu",
+        training=lambda: passes.TrainingPass(pairs, outputs.features.logits, outputs.features.labels,
+                                             outputs.early_prototypes()),
+        val_ood=lambda: passes.ImageItems(ood_dict["val"].dataset, "val"))
     p_ood = strategies.build_ood_prototype(chosen["prototype"], inputs)
     torch.testing.assert_close(postprocessor.ood_prototype, p_ood, rtol=1e-5, atol=1e-6)
     detector = GROOD(device="cpu", k=chosen["k"]).fit(outputs.features, ood_prototype=p_ood)
@@ -777,7 +802,7 @@ def test_corrupted_prototype_reads_the_id_validation_images(trained_net):
                                        progress=False)
     postprocessor.setup(trained_net, id_dict, ood_dict)
     val = id_dict["val"].dataset
-    candidates = strategies.corrupted_id_features(
+    candidates = passes.corrupted_id_features(
         trained_net, [(val.images[i], int(val.labels[i])) for i in range(len(val))], val.labels, mean=mean,
         std=std, num_images=6, seed=2, device="cpu")
     torch.testing.assert_close(postprocessor.ood_prototype, candidates.mean(0), rtol=1e-5, atol=1e-6)

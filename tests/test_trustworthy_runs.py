@@ -301,5 +301,5 @@ def test_case7_an_empty_class_of_a_declared_count_is_an_error_naming_it(caplog):
     with pytest.raises(ValueError, match=r"class\(es\) \[9\] of 10 have no sample"):
         GROOD(index="torch").fit(features, labels, num_classes=10)
     with caplog.at_level("WARNING"):  # inferred: said, not silent
-        assert GROOD(index="torch").fit(features, labels).num_classes == 9
+        assert GROOD(index="torch").fit(features, labels, ood_prototype="mean").num_classes == 9
     assert "num_classes inferred as max(train_labels) + 1 = 9" in caplog.text

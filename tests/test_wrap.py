@@ -194,7 +194,8 @@ def test_grood_end_to_end_on_the_wrapped_network(family):
     from grood.features import forward_pass
     from grood.method import GROOD
     from grood.method.prototypes import class_prototypes
-    from grood.method.strategies import PrototypeInputs, TrainingPass, build_ood_prototype
+    from grood.method.strategies import build_ood_prototype
+    from grood.prototype_inputs import TrainingPass, prototype_inputs
 
     name, model, network, images, dim = family
     generator = torch.Generator().manual_seed(2)
@@ -206,9 +207,9 @@ def test_grood_end_to_end_on_the_wrapped_network(family):
                            device="cpu", progress=False)
     train = outputs.features
     protos = class_prototypes(train.features, train.labels, 5)
-    inputs = PrototypeInputs(class_prototypes=protos, network=network, device="cpu", batch_size=5,
-                             training=lambda: TrainingPass(dataset, train.logits, train.labels,
-                                                           outputs.early_prototypes()))
+    inputs = prototype_inputs(protos, network=network, device="cpu", batch_size=5,
+                              training=lambda: TrainingPass(dataset, train.logits, train.labels,
+                                                            outputs.early_prototypes()))
     p_ood = build_ood_prototype("mixup", inputs)
     # eq. 9 by hand on the split network: mid(0.5 early(x) + 0.5 p_early[c2])
     second = train.logits.topk(2, dim=1).indices[:, 1]

@@ -142,7 +142,7 @@ def run_child(spec: dict) -> dict:
             params["scan"] = IVF_SCANS[method]
         detector = GROOD(index=kind, index_params=params, device=spec["device"])
         start = time.perf_counter()
-        detector.fit(train, labels, num_classes=spec["classes"])
+        detector.fit(train, labels, num_classes=spec["classes"], ood_prototype="mean")
         result["fit_s"] = time.perf_counter() - start
         start = time.perf_counter()
         scores = detector.score(queries)

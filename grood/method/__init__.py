@@ -7,12 +7,15 @@ detector's and index's own save/load. Imports nothing from the rest of grood exc
 - :mod:`grood.method.ncp`: eq. 2 (NCP logits), eq. 3 (probabilities), eq. 4 (loss), eq. 5 (gradient)
   and the Table 4 ablation quantities.
 - :mod:`grood.method.strategies`: eq. 9 and appendix A.2 / Table 1, the one registry of OOD-prototype
-  strategies (mixup, uniform, val_ood, corrupted, mean, local / global oracle, proximity filter).
+  strategies (mixup, uniform, val_ood, corrupted, mean, local / global oracle, proximity filter); the
+  network passes they read are built by :func:`grood.prototype_inputs.prototype_inputs`.
+- :mod:`grood.method.corruptions`: the image corruptions of the "corrupted" strategy (synthetic source).
 - :mod:`grood.method.neighbours`: eq. 6 (nearest-neighbour distance); exact / IVF / torch indexes, one
   module each.
 - :mod:`grood.method.kmeans`: the IVF index's cells (k-means in log-polar coordinates, balanced).
 - :mod:`grood.method.faiss_loader`: ``import faiss`` with its bundled OpenBLAS on the CPU's fast kernels.
-- :mod:`grood.method.detector`: the :class:`GROOD` detector (Algorithms 1 and 2), grood's only one.
+- :mod:`grood.method.detector`: the feature-level :class:`GROOD` detector (Algorithms 1 and 2), grood's only
+  one; ``grood.GROOD`` (:mod:`grood.on_network`) runs it on a network.
 - :mod:`grood.method.synthetic`: clustered synthetic features for tests and benchmarks.
 """
 

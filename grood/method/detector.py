@@ -5,11 +5,15 @@
 ``.score(features)`` returns **minus** the eq. 6 distance to the nearest training gradient, so that
 **higher = more in-distribution** (OpenOOD's convention, the one of every grood detector).
 
-This is grood's one GROOD: the pipeline, the OpenOOD postprocessor (:mod:`grood.openood_compat`) and
-the detector registry (:mod:`grood.detectors`, where it is registered as a
+This is the **feature-level** GROOD (``grood.method.GROOD``): tensors in, tensors out. The pipeline, the
+OpenOOD postprocessor (:mod:`grood.openood_compat`), the network-level GROOD (``grood.GROOD``,
+:mod:`grood.on_network`: GROOD on a network, fitted from a DataLoader, with the paper's mixup
+prototype) and the detector registry (:mod:`grood.detectors`, where it is registered as a
 :class:`~grood.detectors.base.Detector`) all fit and score with it. ``fit`` and ``score`` also take a
 :class:`~grood.featureset.FeatureSet` (labels and the classifier's predictions then come from it). The
-OOD prototype ``p_ood`` comes from :func:`grood.method.strategies.build_ood_prototype`.
+OOD prototype ``p_ood`` is an argument of ``fit``: the paper's (mixup, eq. 9) needs the network and comes
+from :func:`grood.method.strategies.build_ood_prototype`; ``"mean"`` spells out the mean of the class
+prototypes.
 """
 
 from __future__ import annotations
@@ -62,7 +66,8 @@ def _is_feature_set(data: Any) -> bool:
 
 
 class GROOD:
-    """GROOD on features: eq. 7 prototypes, eq. 5 gradients, eq. 6 nearest-neighbour score.
+    """GROOD on features (feature-level; for GROOD on a network see ``grood.GROOD``): eq. 7 prototypes,
+    eq. 5 gradients, eq. 6 nearest-neighbour score. Scores: **higher = more in-distribution**.
 
     Args:
         index: nearest-neighbour index kind for eq. 6: ``"exact"`` (default: the fastest exact search for the
@@ -215,7 +220,7 @@ class GROOD:
         self,
         train_features: Any,
         train_labels: Any = None,
-        ood_prototype: torch.Tensor | None = None,
+        ood_prototype: torch.Tensor | str | None = None,
         num_classes: int | None = None,
         train_predictions: torch.Tensor | None = None,
         class_prototypes: torch.Tensor | None = None,
@@ -229,10 +234,11 @@ class GROOD:
                 ``train_labels`` may only be None or the linear head that the
                 :class:`~grood.detectors.base.Detector` interface passes (GROOD does not read it).
             train_labels: ``[N]`` integer labels in ``0..C-1`` (with a feature tensor).
-            ood_prototype: ``[D]`` the OOD prototype ``p_ood`` (eq. 8). None: the **mean of the class
-                prototypes** (appendix A.2 "Mean of Prototypes"), the only choice that needs no data
-                beyond the training features; the paper's default (mixup, eq. 9) needs the network and is
-                built by :func:`grood.method.strategies.build_ood_prototype`.
+            ood_prototype: required: ``[D]`` the OOD prototype ``p_ood`` (eq. 8), or ``"mean"`` for the mean
+                of the class prototypes (appendix A.2 "Mean of Prototypes", the only choice that needs no
+                data beyond the training features). The paper's default (mixup, eq. 9) needs the network:
+                :func:`grood.method.strategies.build_ood_prototype` builds it, and ``grood.GROOD`` fits
+                GROOD on a network with it.
             num_classes: ``C``; default ``max(train_labels) + 1``. Every class needs a training sample.
             train_predictions: ``[N]`` the classifier's predicted classes. Required by
                 ``fit_on="correct"`` (rows with ``prediction == label`` are indexed); for the
@@ -278,6 +284,14 @@ class GROOD:
             raise ValueError(
                 "fit_on='correct' needs train_predictions (the classifier's predicted class of each training row)"
             )
+        if ood_prototype is None:
+            raise ValueError(
+                "GROOD.fit needs ood_prototype=: the [D] OOD prototype (eq. 8; the paper's mixup, eq. 9, is built "
+                "by grood.method.strategies.build_ood_prototype, or use grood.GROOD on the network), or 'mean' for "
+                "the mean of the class prototypes (appendix A.2)"
+            )
+        if isinstance(ood_prototype, str) and ood_prototype != "mean":
+            raise ValueError(f"ood_prototype={ood_prototype!r}: give a [D] tensor or 'mean'")
 
         # Eq. 7: class prototypes, streamed in float64 (or the caller's, from these same features).
         if class_prototypes is None:
@@ -296,7 +310,7 @@ class GROOD:
             self.class_prototypes = class_prototypes.detach().to(device=self.device, dtype=torch.float32)
 
         # Eq. 8 (computed outside) or the mean of the class prototypes.
-        if ood_prototype is None:
+        if isinstance(ood_prototype, str):  # "mean" (checked above)
             self.ood_prototype = mean_of_class_prototypes(self.class_prototypes)
         else:
             check_vector("ood_prototype", ood_prototype, dim)

@@ -2,9 +2,11 @@
 
 Each strategy produces candidate penultimate features ``X_ood [M, D]``; the OOD prototype is their
 mean (eq. 8), after the section-5.2 proximity filter when ``filter_quantile`` is set. The pipeline,
-the OpenOOD postprocessor and the Python API all build prototypes with :func:`build_ood_prototype`;
-what a caller has (the network, its training pass, validation or test data) it hands over in a
-:class:`PrototypeInputs`, and a strategy that needs something missing says what.
+the OpenOOD postprocessor and the network-level GROOD all build prototypes with
+:func:`build_ood_prototype`. This module works on tensors only: a strategy that needs a pass of the
+network reads a source of :class:`PrototypeInputs`, which :func:`grood.prototype_inputs.prototype_inputs`
+builds from what a caller has (the network, its training pass, validation or test data); a strategy
+that needs something missing says what.
 
 Strategies (:data:`STRATEGIES`; parameters and defaults in each :class:`Strategy`):
 
@@ -17,15 +19,17 @@ Strategies (:data:`STRATEGIES`; parameters and defaults in each :class:`Strategy
   ``real`` (default, the paper's data) samples them, seeded and evenly across classes, from the
   benchmark's real corrupted images (CIFAR-10-C / CIFAR-100-C, ImageNet-C; they come with the csid
   download); ``synthetic`` corrupts ID validation images in code (noise, blur, contrast, ...;
-  ``corruptions``). No source stands in for the other: a missing input is an error.
+  ``corruptions``, :mod:`grood.method.corruptions`). No source stands in for the other: a missing input
+  is an error.
 - ``mean``: the mean of the class prototypes (no OOD data at all; eq. 8 over the class prototypes).
 - ``local_oracle`` / ``global_oracle`` (Table 1): ``num_images`` (100) images of the OOD test set itself /
   of each of the *other* OOD test sets. One prototype per OOD test set (``target=``); the evaluation
   must also hold the oracle images (:func:`oracle_split`) out of the scored set.
 - the proximity filter (section 5.2), for every strategy: ``filter_quantile`` (None = off) and ``min_keep``.
 
-Besides the registry, the functions behind it work on their own: :func:`mixup_features`,
-:func:`uniform_noise_features`, :func:`corrupted_id_features`, :func:`finish_prototype`, ...
+Besides the registry, the functions behind it work on their own: :func:`stratified_sample`,
+:func:`second_predicted_class`, :func:`lowest_energy_rows`, :func:`finish_prototype`, ...; the network
+passes (:func:`grood.prototype_inputs.mixup_features`, ...) live in :mod:`grood.prototype_inputs`.
 """
 
 from __future__ import annotations
@@ -35,12 +39,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
 
-from grood.device import resolve_device
+from grood.method.corruptions import CORRUPTIONS
 from grood.method.prototypes import mean_of_class_prototypes, ood_prototype, proximity_filter
-from grood.progress import track
-from grood.resources import loader_workers
+
 
 def stratified_sample(labels: torch.Tensor, count: int | None, seed: int) -> torch.Tensor:
     """Indices of a seeded random sample of ``count`` rows drawn evenly across the classes in ``labels``.
@@ -85,193 +87,15 @@ def second_predicted_class(logits: torch.Tensor) -> torch.Tensor:
     return logits.topk(2, dim=1).indices[:, 1]
 
 
-@torch.no_grad()
-def mixup_features(
-    network: torch.nn.Module,
-    train_dataset: Dataset,
-    train_logits: torch.Tensor,
-    early_prototypes: torch.Tensor,
-    *,
-    mixup_lambda: float = 0.5,
-    num_images: int | None = None,
-    train_labels: torch.Tensor | None = None,
-    seed: int = 0,
-    batch_size: int = 128,
-    num_workers: int = 0,
-    device: str | torch.device | None = None,
-    progress: bool = True,
-) -> torch.Tensor:
-    """Synthetic OOD features of eq. 9: ``f_mid(λ f_early(x) + (1-λ) p_early[c2(x)])``.
-
-    Args:
-        train_dataset: the ID training images, in the order of ``train_logits``.
-        train_logits: ``[N, C]`` the network's logits on ``train_dataset`` (from the cache).
-        early_prototypes: ``[C, *S]`` early-layer class prototypes (eq. 7).
-        num_images: how many training images to mix (default all); a smaller number is a seeded
-            sample drawn evenly across classes (by ``train_labels``, else by predicted class).
-    Returns:
-        ``[M, D]`` penultimate features of the synthetic samples.
-    """
-    if not 0.0 <= mixup_lambda <= 1.0:
-        raise ValueError(f"mixup_lambda must lie in [0, 1]; got {mixup_lambda}")
-    if len(train_dataset) != train_logits.shape[0]:
-        raise ValueError(
-            f"train_dataset has {len(train_dataset)} images but train_logits has {train_logits.shape[0]} rows"
-        )
-    device = resolve_device(device)
-    network = network.to(device).eval()
-    strata = train_labels if train_labels is not None else train_logits.argmax(1)
-    rows = stratified_sample(strata, num_images, seed)
-    second = second_predicted_class(train_logits)[rows]
-    prototypes = early_prototypes.to(device)
-    loader = DataLoader(Subset(train_dataset, rows.tolist()), batch_size=batch_size,
-                        num_workers=loader_workers(num_workers))
-    outputs, start = [], 0
-    for images, _ in track(loader, "mixup prototype", progress):
-        images = images.to(device)
-        c2 = second[start : start + images.shape[0]].to(device)
-        start += images.shape[0]
-        h_early = network.early(images)
-        mixed = mixup_lambda * h_early + (1.0 - mixup_lambda) * prototypes[c2].to(h_early.dtype)
-        outputs.append(network.mid(mixed).float().cpu())
-    return torch.cat(outputs)
-
-
 def energy_score(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """``[N, C] -> [N]`` energy score ``T·logsumexp(logits / T)`` (higher = more ID)."""
     return temperature * torch.logsumexp(logits / temperature, dim=1)
 
 
-@torch.no_grad()
-def uniform_noise_features(
-    network: torch.nn.Module,
-    *,
-    image_shape: Sequence[int],
-    mean: Sequence[float],
-    std: Sequence[float],
-    num_images: int = 1000,
-    keep: int = 100,
-    seed: int = 0,
-    batch_size: int = 128,
-    device: str | torch.device | None = None,
-) -> torch.Tensor:
-    """Appendix A.2 "Uniform": uniform-noise images, keep the ``keep`` with the lowest energy score.
-
-    Pixels are drawn uniformly in ``[0, 1]`` per channel, then normalised with ``mean``/``std`` like
-    real images. Returns ``[keep, D]`` penultimate features of the kept images.
-    """
-    if keep > num_images:
-        raise ValueError(f"keep={keep} exceeds num_images={num_images}")
-    device = resolve_device(device)
-    network = network.to(device).eval()
-    generator = torch.Generator().manual_seed(seed)
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-    energies, features = [], []
-    for start in range(0, num_images, batch_size):
-        count = min(batch_size, num_images - start)
-        noise = torch.rand((count, *image_shape), generator=generator)
-        images = ((noise - mean_t) / std_t).to(device)
-        h_pen = network.mid(network.early(images))
-        energies.append(energy_score(network.head(h_pen)).float().cpu())
-        features.append(h_pen.float().cpu())
-    energy = torch.cat(energies)
-    lowest = energy.argsort()[:keep]
-    return torch.cat(features)[lowest]
-
-
-def _gaussian_noise(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    return images + 0.08 * torch.randn(images.shape, generator=generator)
-
-
-def _gaussian_blur(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    sigma = 1.0
-    radius = 2
-    offsets = torch.arange(-radius, radius + 1, dtype=images.dtype)
-    kernel_1d = torch.exp(-(offsets**2) / (2 * sigma**2))
-    kernel_1d = kernel_1d / kernel_1d.sum()
-    channels = images.shape[1]
-    horizontal = kernel_1d.view(1, 1, 1, -1).repeat(channels, 1, 1, 1)
-    vertical = kernel_1d.view(1, 1, -1, 1).repeat(channels, 1, 1, 1)
-    padded = torch.nn.functional.pad(images, (radius, radius, 0, 0), mode="reflect")
-    blurred = torch.nn.functional.conv2d(padded, horizontal, groups=channels)
-    padded = torch.nn.functional.pad(blurred, (0, 0, radius, radius), mode="reflect")
-    return torch.nn.functional.conv2d(padded, vertical, groups=channels)
-
-
-def _contrast(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    means = images.mean(dim=(1, 2, 3), keepdim=True)
-    return (images - means) * 0.3 + means
-
-
-def _shot_noise(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    rate = 60.0
-    return torch.poisson(images.clamp(0, 1) * rate, generator=generator) / rate
-
-
-def _pixelate(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    height, width = images.shape[-2:]
-    small = torch.nn.functional.interpolate(images, size=(max(1, height // 4), max(1, width // 4)), mode="area")
-    return torch.nn.functional.interpolate(small, size=(height, width), mode="nearest")
-
-
-#: Corruptions applied to images in ``[0, 1]`` (before normalisation), in the spirit of CIFAR-10-C.
-CORRUPTIONS: dict[str, Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = {
-    "gaussian_noise": _gaussian_noise,
-    "gaussian_blur": _gaussian_blur,
-    "contrast": _contrast,
-    "shot_noise": _shot_noise,
-    "pixelate": _pixelate,
-}
-
-
-def corrupt_images(
-    images: torch.Tensor, corruption: str, mean: Sequence[float], std: Sequence[float], generator: torch.Generator
-) -> torch.Tensor:
-    """Corrupt normalised images ``[B, 3, H, W]``: un-normalise, corrupt in ``[0, 1]``, clamp, re-normalise."""
-    if corruption not in CORRUPTIONS:
-        raise ValueError(f"unknown corruption {corruption!r}; valid: {sorted(CORRUPTIONS)}")
-    mean_t = torch.tensor(mean, dtype=images.dtype).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, dtype=images.dtype).view(1, -1, 1, 1)
-    raw = images * std_t + mean_t
-    corrupted = CORRUPTIONS[corruption](raw, generator).clamp(0.0, 1.0)
-    return (corrupted - mean_t) / std_t
-
-
-@torch.no_grad()
-def corrupted_id_features(
-    network: torch.nn.Module,
-    id_dataset: Dataset,
-    id_labels: torch.Tensor,
-    *,
-    mean: Sequence[float],
-    std: Sequence[float],
-    num_images: int = 100,
-    corruptions: Sequence[str] = tuple(CORRUPTIONS),
-    seed: int = 0,
-    batch_size: int = 128,
-    device: str | torch.device | None = None,
-) -> torch.Tensor:
-    """Appendix A.2 "ID-Corrupted Val": ``num_images`` ID validation images, each with one corruption.
-
-    Images are drawn evenly across classes (seeded) and corruptions are assigned round-robin.
-    Returns ``[num_images, D]`` penultimate features.
-    """
-    device = resolve_device(device)
-    network = network.to(device).eval()
-    rows = stratified_sample(id_labels, num_images, seed)
-    generator = torch.Generator().manual_seed(seed)
-    loader = DataLoader(Subset(id_dataset, rows.tolist()), batch_size=batch_size)
-    features, position = [], 0
-    for images, _ in loader:
-        corrupted = []
-        for image in images:
-            name = corruptions[position % len(corruptions)]
-            corrupted.append(corrupt_images(image.unsqueeze(0), name, mean, std, generator))
-            position += 1
-        batch = torch.cat(corrupted).to(device)
-        features.append(network.mid(network.early(batch)).float().cpu())
-    return torch.cat(features)
+def lowest_energy_rows(features: torch.Tensor, logits: torch.Tensor, keep: int) -> torch.Tensor:
+    """Appendix A.2 "Uniform"'s selection: ``[keep, D]`` the ``features [N, D]`` of the ``keep`` rows with the
+    lowest energy score of their ``logits [N, C]`` (the least ID-like)."""
+    return features[energy_score(logits).argsort()[:keep]]
 
 
 def finish_prototype(
@@ -308,50 +132,11 @@ def oracle_split(count: int, num_oracle: int, seed: int) -> tuple[torch.Tensor, 
     return permutation[:num_oracle].sort().values, permutation[num_oracle:].sort().values
 
 
-
 # --------------------------------------------------------------------------- what the strategies read
-@dataclass
-class TrainingPass:
-    """The ID training set as the mixup (eq. 9) reads it.
-
-    Attributes:
-        images: the training images, items ``(image [3, H, W], label)``, in the row order of ``logits``.
-        logits: ``[N, C]`` the network's logits on them.
-        labels: ``[N]`` their class labels.
-        early_prototypes: ``[C, *S]`` early-layer class prototypes (eq. 7 at ``l = early``).
-    """
-
-    images: Dataset
-    logits: torch.Tensor
-    labels: torch.Tensor
-    early_prototypes: torch.Tensor
-
-
-@torch.no_grad()
-def network_features(
-    network: torch.nn.Module,
-    images: Dataset,
-    *,
-    batch_size: int = 128,
-    num_workers: int = 0,
-    device: str | torch.device | None = None,
-    progress: bool = False,
-    description: str = "OOD prototype images",
-) -> torch.Tensor:
-    """``[M, D]`` float32 penultimate features ``mid(early(x))`` of the ``(image, label)`` items of ``images``."""
-    if len(images) == 0:
-        raise ValueError(f"{description}: no image to run the network on")
-    device = resolve_device(device)
-    network = network.to(device).eval()
-    loader = DataLoader(images, batch_size=batch_size, num_workers=loader_workers(num_workers))
-    outputs = [network.mid(network.early(batch.to(device))).float().cpu()
-               for batch, _ in track(loader, description, progress)]
-    return torch.cat(outputs)
-
-
 class FeatureRows:
     """``count`` samples whose ``[M, D]`` penultimate features are read by row index: cached features
-    (:meth:`of_features`), or images the network runs over only for the rows asked (:meth:`of_images`)."""
+    (:meth:`of_features`), or images a network runs over only for the rows asked
+    (:func:`grood.prototype_inputs.image_rows`)."""
 
     def __init__(self, count: int, take: Callable[[torch.Tensor], torch.Tensor]) -> None:
         self.count = int(count)
@@ -366,20 +151,12 @@ class FeatureRows:
         """Rows of a ``[N, D]`` feature tensor."""
         return cls(features.shape[0], lambda rows: features[rows])
 
-    @classmethod
-    def of_images(cls, network: torch.nn.Module, images: Dataset, **run: Any) -> "FeatureRows":
-        """Rows of an ``(image, label)`` dataset; ``run``: the keyword arguments of :func:`network_features`."""
-        return cls(len(images), lambda rows: network_features(network, Subset(images, rows.tolist()), **run))
 
-
-#: The inputs of :class:`PrototypeInputs` that strategies may need, and what each is.
-_INPUT_DESCRIPTIONS = {
-    "network": "the network (early / mid / head)",
-    "training": "the ID training pass (images, logits, labels, early-layer class prototypes)",
-    "image_shape": "the image shape (3, H, W)",
-    "normalization": "the images' normalisation (mean, std)",
-    "id_validation": "ID validation images and their labels",
-    "corrupted_id": "real corrupted ID images (CIFAR-10-C, ...) and their labels",
+#: The sources of :class:`PrototypeInputs` that strategies may read, and what each is.
+_SOURCES = {
+    "mixup": "eq. 9's mixed training samples (the network and its ID training pass)",
+    "noise": "uniform-noise images through the network",
+    "corrupted": "corrupted ID images through the network",
     "val_ood": "OOD validation samples",
     "ood_test": "the OOD test sets",
 }
@@ -387,68 +164,55 @@ _INPUT_DESCRIPTIONS = {
 
 @dataclass
 class PrototypeInputs:
-    """What a caller can give the strategies. Values that cost a pass over data are zero-argument
-    callables, called only by the strategies that need them; a missing input is None.
+    """What the strategies read: the class prototypes and sources of candidate features. A source is a
+    callable, called only by the strategies that need it; a missing one is None. The sources that run a
+    network are built by :func:`grood.prototype_inputs.prototype_inputs` (the one builder, used by the
+    pipeline, the OpenOOD postprocessor and :mod:`grood.on_network`).
 
     Attributes:
         class_prototypes: ``[C, D]`` eq. 7 class prototypes (every strategy: the proximity filter, "mean").
-        network: the :class:`~grood.backbones.base.SplitNetwork` ("mixup", "uniform", "corrupted").
-        training: ``() -> TrainingPass`` ("mixup").
-        image_shape: ``() -> (3, H, W)`` ("uniform").
-        normalization: ``() -> (mean, std)``, per channel ("uniform", "corrupted").
-        id_validation: ``() -> (images, labels [N])``, ``(image, label)`` items ("corrupted", source=synthetic).
-        corrupted_id: ``() -> (images, labels [N])``, real corrupted ID images ("corrupted", source=real).
+        mixup: ``(mixup_lambda, num_images, seed) -> [M, D]`` eq. 9 features of mixed training samples
+            (``num_images`` None = every training image) ("mixup").
+        noise: ``(num_images, seed) -> (features [num_images, D], logits [num_images, C])`` of uniform-noise
+            images ("uniform").
+        corrupted: ``(source, num_images, corruptions, seed) -> [M, D]`` features of corrupted ID images,
+            ``source`` "real" or "synthetic" ("corrupted").
         val_ood: ``() -> FeatureRows`` of the OOD validation samples ("val_ood").
         ood_test: ``name -> FeatureRows`` of OOD test set ``name``; ``ood_names`` lists them (oracles).
-        seed, batch_size, num_workers, device, progress: how the strategies run (seeded samples, passes).
-        advice: per input name, what to do when it is missing (added to the error).
+        seed: seeds the strategies' samples.
+        advice: per source name, what to do when it is missing (added to the error).
     """
 
     class_prototypes: torch.Tensor
-    network: torch.nn.Module | None = None
-    training: Callable[[], TrainingPass] | None = None
-    image_shape: Callable[[], Sequence[int]] | None = None
-    normalization: Callable[[], tuple[Sequence[float], Sequence[float]]] | None = None
-    id_validation: Callable[[], tuple[Dataset, torch.Tensor]] | None = None
-    corrupted_id: Callable[[], tuple[Dataset, torch.Tensor]] | None = None
+    mixup: Callable[[float, int | None, int], torch.Tensor] | None = None
+    noise: Callable[[int, int], tuple[torch.Tensor, torch.Tensor]] | None = None
+    corrupted: Callable[[str, int, Sequence[str], int], torch.Tensor] | None = None
     val_ood: Callable[[], FeatureRows] | None = None
     ood_test: Callable[[str], FeatureRows] | None = None
     ood_names: Sequence[str] = ()
     seed: int = 0
-    batch_size: int = 128
-    num_workers: int = 0
-    device: str | torch.device | None = None
-    progress: bool = False
     advice: Mapping[str, str] = field(default_factory=dict)
 
     def require(self, name: str, strategy: str) -> Any:
-        """The input ``name``, or a ValueError saying that ``strategy`` needs it."""
+        """The source ``name``, or a ValueError saying that ``strategy`` needs it."""
         value = getattr(self, name)
         if value is None:
             hint = self.advice.get(name, "")
-            raise ValueError(f"prototype strategy {strategy!r} needs {_INPUT_DESCRIPTIONS[name]}, which this caller "
-                             f"does not give{'; ' + hint if hint else ''}")
+            raise ValueError(f"prototype strategy {strategy!r} needs {_SOURCES[name]}, which this caller does not "
+                             f"give{'; ' + hint if hint else ''} (grood.prototype_inputs.prototype_inputs builds "
+                             "the sources that run a network)")
         return value
 
 
 # --------------------------------------------------------------------------- the strategies
 def _mixup(inputs: PrototypeInputs, target: str | None, *, mixup_lambda: float, num_images: int | None
            ) -> torch.Tensor:
-    train = inputs.require("training", "mixup")()
-    return mixup_features(
-        inputs.require("network", "mixup"), train.images, train.logits, train.early_prototypes,
-        mixup_lambda=float(mixup_lambda), num_images=num_images, train_labels=train.labels, seed=inputs.seed,
-        batch_size=inputs.batch_size, num_workers=inputs.num_workers, device=inputs.device, progress=inputs.progress,
-    )
+    return inputs.require("mixup", "mixup")(float(mixup_lambda), num_images, inputs.seed)
 
 
 def _uniform(inputs: PrototypeInputs, target: str | None, *, num_images: int, keep: int) -> torch.Tensor:
-    mean, std = inputs.require("normalization", "uniform")()
-    return uniform_noise_features(
-        inputs.require("network", "uniform"), image_shape=tuple(inputs.require("image_shape", "uniform")()),
-        mean=mean, std=std, num_images=int(num_images), keep=int(keep), seed=inputs.seed,
-        batch_size=inputs.batch_size, device=inputs.device,
-    )
+    features, logits = inputs.require("noise", "uniform")(int(num_images), inputs.seed)
+    return lowest_energy_rows(features, logits, int(keep))
 
 
 def _val_ood(inputs: PrototypeInputs, target: str | None, *, num_images: int) -> torch.Tensor:
@@ -461,18 +225,7 @@ def _val_ood(inputs: PrototypeInputs, target: str | None, *, num_images: int) ->
 
 def _corrupted(inputs: PrototypeInputs, target: str | None, *, num_images: int, corruptions: Sequence[str],
                source: str) -> torch.Tensor:
-    if source == "real":
-        images, labels = inputs.require("corrupted_id", "corrupted")()
-        rows = stratified_sample(labels, int(num_images), inputs.seed)
-        return network_features(inputs.require("network", "corrupted"), Subset(images, rows.tolist()),
-                                batch_size=inputs.batch_size, num_workers=inputs.num_workers, device=inputs.device,
-                                progress=inputs.progress, description="corrupted ID images")
-    images, labels = inputs.require("id_validation", "corrupted")()
-    mean, std = inputs.require("normalization", "corrupted")()
-    return corrupted_id_features(
-        inputs.require("network", "corrupted"), images, labels, mean=mean, std=std, num_images=int(num_images),
-        corruptions=tuple(corruptions), seed=inputs.seed, batch_size=inputs.batch_size, device=inputs.device,
-    )
+    return inputs.require("corrupted", "corrupted")(source, int(num_images), tuple(corruptions), inputs.seed)
 
 
 def _mean(inputs: PrototypeInputs, target: str | None) -> torch.Tensor:
@@ -537,6 +290,8 @@ STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
     Strategy("global_oracle", "Table 1 'Global Oracle'", _global_oracle, {"num_images": 100}, uses_seed=True,
              per_ood_set=True),
 )}
+#: The strategies with one prototype for every OOD set (all but the oracles, which need the OOD test sets).
+SINGLE_PROTOTYPE: tuple[str, ...] = tuple(name for name, strategy in STRATEGIES.items() if not strategy.per_ood_set)
 #: Every strategy parameter (of any strategy, and the filter's).
 STRATEGY_PARAMS: tuple[str, ...] = tuple(dict.fromkeys(
     [name for strategy in STRATEGIES.values() for name in strategy.params] + list(FILTER_PARAMS)))
