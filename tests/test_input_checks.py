@@ -21,7 +21,6 @@ from grood import features as features_module
 from grood.config import compose_run_config, config_hash, hydra_compose, to_plain
 from grood.data import ImageListDataset, ImageListError, benchmark_from_dict, get_benchmark
 from grood.data import imagelist as imagelist_module
-from grood.data import verify as verify_module
 from grood.pipeline import RunInputError, prepare_run, run_record
 
 REPO = Path(__file__).resolve().parents[1]
@@ -151,6 +150,8 @@ def test_case6_unreadable_files_stop_the_run_before_any_forward_pass(tiny_root, 
 
 
 def test_case6_a_warm_rerun_verifies_without_decoding_again(tiny_root, tmp_path, resnet20_checkpoint, monkeypatch):
+    from grood.data import verify as verify_module
+
     decoded: list[str] = []
     real_decode = verify_module.decode_image
 
