@@ -28,6 +28,7 @@ from grood.config.schema import MethodConfig
 from grood.data import Benchmark, available_benchmarks, benchmark_from_dict, get_benchmark, resolve_spec, test_transform
 from grood.data.benchmarks import CORRUPTED_SPLIT, DataLayoutError
 from grood.data.imagelist import ImageListError
+from grood.data.verify import VERIFIED_DIR, verify_images
 from grood.detectors.registry import DETECTORS, build_detector, detector_parameters
 from grood.evaluation import fsood_table, metrics_table, pooled_accuracy
 from grood.features import FeatureCache, SplitOutputs, cache_key, extract_split
@@ -88,6 +89,7 @@ class BenchmarkRun:
     outputs: dict[str, SplitOutputs] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     prototype_record: dict[str, Any] = field(default_factory=dict)  # how GROOD's OOD prototype was obtained
+    input_images: dict[str, Any] = field(default_factory=dict)  # grood.data.verify.verify_images's record
 
     @property
     def device(self) -> str:
@@ -244,9 +246,11 @@ def optional_splits(config: RunConfig, benchmark: Benchmark, methods: Sequence[t
 def prepare_run(config: RunConfig) -> BenchmarkRun:
     """Check every input, then build the network and the cache; nothing runs the network on data yet.
 
-    Checked, and reported together: the data root's layout; every list of every split (paths, labels,
-    empty lists, duplicate lines); every listed file; the checkpoint (exists, loads into the backbone);
-    every method's parameters against the network's feature dimension.
+    Checked, and reported together: the data root's layout; every line of every list of every split (paths,
+    labels, empty lists, duplicate lines); that every listed file exists; the checkpoint (exists, loads into
+    the backbone); every method's parameters against the network's feature dimension. Then, when all of
+    that holds (``check_files``): every listed image is decoded (:func:`grood.data.verify.verify_images`;
+    only those not verified by an earlier run), every unusable one reported at once.
 
     Raises:
         ConfigError: a config value that cannot work. MissingInputError: absent files (data root, lists,
@@ -306,6 +310,11 @@ def prepare_run(config: RunConfig) -> BenchmarkRun:
         raise MissingInputError("\n".join(missing + unusable))
     if unusable:
         raise RunInputError("\n".join(unusable))
+    try:  # every listed image decoded (only those not verified by an earlier run): grood/data/verify.py
+        images = verify_images(datasets, Path(config.paths.cache_dir) / VERIFIED_DIR,
+                               config.num_workers) if config.check_files else {}
+    except ImageListError as error:
+        raise RunInputError(str(error)) from None
     fingerprints = {split: dataset.files_fingerprint(config.cache.verify) for split, dataset in datasets.items()}
     return BenchmarkRun(
         config=config,
@@ -321,6 +330,7 @@ def prepare_run(config: RunConfig) -> BenchmarkRun:
         fingerprints=fingerprints,
         feature_dim=feature_dim,
         split_transforms=split_transforms,
+        input_images=images,
     )
 
 
@@ -630,6 +640,7 @@ def run_record(run: BenchmarkRun, method: str, params: Mapping[str, Any]) -> dic
         "checkpoint_sha256": run.checkpoint_sha256,
         "backbone": plain["backbone"],
         "input_normalisation": run.normalisation,
+        "input_images": run.input_images,
         "groups": _groups(run),
         "experiment": config.experiment_name,
         "config": plain,

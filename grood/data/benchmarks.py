@@ -267,7 +267,8 @@ class Benchmark:
         """Check that ``data_root`` holds every list and images folder of ``splits`` (None: :meth:`splits`);
         raise :class:`DataLayoutError` if not.
 
-        Images themselves are checked when each list's dataset is built (``check_files``).
+        Each list's lines and files are checked when its dataset is built (``check_files``: the files exist);
+        :func:`grood.data.verify.verify_images` decodes them.
         """
         absent = self.missing(data_root, splits)
         if absent:

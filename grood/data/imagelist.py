@@ -8,33 +8,84 @@ runs, with the list file, line number and offending path or value in the message
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import os
+import posixpath
+import tempfile
+from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from PIL import Image, ImageFile
 from torch.utils.data import DataLoader, Dataset
 
+from grood.data.imagemodes import to_rgb
+from grood.io import atomic_write
 from grood.resources import loader_workers
 
 
 class ImageListError(ValueError):
-    """An image list that cannot be used: malformed line, missing image, label out of range."""
+    """An image list that cannot be used: malformed lines, missing images, labels out of range.
+
+    Attributes:
+        problems: every problem found, one line each (``"<list>, line <n>: <what> ; <what to do>"``); the
+            message shows the first :data:`SHOWN_PROBLEMS` of each list.
+    """
+
+    def __init__(self, message: str, problems: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.problems = list(problems)
 
 
 class ImageLoadError(RuntimeError):
     """An image named by a list that exists but cannot be decoded."""
 
 
+#: Problems of one list the error message shows; all of them go to a file (:func:`problems_error`).
+SHOWN_PROBLEMS = 10
+#: Where the full problem list of a long report is written (one file per list, replaced on each run).
+PROBLEMS_DIR = Path(tempfile.gettempdir()) / "grood-input-problems"
+
+_LINE_FORMAT = "'<relative/image/path> <integer label>' (-1 for OOD lists)"
+
+
+def problems_error(subject: str | os.PathLike, header: str, problems: Sequence[str], hint: str = "") -> ImageListError:
+    """One :class:`ImageListError` for every problem of ``subject`` (a list file): ``header``, the first
+    :data:`SHOWN_PROBLEMS` problems, and, when there are more, the file (under :data:`PROBLEMS_DIR`) that
+    holds them all. ``hint``: a last line saying what to do."""
+    shown = [f"  {problem}" for problem in problems[:SHOWN_PROBLEMS]]
+    if len(problems) > SHOWN_PROBLEMS:
+        name = Path(subject).name
+        report = PROBLEMS_DIR / f"{name}-{hashlib.sha256(str(subject).encode()).hexdigest()[:8]}.txt"
+        with atomic_write(report) as handle:
+            handle.write(f"{header}\n" + "".join(f"{problem}\n" for problem in problems))
+        shown.append(f"  ... and {len(problems) - SHOWN_PROBLEMS} more; all {len(problems)} in {report}")
+    return ImageListError("\n".join([header, *shown, *([hint] if hint else [])]), problems)
+
+
+def _path_problem(path: str) -> str | None:
+    """What is wrong with the path of a line (None: nothing): an invisible character, an absolute path, a
+    ``..`` component."""
+    if not path.isprintable():
+        hidden = sorted({f"U+{ord(char):04X}" for char in path if not char.isprintable()})
+        return f"path {path!r} holds invisible character(s) {', '.join(hidden)}; delete them"
+    if os.path.isabs(path) or path.startswith(("/", "\\")):
+        return f"path {path!r} is absolute; list paths must be relative to the images folder"
+    if ".." in path.replace("\\", "/").split("/"):
+        return (f"path {path!r} has a '..' component, which leaves the images folder; list paths must name "
+                "files inside it (move the image under the images folder, or delete the line)")
+    return None
+
+
 def parse_image_list(imglist_path: str | os.PathLike, num_classes: int | None = None) -> tuple[list[str], list[int], list[int]]:
-    """Parse an OpenOOD image list.
+    """Parse an OpenOOD image list, checking every line.
 
     Args:
-        imglist_path: the list file.
+        imglist_path: the list file (UTF-8).
         num_classes: for an ID list, ``C``: every label must lie in ``0..C-1``. ``None`` for OOD lists
             (labels are kept as written; OpenOOD writes ``-1``).
 
@@ -42,7 +93,9 @@ def parse_image_list(imglist_path: str | os.PathLike, num_classes: int | None = 
         ``(relative_paths, labels, line_numbers)``, one entry per non-blank line, in file order.
 
     Raises:
-        ImageListError: naming the list, the 1-based line number and the offending text.
+        ImageListError: every bad line at once (malformed, label not an integer or out of range, absolute
+            path, a ``..`` component, a byte-order mark or invisible character, not UTF-8, listed again),
+            each naming the list, the 1-based line number, the offending text and what to do.
     """
     imglist_path = Path(imglist_path)
     if not imglist_path.is_file():
@@ -51,51 +104,70 @@ def parse_image_list(imglist_path: str | os.PathLike, num_classes: int | None = 
     labels: list[int] = []
     line_numbers: list[int] = []
     first_line: dict[str, int] = {}
-    with open(imglist_path, encoding="utf-8") as handle:
-        for number, raw in enumerate(handle, start=1):
-            line = raw.strip()
+    problems: list[str] = []
+    kinds: Counter[str] = Counter()
+
+    def bad(kind: str, number: int, text: str) -> None:
+        kinds[kind] += 1
+        problems.append(f"{imglist_path}, line {number}: {text}")
+
+    with open(imglist_path, "rb") as handle:
+        for number, raw_bytes in enumerate(handle, start=1):
+            if number == 1 and raw_bytes.startswith(codecs.BOM_UTF8):
+                bad("byte-order mark", number,
+                    f"the list starts with a UTF-8 byte-order mark (bytes EF BB BF), which would be read as part of "
+                    f"the first path ({raw_bytes[3:].decode('utf-8', 'replace').strip()!r}); re-save the list "
+                    "without it, e.g. sed -i '1s/^\\xEF\\xBB\\xBF//' <list>")
+                continue
+            try:
+                line = raw_bytes.decode("utf-8").strip()
+            except UnicodeDecodeError as error:
+                bad("not UTF-8", number, f"line {raw_bytes.strip()!r} is not UTF-8 text ({error.reason} at byte "
+                                         f"{error.start}); re-save the list as UTF-8")
+                continue
             if not line:
                 continue
             tokens = line.split(maxsplit=1)
-            where = f"{imglist_path}, line {number}"
             if len(tokens) != 2:
-                raise ImageListError(
-                    f"{where}: malformed line {line!r}; expected '<relative/image/path> <integer label>' "
-                    "(fix or delete the line)"
-                )
+                bad("malformed", number, f"malformed line {line!r}; expected {_LINE_FORMAT} (fix or delete the line)")
+                continue
             path, label_text = tokens
             try:
                 label = int(label_text)
             except ValueError:
-                raise ImageListError(
-                    f"{where}: label {label_text!r} of {path!r} is not an integer; expected "
-                    "'<relative/image/path> <integer label>' (-1 for OOD lists)"
-                ) from None
-            if os.path.isabs(path) or path.startswith(("/", "\\")):
-                raise ImageListError(
-                    f"{where}: path {path!r} is absolute; list paths must be relative to the images folder"
-                )
+                bad("label not an integer", number,
+                    f"label {label_text!r} of {path!r} is not an integer; expected {_LINE_FORMAT}")
+                continue
+            problem = _path_problem(path)
+            if problem is not None:
+                bad("bad path", number, problem)
+                continue
             if num_classes is not None and not 0 <= label < num_classes:
-                raise ImageListError(
-                    f"{where}: label {label} of {path!r} is outside 0..{num_classes - 1} for an ID list of "
-                    f"{num_classes} classes; fix the label, or check that this list belongs to this benchmark"
-                )
-            if path in first_line:
-                raise ImageListError(
-                    f"{where}: image {path!r} is listed again (first at line {first_line[path]}); a duplicate "
-                    "counts one image twice in every metric: delete one of the two lines"
-                )
-            first_line[path] = number
+                bad("label out of range", number,
+                    f"label {label} of {path!r} is outside 0..{num_classes - 1} for an ID list of {num_classes} "
+                    "classes; fix the label, or check that this list belongs to this benchmark")
+                continue
+            key = posixpath.normpath(path) if ("/." in path or "//" in path or path.startswith(".")) else path
+            if key in first_line:
+                bad("listed again", number,
+                    f"image {path!r} is listed again (first at line {first_line[key]}); a duplicate counts one "
+                    "image twice in every metric: delete one of the two lines")
+                continue
+            first_line[key] = number
             paths.append(path)
             labels.append(label)
             line_numbers.append(number)
+    if problems:
+        counts = ", ".join(f"{count} {kind}" for kind, count in kinds.most_common())
+        raise problems_error(imglist_path, f"image list {imglist_path}: {len(problems)} bad line(s) ({counts})",
+                             problems)
     if not paths:
         raise ImageListError(f"image list {imglist_path} holds no entries; expected '<relative/path> <label>' lines")
     return paths, labels, line_numbers
 
 
 @contextmanager
-def _truncated_images_allowed(allowed: bool) -> Iterator[None]:
+def truncated_images_allowed(allowed: bool) -> Iterator[None]:
     previous = ImageFile.LOAD_TRUNCATED_IMAGES
     ImageFile.LOAD_TRUNCATED_IMAGES = allowed
     try:
@@ -152,7 +224,7 @@ class ImageListDataset(Dataset):
         if check_files:
             self._check_files()
 
-    def _file_stats(self) -> tuple[np.ndarray, np.ndarray]:
+    def file_stats(self) -> tuple[np.ndarray, np.ndarray]:
         """``(sizes, mtimes_ns)`` int64 ``[N]`` of the listed files (-1 where a file does not exist), one
         ``os.stat`` each, computed once (numpy arrays: forked loader workers do not copy them)."""
         if getattr(self, "_sizes", None) is None:
@@ -180,7 +252,7 @@ class ImageListDataset(Dataset):
         if mode not in ("stat", "content"):
             raise ValueError(f"files_fingerprint mode must be 'stat' or 'content'; got {mode!r}")
         self._check_files()
-        sizes, mtimes = self._file_stats()
+        sizes, mtimes = self.file_stats()
         digest = hashlib.sha256(f"{mode}\n".encode())
         for i, relative in enumerate(self._relative):
             digest.update(bytes(relative) + b"\0")
@@ -195,19 +267,24 @@ class ImageListDataset(Dataset):
         return digest.hexdigest()
 
     def _check_files(self) -> None:
-        missing = np.flatnonzero(self._file_stats()[0] < 0).tolist()
+        missing = np.flatnonzero(self.file_stats()[0] < 0).tolist()
         if not missing:
             return
-        shown = "\n".join(f"  line {self._line_numbers[i]}: {self.path(i)}" for i in missing[:5])
-        more = f"\n  ... and {len(missing) - 5} more" if len(missing) > 5 else ""
-        raise ImageListError(
+        first = missing[0]
+        raise problems_error(
+            self.imglist_path,
             f"{self.imglist_path}: {len(missing)} of {len(self)} image file(s) missing under {self.images_dir}, "
-            f"first at line {self._line_numbers[missing[0]]}: {self.path(missing[0])}\n{shown}{more}\n"
-            "fetch the images (scripts/download.py data) or fix the list / data root"
+            f"first at line {self._line_numbers[first]}: {self.path(first)}",
+            [f"line {self._line_numbers[i]}: {self.path(i)}" for i in missing],
+            "fetch the images (scripts/download.py data) or fix the list / data root",
         )
 
     def __len__(self) -> int:
         return len(self._relative)
+
+    def relative_paths_array(self) -> np.ndarray:
+        """``[N]`` the list's paths as a numpy bytes array (UTF-8), in list order."""
+        return self._relative
 
     def relative_path(self, index: int) -> str:
         """The list's path of item ``index`` (relative to ``images_dir``)."""
@@ -227,11 +304,12 @@ class ImageListDataset(Dataset):
         return int(self._line_numbers[index])
 
     def load_image(self, index: int) -> Image.Image:
-        """Item ``index`` as an RGB PIL image; an unreadable file raises :class:`ImageLoadError`."""
+        """Item ``index`` as an RGB PIL image (:func:`grood.data.imagemodes.to_rgb`: 16-bit images scaled by
+        value); an unreadable file or a refused mode raises :class:`ImageLoadError`."""
         path = self.path(index)
         try:
-            with _truncated_images_allowed(self.allow_truncated), Image.open(path) as image:
-                return image.convert("RGB")
+            with truncated_images_allowed(self.allow_truncated), Image.open(path) as image:
+                return to_rgb(image)
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:  # PIL's corrupt-data errors
             raise ImageLoadError(
                 f"{self.imglist_path}, line {self.line_number(index)}: cannot read image {path} "

@@ -24,6 +24,8 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
+from grood.data.imagemodes import to_rgb
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -63,10 +65,11 @@ INTERPOLATIONS = {
 
 
 class ToRGB:
-    """Convert a PIL image to 3-channel RGB (grey MNIST digits become 3 equal channels)."""
+    """Convert a PIL image to 3-channel RGB (grey MNIST digits become 3 equal channels; 16-bit images are
+    scaled by value, other modes as :mod:`grood.data.imagemodes` says)."""
 
     def __call__(self, image: Image.Image) -> Image.Image:
-        return image if image.mode == "RGB" else image.convert("RGB")
+        return image if image.mode == "RGB" else to_rgb(image)
 
     def __repr__(self) -> str:  # stable: the transform's repr is part of feature-cache keys
         return "ToRGB()"
