@@ -23,6 +23,7 @@ import torch
 from grood import aps
 from grood.backbones import build_backbone
 from grood.backbones.base import SplitNetwork
+from grood.backbones.checkpoints import missing_checkpoint_hint
 from grood.config import ConfigError, RunConfig, config_hash, to_plain, validate
 from grood.config.schema import MethodConfig
 from grood.data import Benchmark, available_benchmarks, benchmark_from_dict, get_benchmark, resolve_spec, test_transform
@@ -288,10 +289,8 @@ def prepare_run(config: RunConfig) -> BenchmarkRun:
     checkpoint_path = Path(config.dataset.checkpoint).expanduser() if config.dataset.checkpoint else None
     network = None
     if checkpoint_path is not None and not checkpoint_path.is_file():
-        missing.append(
-            f"checkpoint {checkpoint_path} (config key dataset.checkpoint) not found; fetch it with "
-            f"`make checkpoints DATASET={config.dataset.name}` or point dataset.checkpoint at it"
-        )
+        missing.append(f"checkpoint {checkpoint_path} (config key dataset.checkpoint) not found; "
+                       f"{missing_checkpoint_hint(checkpoint_path, config.dataset.name)}")
     else:
         try:
             backbone = config.backbone
