@@ -29,8 +29,9 @@ from omegaconf import DictConfig
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from grood.config import ConfigError, check_command_line, register_configs, validate  # noqa: E402
-from grood.pipeline import (MethodsFailedError, MissingInputError, RunInputError,  # noqa: E402
-                            check_results_folder, run_evaluation)
+from grood.interrupt import exit_interrupted  # noqa: E402
+from grood.pipeline import (MethodsFailedError, MissingInputError, ResultsFolderBusyError,  # noqa: E402
+                            RunInputError, check_results_folder, run_evaluation)
 from grood.resources import configure_threads  # noqa: E402
 
 log = logging.getLogger("grood.run")
@@ -45,9 +46,11 @@ def main(cfg: DictConfig) -> float | None:
         config = validate(cfg)
         check_results_folder(output_dir, config)
         tables = run_evaluation(config, output_dir)
-    except (ConfigError, MissingInputError, RunInputError, MethodsFailedError) as error:
+    except (ConfigError, MissingInputError, RunInputError, MethodsFailedError, ResultsFolderBusyError) as error:
         log.error("%s", error)
         sys.exit(1)
+    except KeyboardInterrupt:
+        exit_interrupted(output_dir, log)
     for method, table in tables.items():
         log.info("%s on %s:\n%s", method, config.dataset.name, table.round(2).to_string())
     log.info("results written under %s", output_dir)
