@@ -322,7 +322,7 @@ def test_case11_the_readme_says_where_vims_dim_32_comes_from():
 
 
 # ------------------------------------------------------------------------ 12. per-method timings
-SLEEP_S = 1.0
+SLEEP_S = 1.5
 
 
 def test_case12_each_method_records_its_own_time_and_the_forward_passes_once(tiny_root, tmp_path,
@@ -348,6 +348,7 @@ def test_case12_each_method_records_its_own_time_and_the_forward_passes_once(tin
         assert set(record["timings_s"]) <= {f"method:{name}", f"prototype:{name}"}, record["timings_s"]
         assert "forward_passes_s" not in record  # recorded once, in summary.json
     grood = timings["grood"]["timings_s"]
-    # GROOD ran first: the passes over train, test and the four OOD sets ran in its window, not in its time
-    assert grood["method:grood"] + grood["prototype:grood"] < SLEEP_S
-    assert timings["msp"]["timings_s"]["method:msp"] < SLEEP_S
+    # GROOD ran first: the passes over the four OOD sets (>= 4 * SLEEP_S) ran in its window, not in its time
+    ood_passes = sum(forward[name] for name in ("tin", "mnist", "fashionmnist", "texture"))
+    assert grood["method:grood"] + grood["prototype:grood"] < ood_passes
+    assert timings["msp"]["timings_s"]["method:msp"] < SLEEP_S  # every pass was done: MSP's own time only
