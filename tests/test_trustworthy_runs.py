@@ -300,6 +300,9 @@ def test_case7_an_empty_class_of_a_declared_count_is_an_error_naming_it(caplog):
         GROOD(index="torch").fit(data)
     with pytest.raises(ValueError, match=r"class\(es\) \[9\] of 10 have no sample"):
         GROOD(index="torch").fit(features, labels, num_classes=10)
-    with caplog.at_level("WARNING"):  # inferred: said, not silent
+    with caplog.at_level("WARNING"):  # inferred with nothing declaring more classes: no noise (issue 23 case 5)
         assert GROOD(index="torch").fit(features, labels).num_classes == 9
-    assert "num_classes inferred as max(train_labels) + 1 = 9" in caplog.text
+    assert "num_classes inferred" not in caplog.text
+    with caplog.at_level("WARNING"), pytest.raises(ValueError):  # the network predicts class 9: said
+        GROOD(index="torch").fit(features, labels, train_predictions=torch.arange(10).repeat(9))
+    assert "num_classes inferred as max(train_labels) + 1 = 9, but train_predictions hold class 9" in caplog.text
