@@ -49,7 +49,7 @@ from grood.metrics import accuracy
 from grood.provenance import git_commit, package_versions, sha256_of_file
 from grood.resources import loader_workers
 from grood.run_lock import ResultsFolderBusyError, results_folder_lock  # noqa: F401 - re-exported for the entry points
-from grood.timings import forward_timings, method_timings, own_seconds, start_clock
+from grood.timings import forward_timings, own_seconds, start_clock, timings_record
 
 log = logging.getLogger(__name__)
 
@@ -696,14 +696,6 @@ def write_method_results(
         **timings_record(run, method),
         **({"ood_prototype": dict(run.prototype_record)} if method == "grood" else {}),
     })
-
-
-def timings_record(run: BenchmarkRun, method: str) -> dict[str, Any]:
-    """``run.json``'s timings of ``method``: ``timings_s``, what it spent on its own (:mod:`grood.timings`),
-    and, in a one-method run, ``forward_passes_s`` (split -> seconds of the shared forward passes, which
-    ``method=all`` records once, in ``summary.json``)."""
-    own = {"timings_s": method_timings(run.timings, method)}
-    return own if run.config.method.name == "all" else {**own, "forward_passes_s": forward_timings(run.timings)}
 
 
 def full_spectrum(run: BenchmarkRun, scores: MethodScores) -> tuple[pd.DataFrame, dict[str, Any]]:

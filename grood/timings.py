@@ -36,3 +36,10 @@ def forward_timings(timings: Mapping[str, float]) -> dict[str, float]:
     """split -> seconds of the network's shared forward pass (or cache read) over it, rounded to ms."""
     return {key[len(FORWARD_PREFIX):]: round(value, 3) for key, value in timings.items()
             if key.startswith(FORWARD_PREFIX)}
+
+
+def timings_record(run: Any, method: str) -> dict[str, Any]:
+    """``run.json``'s timings of ``method``: ``timings_s``, what it spent on its own, and, in a one-method run,
+    ``forward_passes_s`` (:func:`forward_timings`; ``method=all`` records them once, in ``summary.json``)."""
+    own = {"timings_s": method_timings(run.timings, method)}
+    return own if run.config.method.name == "all" else {**own, "forward_passes_s": forward_timings(run.timings)}
