@@ -72,6 +72,11 @@ def acquire(folder: str | os.PathLike) -> int:
                 f"finish, or choose another folder (hydra.run.dir=... or paths.results_dir=...); the lock {path} is "
                 "live (one left by a run that died is taken over, with a log line)"
             ) from None
+        except OSError as error:  # e.g. a file system without locks (ENOLCK, EOPNOTSUPP)
+            os.close(descriptor)
+            raise ResultsFolderBusyError(
+                f"cannot lock results folder {folder} ({path}: {error}); its file system does not support flock: "
+                "write the results to a local folder (paths.results_dir=...)") from error
         try:  # the previous holder removes the file when it ends: lock the file that is at `path` now
             current = os.stat(path).st_ino == os.fstat(descriptor).st_ino
         except FileNotFoundError:
