@@ -30,7 +30,7 @@ LOCK_NAME = ".grood-run.lock"
 
 
 class ResultsFolderBusyError(RuntimeError):
-    """Another live run holds the results folder's lock."""
+    """Another live run holds the results folder's lock (or its file system cannot lock files)."""
 
 
 def _holder(descriptor: int) -> dict[str, Any]:
