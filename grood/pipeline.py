@@ -23,6 +23,7 @@ import torch
 from grood import aps
 from grood.backbones import build_backbone
 from grood.backbones.base import SplitNetwork
+from grood.backbones.checkpoints import missing_checkpoint_hint
 from grood.config import ConfigError, RunConfig, config_hash, to_plain, validate
 from grood.config.schema import MethodConfig
 from grood.data import Benchmark, available_benchmarks, benchmark_from_dict, get_benchmark, resolve_spec, test_transform
@@ -41,6 +42,8 @@ from grood.metrics import accuracy
 from grood.prototype_inputs import TrainingPass, prototype_inputs
 from grood.provenance import git_commit, package_versions, sha256_of_file
 from grood.resources import loader_workers
+from grood.run_lock import ResultsFolderBusyError, results_folder_lock  # noqa: F401 - re-exported for the entry points
+from grood.timings import forward_timings, own_seconds, start_clock, timings_record
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +90,8 @@ class BenchmarkRun:
     feature_dim: int
     split_transforms: dict[str, Any] = field(default_factory=dict)
     outputs: dict[str, SplitOutputs] = field(default_factory=dict)
-    timings: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)  # grood.timings: forward:<split> and each method's own
+    forward_seconds: float = 0.0  # all shared forward passes so far (subtracted from the methods' own times)
     prototype_record: dict[str, Any] = field(default_factory=dict)  # how GROOD's OOD prototype was obtained
     input_images: dict[str, Any] = field(default_factory=dict)  # grood.data.verify.verify_images's record
 
@@ -146,7 +150,9 @@ class BenchmarkRun:
             progress=config.progress,
             description=f"{self.benchmark.name}/{split}",
         )
-        self.timings[f"forward:{split}"] = time.perf_counter() - started
+        seconds = time.perf_counter() - started
+        self.timings[f"forward:{split}"] = self.timings.get(f"forward:{split}", 0.0) + seconds  # once per run
+        self.forward_seconds += seconds
         self.outputs[name] = outputs
         if accumulate_early:
             self.outputs[split] = outputs
@@ -285,10 +291,8 @@ def prepare_run(config: RunConfig) -> BenchmarkRun:
     checkpoint_path = Path(config.dataset.checkpoint).expanduser() if config.dataset.checkpoint else None
     network = None
     if checkpoint_path is not None and not checkpoint_path.is_file():
-        missing.append(
-            f"checkpoint {checkpoint_path} (config key dataset.checkpoint) not found; fetch it with "
-            f"`make checkpoints DATASET={config.dataset.name}` or point dataset.checkpoint at it"
-        )
+        missing.append(f"checkpoint {checkpoint_path} (config key dataset.checkpoint) not found; "
+                       f"{missing_checkpoint_hint(checkpoint_path, config.dataset.name)}")
     else:
         try:
             backbone = config.backbone
@@ -306,6 +310,8 @@ def prepare_run(config: RunConfig) -> BenchmarkRun:
             problem = method_problem(name, params, feature_dim, config)
             if problem is not None and config.method.name != "all":
                 unusable.append(problem)
+            elif problem is not None:  # method=all: said now, before the first forward pass, not at its turn
+                log.error("%s. It will be recorded as failed; the other methods run", problem)
     if missing:
         raise MissingInputError("\n".join(missing + unusable))
     if unusable:
@@ -352,8 +358,12 @@ def method_problem(name: str, params: Mapping[str, Any], feature_dim: int, confi
     if len(reasons) < len(candidates) or config.on_invalid == "adapt":
         return None
     where = "every value of its APS sweep is" if searched else "its parameters are"
-    return (f"method {name}: {where} invalid for this network ({reasons[0]}); set a valid value with "
-            f"{_params_key(name, config)}=<value>, or on_invalid=adapt to use the nearest valid one")
+    adapted = cls.nearest_valid(candidates[0], feature_dim)
+    fixed = {key: value for key, value in adapted.items() if candidates[0].get(key) != value}
+    keys = " / ".join(f"{_params_key(name, config)}.{key}=<value>" for key in fixed) \
+        or f"{_params_key(name, config)}.<key>=<value>"
+    return (f"method {name}: {where} invalid for this network ({reasons[0]}); set a valid value with {keys}, "
+            f"or on_invalid=adapt to use {fixed or 'a valid value'}")
 
 
 def _candidate_parameters(name: str, params: Mapping[str, Any], config: RunConfig) -> list[dict[str, Any]]:
@@ -532,14 +542,16 @@ def score_grood(run: BenchmarkRun, params: Mapping[str, Any]) -> MethodScores:
     test = run.features("test")
     ood_names = [name for names in _groups(run).values() for name in names]
     detector = GROOD(**_grood_params(run.config, params))
+    started = start_clock(run)  # own times: the shared forward passes are recorded once (grood.timings)
     class_protos = class_prototypes(train.features, train.labels, run.benchmark.num_classes)
-    started = time.perf_counter()
+    class_seconds = own_seconds(run, started)  # eq. 7, part of the fit
+    started = start_clock(run)
     if not (strategy in STRATEGIES and STRATEGIES[strategy].per_ood_set):
         p_ood = grood_prototype(run, prototype_cfg, class_protos)
         # the OOD prototype's own time (mixup: a pass of the network over mixed images, or a cache read);
         # "method:grood" is the time on cached features alone (fit + score), as for every other method
-        run.timings["prototype:grood"] = time.perf_counter() - started
-        started = time.perf_counter()
+        run.timings["prototype:grood"] = own_seconds(run, started)
+        started = start_clock(run)
         detector.fit(train, ood_prototype=p_ood, class_prototypes=class_protos)
         ood_scores = {name: detector.score(run.features(name)) for name in ood_names}
         scores = MethodScores(detector.score(test), ood_scores,
@@ -566,7 +578,7 @@ def score_grood(run: BenchmarkRun, params: Mapping[str, Any]) -> MethodScores:
         scores.info["index_built"] = built.kind + ("+norm_pruning" if getattr(built, "norm_pruning", False) else "")
     if strategy == "corrupted":  # which images the "ID-Corrupted Val" prototype read (tables label it)
         scores.info["prototype_source"] = prototype_cfg.source
-    run.timings["method:grood"] = time.perf_counter() - started
+    run.timings["method:grood"] = class_seconds + own_seconds(run, started)
     return scores
 
 
@@ -601,9 +613,9 @@ def score_baseline(run: BenchmarkRun, name: str, params: Mapping[str, Any]) -> M
     every csid set."""
     ood_names = [n for names in _groups(run).values() for n in names]
     csid = _csid(run)
-    started = time.perf_counter()
+    started = start_clock(run)
     scores = baseline_split_scores(run, name, params, ["test", *ood_names, *csid.values()])
-    run.timings[f"method:{name}"] = time.perf_counter() - started
+    run.timings[f"method:{name}"] = own_seconds(run, started)
     return MethodScores(scores["test"], {n: scores[n] for n in ood_names},
                         csid_scores={n: scores[split] for n, split in csid.items()})
 
@@ -612,7 +624,7 @@ def search_baseline_parameters(run: BenchmarkRun, name: str, params: Mapping[str
                                space: Mapping[str, list[Any]] | None = None) -> aps.SearchResult:
     """OpenOOD's APS (:mod:`grood.aps`) for baseline ``name`` on the benchmark's validation lists
     (``space``: the values to search, None = the detector's sweep)."""
-    started = time.perf_counter()
+    started = start_clock(run)
     try:
         result = aps.search_parameters(
             name, params, run.benchmark, lambda n, p, splits: baseline_split_scores(run, n, p, splits),
@@ -621,7 +633,7 @@ def search_baseline_parameters(run: BenchmarkRun, name: str, params: Mapping[str
     except aps.APSError as error:
         raise ConfigError(str(error)) from error
     if result.trials:
-        run.timings[f"aps:{name}"] = time.perf_counter() - started
+        run.timings[f"aps:{name}"] = own_seconds(run, started)
     return result
 
 
@@ -685,7 +697,7 @@ def write_method_results(
         "ncp_accuracy": scores.info.get("ncp_accuracy"),
         "extra": {**extra, **{k: v for k, v in scores.info.items() if k != "ncp_accuracy"}},
         "fsood": None if fsood is None else fsood[1],
-        "timings_s": {k: round(v, 3) for k, v in run.timings.items()},
+        **timings_record(run, method),
         **({"ood_prototype": dict(run.prototype_record)} if method == "grood" else {}),
     })
 
@@ -729,7 +741,7 @@ def method_list(method_cfg: MethodConfig) -> list[tuple[str, dict[str, Any]]]:
 
 def _failure_record(run: BenchmarkRun, name: str, params: Mapping[str, Any], reason: str) -> dict[str, Any]:
     return {**run_record(run, name, params), "status": "failed", "error": reason,
-            "timings_s": {k: round(v, 3) for k, v in run.timings.items()}}
+            **timings_record(run, name)}
 
 
 def check_results_folder(output_dir: str | Path, config: RunConfig) -> None:
@@ -762,10 +774,20 @@ def run_evaluation(config: RunConfig, output_dir: str | Path) -> dict[str, pd.Da
 
     Returns method name -> OpenOOD table (percent).
 
+    The results folder is locked while the run writes it (:mod:`grood.run_lock`): a second run on it stops
+    at once.
+
     Raises:
         MethodsFailedError: at the end, when any method failed (every other result is written).
+        ResultsFolderBusyError: another live run writes ``output_dir``.
     """
     output_dir = Path(output_dir)
+    with results_folder_lock(output_dir):
+        return _evaluate_methods(config, output_dir)
+
+
+def _evaluate_methods(config: RunConfig, output_dir: Path) -> dict[str, pd.DataFrame]:
+    """:func:`run_evaluation`'s work, with the results folder locked."""
     config = validate(config)
     methods = method_list(config.method)
     run = prepare_run(config)
@@ -811,6 +833,7 @@ def run_evaluation(config: RunConfig, output_dir: str | Path) -> dict[str, pd.Da
     if several:
         write_json(output_dir / "summary.json", {
             "config_hash": config_hash(to_plain(config)),
+            "forward_passes_s": forward_timings(run.timings),  # shared by every method, recorded once
             "methods": {name: ({"status": "failed", "error": failures[name]} if name in failures
                                else {"status": "ok", "near_auroc": _auroc(tables[name], "nearood"),
                                      "far_auroc": _auroc(tables[name], "farood")})

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import shlex
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,9 @@ from torch import nn
 
 from grood.provenance import sha256_of_file
 
-__all__ = ["CheckpointMismatchError", "load_checkpoint", "load_state_dict_checked", "read_state_dict",
-           "extract_state_dict", "strip_prefixes", "sha256_of_file"]
+__all__ = ["CheckpointMismatchError", "NonFiniteCheckpointError", "load_checkpoint", "load_state_dict_checked",
+           "read_state_dict", "extract_state_dict", "strip_prefixes", "sha256_of_file", "non_finite_tensors",
+           "missing_checkpoint_hint"]
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,10 @@ SHOWN_KEYS = 20  # keys listed per category in a mismatch error
 
 class CheckpointMismatchError(ValueError):
     """A state dict whose keys or shapes do not fit the network it is loaded into."""
+
+
+class NonFiniteCheckpointError(ValueError):
+    """A checkpoint whose floating tensors hold NaN or infinite values (every score computed with it is wrong)."""
 
 
 def _is_state_dict(obj: Any) -> bool:
@@ -76,17 +82,74 @@ def strip_prefixes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Te
     return result
 
 
+#: Checkpoints that no ``make checkpoints`` target fetches: file name -> (where it comes from, its sha256).
+#: akamaster's CIFAR-10 ResNet-20 (the smoke benchmark's network, ``dataset=cifar10_smoke``).
+KNOWN_CHECKPOINTS: dict[str, tuple[str, str]] = {
+    "cifar10_resnet20_akamaster.th": (
+        "https://github.com/akamaster/pytorch_resnet_cifar10/raw/master/pretrained_models/resnet20-12fca82f.th",
+        "12fca82f0bebc4135bf1f32f6e3710e61d5108578464b84fd6d7f5c1b04036c8",
+    ),
+}
+
+
+def missing_checkpoint_hint(path: str | os.PathLike, benchmark: str | None = None) -> str:
+    """How to get the missing checkpoint ``path`` of ``benchmark``: a command that fetches it (OpenOOD's
+    checkpoints with ``make checkpoints``; the smoke ResNet-20 from its source, hash checked), or where to
+    point ``dataset.checkpoint``."""
+    from grood.data.download import DOWNLOADABLE  # lazy: the download code is not needed to read a checkpoint
+
+    path = Path(path).expanduser()
+    if path.name in KNOWN_CHECKPOINTS:
+        url, sha256 = KNOWN_CHECKPOINTS[path.name]
+        return (f"it belongs to the shared folder (paths.shared_dir, $GROOD_SHARED_DIR): point GROOD_SHARED_DIR at the "
+                f"folder holding checkpoints/{path.name}, or download it (sha256 {sha256[:8]}... checked) with\n"
+                f"  mkdir -p {shlex.quote(str(path.parent))} && python -c \"import torch.hub; "
+                f"torch.hub.download_url_to_file({url!r}, {str(path)!r}, hash_prefix={sha256[:8]!r})\"\n"
+                "or point the config key dataset.checkpoint at an existing file")
+    if benchmark in DOWNLOADABLE:
+        return (f"download OpenOOD v1.5's checkpoints with `make checkpoints DATASET={benchmark}` (= `grood download "
+                f"checkpoints --benchmark {benchmark} --dest ./checkpoints`), or point the config "
+                "key dataset.checkpoint at an existing file")
+    return (f"point the config key dataset.checkpoint at an existing file (`make checkpoints DATASET=<benchmark>` "
+            f"downloads OpenOOD v1.5's checkpoints for {', '.join(DOWNLOADABLE)})")
+
+
 def _missing_checkpoint_message(path: Path) -> str:
-    return (
-        f"checkpoint {path} not found. Download the OpenOOD v1.5 checkpoints with `make checkpoints "
-        f"DATASET=<benchmark>` (= `grood download checkpoints --benchmark <benchmark> --dest "
-        f"./checkpoints`), or point the config key dataset.checkpoint at an existing file"
-    )
+    return f"checkpoint {path} not found; {missing_checkpoint_hint(path)}"
 
 
 #: Messages of torch.load on a file that ends too early or whose bytes are damaged (legacy pickle or zip format).
 _CORRUPT_MARKERS = ("failed finding central directory", "failed reading zip archive", "invalid header",
                     "unexpected EOF", "truncated", "Ran out of input", "could not find", "file read failed")
+
+
+#: File signatures of formats people give by mistake: leading bytes -> what the file is.
+_OTHER_FORMATS: tuple[tuple[bytes, str], ...] = (
+    (b"\xff\xd8\xff", "a JPEG image"), (b"\x89PNG\r\n\x1a\n", "a PNG image"), (b"GIF8", "a GIF image"),
+    (b"BM", "a BMP image"), (b"\x1f\x8b", "a gzip archive (unpack it first)"), (b"\x89HDF", "an HDF5 file (Keras?)"),
+    (b"\x93NUMPY", "a NumPy .npy array"), (b"%PDF", "a PDF document"), (b"\x7fELF", "an executable"),
+)
+
+
+def _torch_format_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be a torch checkpoint, judged by its first bytes (None: it may be one).
+
+    ``torch.save`` writes a zip archive (``PK\\x03\\x04``; PyTorch >= 1.6) or, in the legacy format, a pickle
+    (protocol >= 2: ``\\x80`` then the protocol number)."""
+    with open(path, "rb") as handle:
+        head = handle.read(16)
+    if head.startswith(b"PK\x03\x04") or (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5):
+        return None
+    if not head:
+        return "an empty file"
+    for signature, kind in _OTHER_FORMATS:
+        if head.startswith(signature):
+            return kind
+    if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100_000_000:
+        return "a safetensors file (read it with safetensors.torch.load_file and save the state dict with torch.save)"
+    if all(32 <= byte < 127 or byte in b"\t\r\n" for byte in head):
+        return f"a text file (it starts with {head.decode('ascii')!r})"
+    return f"neither a zip archive (torch.save) nor a pickle: it starts with the bytes {head[:8].hex(' ')}"
 
 
 def _unreadable_checkpoint_message(path: Path, error: BaseException) -> str:
@@ -110,16 +173,46 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
     Raises:
         FileNotFoundError: ``path`` does not exist (the message says how to get it).
-        ValueError: the file is not a readable tensor checkpoint, or holds no state dict.
+        ValueError: the file is not a torch checkpoint (a JPEG, a text file, ...: named by its first bytes),
+            is not readable as tensors, or holds no state dict.
+        NonFiniteCheckpointError: a floating tensor holds NaN or infinite values (:func:`non_finite_tensors`).
     """
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(_missing_checkpoint_message(path))
+    kind = _torch_format_problem(path)
+    if kind is not None:
+        raise ValueError(f"checkpoint {path} ({path.stat().st_size:,} bytes) is not a torch checkpoint: it is {kind}; "
+                         "point dataset.checkpoint at the file torch.save wrote (a .pt/.pth/.th/.ckpt state dict)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch.load raises many types; each is told apart below
         raise ValueError(_unreadable_checkpoint_message(path, error)) from error
-    return strip_prefixes(extract_state_dict(obj, source=f"checkpoint {path}"))
+    state_dict = strip_prefixes(extract_state_dict(obj, source=f"checkpoint {path}"))
+    bad = non_finite_tensors(state_dict)
+    if bad:
+        floating = sum(1 for value in state_dict.values() if value.is_floating_point() or value.is_complex())
+        raise NonFiniteCheckpointError(
+            f"checkpoint {path} holds non-finite values in {len(bad)} of its {floating} floating tensors: "
+            f"{_listing(bad)}; every output of the network would be wrong. The file is damaged or the training "
+            "diverged: use another checkpoint (e.g. an earlier epoch's, or download it again)")
+    return state_dict
+
+
+def non_finite_tensors(state_dict: Mapping[str, torch.Tensor]) -> list[str]:
+    """``"name: 3 NaN, 1 +inf of 640 values"`` for each floating tensor of ``state_dict`` holding NaN or
+    infinite values, in the state dict's order (empty: all finite)."""
+    found = []
+    for name, value in state_dict.items():
+        if not (value.is_floating_point() or value.is_complex()):
+            continue
+        finite = torch.isfinite(value)
+        if bool(finite.all()):
+            continue
+        counts = [(int(torch.isnan(value).sum()), "NaN"), (int(torch.isposinf(value.real).sum()), "+inf"),
+                  (int(torch.isneginf(value.real).sum()), "-inf")]
+        found.append(f"{name}: " + ", ".join(f"{n} {what}" for n, what in counts if n) + f" of {value.numel():,} values")
+    return found
 
 
 def _listing(keys: list[str]) -> str:

@@ -56,6 +56,9 @@ def import_factory(target: str) -> Callable[..., Any]:
     except ImportError as error:
         raise ValueError(f"backbone.target={target!r}: cannot import module {module_name!r} ({error}); "
                          "check the spelling and that the package is installed") from error
+    except Exception as error:  # the module's own code failed while importing  # noqa: BLE001
+        raise ValueError(f"backbone.target={target!r}: importing module {module_name!r} raised "
+                         f"{type(error).__name__}: {error}; fix that module (or the environment it needs)") from error
     factory = getattr(module, attribute, None)
     if not callable(factory):
         raise ValueError(f"backbone.target={target!r}: module {module_name!r} has no callable {attribute!r}")
@@ -76,7 +79,8 @@ def build_module_backbone(
     bad layer name fails here, listing the names the model can be split at.
 
     Raises:
-        ValueError: ``target`` not importable or not returning an ``nn.Module``, its ``kwargs`` refused, a
+        ValueError: ``target`` not importable, raising (any exception, named with the target) or not returning an
+            ``nn.Module``, its ``kwargs`` refused, a
             layer name that does not split it (:class:`~grood.backbones.wrap.SplitError` lists the valid
             names), or ``head_layer`` a Linear whose outputs are not ``num_classes``.
         FileNotFoundError / CheckpointMismatchError: the checkpoint is missing or does not fit.
@@ -84,8 +88,9 @@ def build_module_backbone(
     factory = import_factory(target)
     try:
         model = factory(**dict(kwargs or {}))
-    except TypeError as error:
-        raise ValueError(f"backbone.target={target!r} with backbone.kwargs={dict(kwargs or {})!r}: {error}") from error
+    except Exception as error:  # a factory may raise anything: say which call failed  # noqa: BLE001
+        raise ValueError(f"backbone.target={target!r} called with backbone.kwargs={dict(kwargs or {})!r} raised "
+                         f"{type(error).__name__}: {error}") from error
     if not isinstance(model, nn.Module):
         raise ValueError(f"backbone.target={target!r} returned {type(model).__name__}, not a torch.nn.Module")
     if checkpoint is not None:

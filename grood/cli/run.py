@@ -38,8 +38,9 @@ register_configs()
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def main(cfg: DictConfig) -> float | None:
     # torch and the detectors load here, after the command line was checked (a typo is reported at once)
-    from grood.pipeline import (MethodsFailedError, MissingInputError, RunInputError, check_results_folder,
-                                run_evaluation)
+    from grood.interrupt import exit_interrupted
+    from grood.pipeline import (MethodsFailedError, MissingInputError, ResultsFolderBusyError, RunInputError,
+                                check_results_folder, run_evaluation)
     from grood.resources import configure_threads
 
     configure_threads()
@@ -48,9 +49,11 @@ def main(cfg: DictConfig) -> float | None:
         config = validate(cfg)
         check_results_folder(output_dir, config)
         tables = run_evaluation(config, output_dir)
-    except (ConfigError, MissingInputError, RunInputError, MethodsFailedError) as error:
+    except (ConfigError, MissingInputError, RunInputError, MethodsFailedError, ResultsFolderBusyError) as error:
         log.error("%s", error)
         sys.exit(1)
+    except KeyboardInterrupt:
+        exit_interrupted(output_dir, log)
     for method, table in tables.items():
         log.info("%s on %s:\n%s", method, config.dataset.name, table.round(2).to_string())
     log.info("results written under %s", output_dir)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -256,17 +257,36 @@ OmegaConf.register_new_resolver("grood.run_hash", _run_hash_resolver, replace=Tr
 
 
 # --------------------------------------------------------------------------- composition
+#: OmegaConf's type names in "could not be converted to <Type>" -> the Python type a user writes.
+_OMEGACONF_TYPES = {"Integer": "int", "Float": "float", "Boolean": "bool", "String": "str"}
+
+
 def explain_override_error(error: BaseException, cfg: DictConfig | None = None) -> str:
-    """Hydra's "Key 'kk' is not in struct" with the valid keys of the node it names."""
-    from omegaconf.errors import OmegaConfBaseException
+    """Hydra's "Key 'kk' is not in struct" with the valid keys of the node it names; a value of the wrong
+    type (``method.params.k=five``) named as such, with the type the key expects."""
+    from omegaconf.errors import OmegaConfBaseException, ValidationError
 
     cause = error
     while cause is not None and not isinstance(cause, OmegaConfBaseException):
         cause = cause.__cause__ or cause.__context__
     message = str(error).strip()
     full_key = getattr(cause, "full_key", None)
-    if cause is None or not full_key or cfg is None:
+    if cause is None or not full_key:
         return message
+    if isinstance(cause, ValidationError):  # the key exists; its value does not convert to the key's type
+        reason = str(getattr(cause, "msg", cause)).splitlines()[0]
+        found = re.search(r"converted to (\w+)|is not a valid (\w+)", reason)
+        wanted = (found.group(1) or found.group(2)) if found else ""
+        wanted = _OMEGACONF_TYPES.get(wanted, wanted)
+        value = getattr(cause, "value", None)
+        expected = f"expected {wanted}, got {value!r}" if wanted else reason
+        return (f"{message}\n'{full_key}' is a setting, but its value has the wrong type: {expected} "
+                f"(OmegaConf: {reason})")
+    # Hydra's own hint "To append to your config use +key=value" would contradict grood's rule: a key added
+    # with '+' is refused (nothing reads it), except in the free dicts of OPEN_KEYS
+    message = "\n".join(line for line in message.splitlines() if not line.startswith("To append to your config use +"))
+    if cfg is None:
+        return f"{message}\n'{full_key}' is not a setting; check the spelling (every key is declared in grood/config/schema.py)"
     parent_key = full_key.rpartition(".")[0]
     if parent_key in OPEN_KEYS:  # a dict of free keys: Hydra adds a new one with '+'
         return (f"{message}\n{parent_key} holds {OPEN_KEYS[parent_key]}; add a key with +{full_key}=<value> "

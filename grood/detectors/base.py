@@ -39,7 +39,9 @@ class Detector(ABC):
 
     @classmethod
     def nearest_valid(cls, params: Mapping[str, Any], feature_dim: int) -> dict[str, Any]:
-        """``params`` with each value :meth:`parameter_problem` rejects replaced by the nearest valid one."""
+        """``params`` with each value :meth:`parameter_problem` rejects replaced by a valid one: the choice the
+        method documents for such a network where it has one (ViM: the paper's ``D / 2`` for small ``D``), else
+        the nearest valid value."""
         return dict(params)
 
     def fit(self, train: FeatureSet, head: LinearHead) -> "Detector":

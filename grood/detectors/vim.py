@@ -36,6 +36,16 @@ def residual_basis(covariance: torch.Tensor, principal_dim: int) -> torch.Tensor
     return eigenvectors[:, : covariance.shape[0] - principal_dim].contiguous()
 
 
+def paper_principal_dim(feature_dim: int) -> int:
+    """The ViM paper's principal dimension for ``D = feature_dim`` (section 4, implementation details):
+    1000 for ``D >= 1500``, 512 for ``D = 768``, ``D / 2`` (rounded down) otherwise."""
+    if feature_dim >= 1500:
+        return 1000
+    if feature_dim == 768:
+        return 512
+    return max(1, feature_dim // 2)
+
+
 class ViM(BaselineDetector):
     """ViM: ``energy(logits) - alpha * ||(x - u) R||`` (higher = more ID). Fit on the ID training split.
 
@@ -65,15 +75,18 @@ class ViM(BaselineDetector):
 
     @classmethod
     def nearest_valid(cls, params: Mapping[str, Any], feature_dim: int) -> dict[str, Any]:
-        """``dim`` lowered to ``D - 1`` where it is not below ``D``."""
-        return {**params, "dim": min(int(params["dim"]), feature_dim - 1)}
+        """``dim`` replaced by the paper's choice for this ``D`` (:func:`paper_principal_dim`, ``D / 2`` for a
+        CIFAR ResNet's ``D = 64``) where it is not below ``D``; a valid ``dim`` is kept."""
+        if int(params["dim"]) < feature_dim:
+            return dict(params)
+        return {**params, "dim": paper_principal_dim(feature_dim)}
 
     def fit(self, train: FeatureSet, head: LinearHead) -> "ViM":
         self._start_fit(train, head)
         if self.principal_dim >= self.feature_dim:
             raise ValueError(
                 f"ViM: dim={self.principal_dim} must be smaller than the feature dimension D={self.feature_dim}; "
-                f"pass e.g. dim={self.feature_dim // 2} (the ViM paper's choice for small D)"
+                f"pass e.g. dim={paper_principal_dim(self.feature_dim)} (the ViM paper's choice for this D)"
             )
         self.weight = head.weight.detach().to(self.device, torch.float64)
         self.bias = head.bias.detach().to(self.device, torch.float64)

@@ -65,6 +65,32 @@ def _is_feature_set(data: Any) -> bool:
     return all(hasattr(data, name) for name in ("features", "logits", "labels")) and not isinstance(data, torch.Tensor)
 
 
+
+def inferred_class_count_doubt(
+    labels: torch.Tensor, inferred: int, predictions: torch.Tensor | None = None,
+    class_prototypes: torch.Tensor | None = None,
+) -> str | None:
+    """Why ``inferred = max(labels) + 1`` may not be the class count (None: nothing says so).
+
+    Two signs: the labels skip a class (an index below the largest has no sample), or the caller declared
+    more classes elsewhere (``predictions`` holding a class >= ``inferred``, ``class_prototypes`` with more
+    rows). A label set whose last classes have no sample and nothing else declaring them cannot be told apart
+    from a smaller label set, so no warning fires on an ordinary fit."""
+    reasons = []
+    if labels.numel():
+        present = torch.bincount(labels.detach().to("cpu", torch.long).clamp(min=0), minlength=inferred)[:inferred]
+        skipped = (present == 0).nonzero().flatten().tolist()
+        if skipped:
+            more = f" and {len(skipped) - 10} more" if len(skipped) > 10 else ""
+            reasons.append(f"the labels skip class(es) {skipped[:10]}{more} (no sample)")
+    if predictions is not None and predictions.numel() and not predictions.is_floating_point():
+        largest = int(predictions.max())
+        if largest >= inferred:
+            reasons.append(f"train_predictions hold class {largest}")
+    if class_prototypes is not None and class_prototypes.dim() == 2 and class_prototypes.shape[0] > inferred:
+        reasons.append(f"class_prototypes has {class_prototypes.shape[0]} rows")
+    return "; ".join(reasons) or None
+
 class GROOD:
     """GROOD on features (feature-level; for GROOD on a network see ``grood.GROOD``): eq. 7 prototypes,
     eq. 5 gradients, eq. 6 nearest-neighbour score. Scores: **higher = more in-distribution**.
@@ -271,9 +297,10 @@ class GROOD:
             if train_labels.is_floating_point():
                 raise ValueError(f"train_labels must hold integer class indices; got dtype {train_labels.dtype}")
             num_classes = int(train_labels.max()) + 1
-            log.warning("GROOD.fit: num_classes inferred as max(train_labels) + 1 = %d; a class above every label "
-                        "would be missed: pass num_classes= (or a FeatureSet) when the benchmark declares it",
-                        num_classes)
+            doubt = inferred_class_count_doubt(train_labels, num_classes, train_predictions, class_prototypes)
+            if doubt:
+                log.warning("GROOD.fit: num_classes inferred as max(train_labels) + 1 = %d, but %s: pass num_classes= "
+                            "(or a FeatureSet) with the benchmark's class count", num_classes, doubt)
         if int(num_classes) < 1:
             raise ValueError(f"num_classes must be >= 1; got {num_classes}")
         check_labels("train_labels", train_labels, count, int(num_classes))
