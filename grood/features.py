@@ -111,7 +111,7 @@ class FeatureCache:
 
     def _note_legacy(self, legacy: Path) -> None:
         if legacy.exists():
-            log.warning("%s is a feature cache entry of the old torch format: it is never loaded (a torch file can "
+            log.warning("%s is a cache entry of the old torch format: it is never loaded (a torch file can "
                         "execute code on load) and is recomputed as %s; delete the .pt file to free its space",
                         legacy, legacy.with_suffix(""))
 

@@ -5,6 +5,7 @@
     python scripts/run.py dataset=cifar10 method=all              # every method on one feature cache
     python scripts/run.py -m dataset=cifar10 seed=0,1,2 method=grood   # multirun over checkpoints
     python scripts/run.py experiment=smoke                         # the shared CIFAR-10 smoke benchmark
+    torchrun --nproc_per_node=4 scripts/run.py dataset=imagenet    # 4 processes extract the features (README)
 
 Every key is typed (grood/config/schema.py): an unknown key, a wrong type or a value out of range stops the
 run at once, before any output folder or cache entry is written, and so does every bad input (data root,
@@ -31,7 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from grood.config import ConfigError, check_command_line, register_configs, validate  # noqa: E402
 from grood.pipeline import (MethodsFailedError, MissingInputError, RunInputError,  # noqa: E402
                             check_results_folder, run_evaluation)
+from grood.feature_store import CacheSpaceError  # noqa: E402
 from grood.resources import configure_threads  # noqa: E402
+from grood.shared_extraction import start_sharing  # noqa: E402
 
 log = logging.getLogger("grood.run")
 register_configs()
@@ -41,13 +44,22 @@ register_configs()
 def main(cfg: DictConfig) -> float | None:
     configure_threads()
     output_dir = Path(HydraConfig.get().runtime.output_dir)
+    sharing = None
     try:
         config = validate(cfg)
+        sharing = start_sharing(config)  # torchrun ranks, or extract.* (an array job): None = extract alone
+        if sharing is not None and not sharing.evaluates:
+            sharing.extract(config)
+            return None
         check_results_folder(output_dir, config)
-        tables = run_evaluation(config, output_dir)
-    except (ConfigError, MissingInputError, RunInputError, MethodsFailedError) as error:
+        run = None if sharing is None else sharing.extract(config)
+        tables = run_evaluation(config, output_dir, run=run)
+    except (ConfigError, MissingInputError, RunInputError, MethodsFailedError, CacheSpaceError) as error:
         log.error("%s", error)
         sys.exit(1)
+    finally:
+        if sharing is not None:
+            sharing.close()
     for method, table in tables.items():
         log.info("%s on %s:\n%s", method, config.dataset.name, table.round(2).to_string())
     log.info("results written under %s", output_dir)

@@ -112,7 +112,7 @@ def test_an_old_torch_entry_is_never_loaded_and_is_recomputed_with_a_note(tmp_pa
     with caplog.at_level(logging.WARNING, logger="grood.features"):
         outputs = extract_split(network, _dataset(), cache=cache, key_parts=parts, progress=False)
     assert network.calls > 0 and outputs.features.features.abs().sum() > 0
-    assert f"{legacy} is a feature cache entry of the old torch format: it is never loaded" in caplog.text
+    assert f"{legacy} is a cache entry of the old torch format: it is never loaded" in caplog.text
 
 
 def _net() -> "TinySplitNet":
