@@ -56,7 +56,7 @@ def _args_after(command: str, script: str) -> list[str]:
     return tokens[position + 1:]
 
 
-RUN_LINES = _readme_commands(("python scripts/run.py",))
+RUN_LINES = _readme_commands(("python scripts/run.py", "torchrun "))
 MAKE_LINES = _readme_commands(("make ",))
 
 
