@@ -17,14 +17,19 @@ import hashlib
 import json
 import logging
 import os
+import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
+import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from grood.device import resolve_device
+from grood.feature_store import (ArraySpec, CacheSpaceError, EntryLayout, ShardedEntry, check_free_space, free_bytes,
+                                 is_no_space, no_space_message)
 from grood.featureset import FeatureSet
 from grood.io import atomic_write, write_json
 from grood.method.prototypes import ClassMeanAccumulator
@@ -73,68 +78,138 @@ def cache_key(parts: Mapping[str, Any]) -> str:
     return hashlib.sha256(f"v{CACHE_FORMAT_VERSION}:{text}".encode()).hexdigest()[:32]
 
 
+#: Default batches per cache shard (config key ``cache.shard_batches``): a shard holds
+#: ``shard_batches * batch_size`` rows, written to disk as soon as they are computed.
+DEFAULT_SHARD_BATCHES = 64
+_ROW_ARRAYS = ("logits", "features", "labels")
+_EARLY_ARRAYS = ("early_sums", "early_counts")
+
+
 class FeatureCache:
-    """A folder of cached :class:`SplitOutputs`, one ``<key>.pt`` file per entry."""
+    """A folder of cached :class:`SplitOutputs`: one :class:`~grood.feature_store.ShardedEntry` folder per key
+    (``.npy`` arrays, memory-mapped on load, sha256 per shard), and OOD prototypes under ``prototypes/``.
+
+    What is stored, and at which precision: every split's logits ``[N, C]`` and features ``[N, D]`` as float32
+    (what the network's pass produces; every split's logits are read: the ID accuracy and every logit-based
+    baseline read the test and OOD sets', GROOD's predictions and OpenMax's class means the training set's,
+    ReAct and the parameter search the validation sets'; float16 would change the scores), labels ``[N]`` as
+    int64, and for the training split the per-shard float64 early-layer class sums and int64 counts.
+
+    Entries of the old format (``<key>.pt``, a torch file that can execute code on load) are never loaded:
+    the entry is recomputed in this format, with a note.
+    """
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
 
     def path(self, key: str) -> Path:
-        return self.root / f"{key}.pt"
+        """The entry's folder."""
+        return self.root / key
+
+    def entry(self, key: str) -> ShardedEntry:
+        return ShardedEntry(self.path(key))
+
+    def _note_legacy(self, legacy: Path) -> None:
+        if legacy.exists():
+            log.warning("%s is a cache entry of the old torch format: it is never loaded (a torch file can "
+                        "execute code on load) and is recomputed as %s; delete the .pt file to free its space",
+                        legacy, legacy.with_suffix(""))
 
     def load(self, key: str) -> SplitOutputs | None:
-        """The entry for ``key``, or None when absent or unreadable (it is then recomputed)."""
-        path = self.path(key)
-        if not path.exists():
+        """The complete entry for ``key`` as memory-mapped, read-only tensors, after every shard's checksum
+        is verified; None when absent, incomplete or damaged (a damaged shard is reported and only it is
+        recomputed)."""
+        entry = self.entry(key)
+        layout = entry.layout()
+        if layout is None:
+            self._note_legacy(self.root / f"{key}.pt")
             return None
-        try:
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-            features = FeatureSet(blob["logits"], blob["features"], blob["labels"])
-        except Exception as error:  # a corrupt entry is recomputed, with a visible warning
-            log.warning("feature cache entry %s is unreadable (%s); recomputing it", path, error)
+        problems = entry.verify(layout)
+        if problems:
+            log.warning("feature cache entry %s is damaged; recomputing what does not match:\n  %s",
+                        entry.folder, "\n  ".join(problems))
+            if any("unreadable" in p or "entry.json says" in p for p in problems):
+                shutil.rmtree(entry.folder, ignore_errors=True)
             return None
-        return SplitOutputs(features, blob.get("early_sums"), blob.get("early_counts"))
+        if len(entry.complete_shards(layout)) < layout.num_shards:
+            return None
+        arrays = entry.open_arrays(layout)
+        outputs = SplitOutputs(FeatureSet(arrays["logits"], arrays["features"], arrays["labels"]))
+        if "early_sums" in layout.shard_arrays:
+            outputs.early_sums = entry.shard_array_sum(layout, "early_sums")
+            outputs.early_counts = entry.shard_array_sum(layout, "early_counts")
+        return outputs
 
     def save(self, key: str, outputs: SplitOutputs, parts: Mapping[str, Any] | None = None) -> Path:
-        """Write the entry atomically (temporary file in the same folder, then ``os.replace``)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        blob = {
-            "logits": outputs.features.logits.cpu(),
-            "features": outputs.features.features.cpu(),
-            "labels": outputs.features.labels.cpu(),
-            "early_sums": None if outputs.early_sums is None else outputs.early_sums.cpu(),
-            "early_counts": None if outputs.early_counts is None else outputs.early_counts.cpu(),
-        }
-        path = self.path(key)
-        with atomic_write(path, "wb") as handle:
-            torch.save(blob, handle)
-        if parts is not None:
-            write_json(self.root / f"{key}.json", dict(parts))
-        return path
-
+        """Write in-memory ``outputs`` as one complete entry of one shard (checked for space first)."""
+        features = outputs.features
+        early = {} if outputs.early_sums is None else {"early_sums": outputs.early_sums,
+                                                       "early_counts": outputs.early_counts}
+        layout = _layout(len(features), len(features), features.num_classes, features.dim,
+                         None if outputs.early_sums is None else tuple(outputs.early_sums.shape))
+        entry = self.entry(key)
+        check_free_space(self.root, layout.shard_bytes(0), f"feature cache entry {key}")
+        with _space_errors(self.root, layout.shard_bytes(0), f"feature cache entry {key}"):
+            entry.create(layout, parts or {})
+            entry.write_shard(layout, 0, {name: getattr(features, name).cpu().numpy() for name in _ROW_ARRAYS},
+                              {name: value.cpu().numpy() for name, value in early.items()})
+        return entry.folder
 
     def prototype_path(self, key: str) -> Path:
-        return self.root / "prototypes" / f"{key}.pt"
+        return self.root / "prototypes" / f"{key}.npy"
 
     def load_prototype(self, key: str) -> torch.Tensor | None:
-        """The cached OOD prototype ``[D]`` for ``key``, or None when absent or unreadable (recomputed)."""
+        """The cached OOD prototype ``[D]`` for ``key``, or None when absent, unreadable or not matching its
+        checksum (it is then recomputed, with a warning)."""
         path = self.prototype_path(key)
-        if not path.exists():
+        record_path = path.with_suffix(".json")
+        if not path.exists() or not record_path.exists():
+            self._note_legacy(path.with_suffix(".pt"))
             return None
         try:
-            return torch.load(path, map_location="cpu", weights_only=True)["prototype"]
+            expected = json.loads(record_path.read_text()).get("sha256")
+            array = np.load(path, allow_pickle=False)
         except Exception as error:  # a corrupt entry is recomputed, with a visible warning
             log.warning("prototype cache entry %s is unreadable (%s); recomputing it", path, error)
             return None
+        if hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest() != expected:
+            log.warning("prototype cache entry %s does not match its sha256 checksum (%s); recomputing it",
+                        path, record_path.name)
+            return None
+        return torch.from_numpy(array)
 
     def save_prototype(self, key: str, prototype: torch.Tensor, parts: Mapping[str, Any]) -> Path:
-        """Write an OOD prototype ``[D]`` atomically, with the settings that determined it beside it."""
+        """Write an OOD prototype ``[D]`` atomically (``.npy``), then its record: the settings that determined
+        it and its sha256 (the record is written last: a prototype without one is never read)."""
         path = self.prototype_path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(path, "wb") as handle:
-            torch.save({"prototype": prototype.detach().cpu()}, handle)
-        write_json(path.with_suffix(".json"), dict(parts))
+        array = np.ascontiguousarray(prototype.detach().cpu().numpy())
+        with _space_errors(path.parent, array.nbytes, f"OOD prototype {key}"):
+            with atomic_write(path, "wb") as handle:
+                np.save(handle, array, allow_pickle=False)
+            write_json(path.with_suffix(".json"), {"parts": dict(parts),
+                                                   "sha256": hashlib.sha256(array.tobytes()).hexdigest()})
         return path
+
+
+def _layout(rows: int, shard_rows: int, num_classes: int, dim: int,
+            early_shape: tuple[int, ...] | None) -> EntryLayout:
+    """The entry layout of a split of ``rows`` samples (see :class:`FeatureCache` for what is stored)."""
+    arrays = {"logits": ArraySpec((num_classes,), "float32"), "features": ArraySpec((dim,), "float32"),
+              "labels": ArraySpec((), "int64")}
+    shard_arrays = {} if early_shape is None else {"early_sums": ArraySpec(tuple(early_shape), "float64"),
+                                                  "early_counts": ArraySpec((early_shape[0],), "int64")}
+    return EntryLayout(rows, shard_rows, arrays, shard_arrays)
+
+
+@contextmanager
+def _space_errors(folder: Path, needed: int, what: str) -> Iterator[None]:
+    """Turn a full disk's ``OSError`` (ENOSPC, EDQUOT) into one :class:`CacheSpaceError` line."""
+    try:
+        yield
+    except OSError as error:
+        if isinstance(error, CacheSpaceError) or not is_no_space(error):
+            raise
+        raise CacheSpaceError(no_space_message(folder, needed, free_bytes(folder), what)) from None
 
 
 @torch.no_grad()
@@ -184,6 +259,92 @@ def forward_pass(
     return outputs
 
 
+@dataclass(frozen=True)
+class ShardJobs:
+    """Which cache shards of a split this process computes: shard ``s`` when ``s % count == index``
+    (``count`` processes, ranks of ``torchrun`` or tasks of an array job, share every split disjointly)."""
+
+    index: int = 0
+    count: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.index < self.count:
+            raise ValueError(f"shard job index {self.index} must be in 0..{self.count - 1}")
+
+    def owns(self, shard: int) -> bool:
+        return shard % self.count == self.index
+
+    def describe(self) -> str:
+        return f"job {self.index} of {self.count}"
+
+
+def extract_shards(
+    network: torch.nn.Module,
+    dataset: Dataset,
+    *,
+    cache: FeatureCache,
+    key_parts: Mapping[str, Any],
+    num_classes: int | None = None,
+    accumulate_early: bool = False,
+    batch_size: int = 128,
+    num_workers: int = 0,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    description: str = "forward pass",
+    shard_batches: int = DEFAULT_SHARD_BATCHES,
+    jobs: ShardJobs = ShardJobs(),
+) -> bool:
+    """Compute the shards of the entry for ``key_parts`` that ``jobs`` owns and that are not complete yet,
+    each written to the cache as soon as it is computed. Returns True when the entry is complete.
+
+    Shard ``s`` holds rows ``[s * R, (s + 1) * R)`` with ``R = shard_batches * batch_size``: its batches are
+    those of one pass over the whole split, so the outputs do not depend on how the shards are shared out.
+    Before the first shard, the free space the remaining shards need is checked (:class:`CacheSpaceError`).
+    """
+    parts = {**dict(key_parts), "accumulate_early": bool(accumulate_early)}
+    key = cache_key(parts)
+    entry = cache.entry(key)
+    rows, shard_rows = len(dataset), int(shard_batches) * int(batch_size)
+    if rows == 0:
+        raise ValueError(f"{description}: the split is empty (empty image list?)")
+    layout = entry.layout()
+    if layout is not None and (layout.rows, layout.shard_rows) != (rows, shard_rows):
+        layout = None  # started with another batch size: replaced (entry.create says so)
+    num_shards = -(-rows // shard_rows)
+    done = entry.complete_shards(layout) if layout is not None else set()
+    todo = [shard for shard in range(num_shards) if jobs.owns(shard) and shard not in done]
+    if todo:
+        if layout is None:  # the arrays' shapes, from one image
+            probe = forward_pass(network, DataLoader(Subset(dataset, [0]), batch_size=1), num_classes=num_classes,
+                                 accumulate_early=accumulate_early, device=device, progress=False,
+                                 description=f"{description} (array shapes)")
+            layout = _layout(rows, shard_rows, probe.features.num_classes, probe.features.dim,
+                             None if probe.early_sums is None else tuple(probe.early_sums.shape))
+        needed = sum(layout.shard_bytes(shard) for shard in todo)
+        what = f"{description} ({len(todo)} of {num_shards} shards of entry {key})"
+        check_free_space(cache.root, needed, what)
+        if done:
+            log.info("%s: resuming feature cache entry %s at %d of %d complete shards", description, entry.folder,
+                     len(done), num_shards)
+        with _space_errors(cache.root, needed, what):
+            layout = entry.create(layout, parts)
+        for shard in todo:
+            start, stop = layout.shard_range(shard)
+            loader = DataLoader(Subset(dataset, range(start, stop)), batch_size=batch_size, shuffle=False,
+                                num_workers=loader_workers(num_workers),
+                                pin_memory=resolve_device(device).type == "cuda")
+            outputs = forward_pass(network, loader, num_classes=num_classes, accumulate_early=accumulate_early,
+                                   device=device, progress=progress,
+                                   description=f"{description} [shard {shard + 1}/{num_shards}]")
+            early = {} if outputs.early_sums is None else {"early_sums": outputs.early_sums.numpy(),
+                                                           "early_counts": outputs.early_counts.numpy()}
+            remaining = sum(layout.shard_bytes(s) for s in todo[todo.index(shard):])
+            with _space_errors(cache.root, remaining, what):
+                entry.write_shard(layout, shard, {name: getattr(outputs.features, name).numpy() for name in _ROW_ARRAYS},
+                                  early, worker=jobs.describe())
+    return layout is not None and len(entry.complete_shards(layout)) == layout.num_shards
+
+
 def extract_split(
     network: torch.nn.Module,
     dataset: Dataset,
@@ -197,35 +358,31 @@ def extract_split(
     device: str | torch.device | None = None,
     progress: bool = True,
     description: str = "forward pass",
+    shard_batches: int = DEFAULT_SHARD_BATCHES,
 ) -> SplitOutputs:
     """Cached :func:`forward_pass`: a second call with the same ``key_parts`` does not touch the network.
 
     ``key_parts`` must name everything that changes the outputs: checkpoint hash, image-list hash,
-    transform, backbone name and split. ``accumulate_early`` is added to the key automatically.
+    transform, backbone name and split. ``accumulate_early`` is added to the key automatically. With a
+    cache, the split is computed shard by shard (:func:`extract_shards`; an interrupted pass resumes at its
+    last complete shard) and returned memory-mapped from the cache (:meth:`FeatureCache.load`).
     """
     parts = {**dict(key_parts), "accumulate_early": bool(accumulate_early)}
     key = cache_key(parts)
-    if cache is not None:
-        cached = cache.load(key)
-        if cached is not None:
-            log.info("%s: reusing cached features %s", description, cache.path(key))
-            return cached
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=loader_workers(num_workers),
-        pin_memory=resolve_device(device).type == "cuda",
-    )
-    outputs = forward_pass(
-        network,
-        loader,
-        num_classes=num_classes,
-        accumulate_early=accumulate_early,
-        device=device,
-        progress=progress,
-        description=description,
-    )
-    if cache is not None:
-        cache.save(key, outputs, parts)
+    if cache is None:
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=loader_workers(num_workers),
+                            pin_memory=resolve_device(device).type == "cuda")
+        return forward_pass(network, loader, num_classes=num_classes, accumulate_early=accumulate_early,
+                            device=device, progress=progress, description=description)
+    cached = cache.load(key)
+    if cached is not None:
+        log.info("%s: reusing cached features %s", description, cache.path(key))
+        return cached
+    extract_shards(network, dataset, cache=cache, key_parts=key_parts, num_classes=num_classes,
+                   accumulate_early=accumulate_early, batch_size=batch_size, num_workers=num_workers, device=device,
+                   progress=progress, description=description, shard_batches=shard_batches)
+    outputs = cache.load(key)
+    if outputs is None:
+        raise RuntimeError(f"{description}: feature cache entry {cache.path(key)} was just written but does not "
+                           "verify (see the warning above); is another process writing to it?")
     return outputs

@@ -32,6 +32,7 @@ from grood.data.imagelist import ImageListError
 from grood.data.verify import VERIFIED_DIR, verify_images
 from grood.detectors.registry import DETECTORS, build_detector, detector_parameters
 from grood.evaluation import fsood_table, metrics_table, pooled_accuracy
+from grood.feature_store import CacheSpaceError
 from grood.features import FeatureCache, SplitOutputs, cache_key, extract_split
 from grood.featureset import FeatureSet
 from grood.io import atomic_write, write_json
@@ -149,6 +150,7 @@ class BenchmarkRun:
             device=self.device,
             progress=config.progress,
             description=f"{self.benchmark.name}/{split}",
+            shard_batches=config.cache.shard_batches,
         )
         seconds = time.perf_counter() - started
         self.timings[f"forward:{split}"] = self.timings.get(f"forward:{split}", 0.0) + seconds  # once per run
@@ -765,12 +767,14 @@ def check_results_folder(output_dir: str | Path, config: RunConfig) -> None:
         log.info("results folder %s holds a run of this very configuration: its files are replaced", output_dir)
 
 
-def run_evaluation(config: RunConfig, output_dir: str | Path) -> dict[str, pd.DataFrame]:
+def run_evaluation(config: RunConfig, output_dir: str | Path, run: BenchmarkRun | None = None) -> dict[str, pd.DataFrame]:
     """Evaluate every configured method on one benchmark; write one results folder per method.
 
     Every input is checked first (:func:`prepare_run`). With ``method=all`` a method that cannot run (a
     parameter invalid for this network, a numerical failure) is recorded, with its reason, in its folder's
     ``run.json`` and in ``summary.json``; the others still run.
+
+    ``run``: the run :func:`prepare_run` already built for ``config`` (a shared extraction), else built here.
 
     Returns method name -> OpenOOD table (percent).
 
@@ -790,7 +794,7 @@ def _evaluate_methods(config: RunConfig, output_dir: Path) -> dict[str, pd.DataF
     """:func:`run_evaluation`'s work, with the results folder locked."""
     config = validate(config)
     methods = method_list(config.method)
-    run = prepare_run(config)
+    run = prepare_run(config) if run is None else run
     several = len(methods) > 1
     if any(name == "grood" for name, _ in methods) and config.prototype.strategy == "mixup":
         run.split_outputs("train", accumulate_early=True)  # one train pass serves the mixup and every method
@@ -816,6 +820,8 @@ def _evaluate_methods(config: RunConfig, output_dir: Path) -> dict[str, pd.DataF
             scores = score_grood(run, params) if name == "grood" else score_baseline(run, name, params)
             table = metrics_table(scores.id_scores, scores.ood_scores, _groups(run), id_accuracy)
             fsood = full_spectrum(run, scores) if config.fsood else None
+        except CacheSpaceError:  # a full disk stops the run: the next method would need the disk too
+            raise
         except Exception as error:  # noqa: BLE001 - recorded; the other methods still run
             reason = f"{type(error).__name__}: {error}"
             failures[name] = reason

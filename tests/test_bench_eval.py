@@ -86,3 +86,18 @@ def test_loading_seconds_reads_every_item_of_every_dataset():
     datasets = [Counted(3), Counted(5)]
     assert bench_eval.loading_seconds(datasets) >= 0.0
     assert [d.read for d in datasets] == [[0, 1, 2], [0, 1, 2, 3, 4]]
+
+
+def test_run_measured_reports_the_peak_rss_of_that_process_alone(tmp_path):
+    script = tmp_path / "allocate.py"
+    script.write_text("import sys\nblock = bytearray(int(sys.argv[1]) * 2**20)\nblock[::4096] = b'x' * len(block[::4096])\n")
+    seconds, small = bench_eval.run_measured([str(script), "1"])
+    _, large = bench_eval.run_measured([str(script), "300"])
+    assert seconds > 0 and small > 0 and large - small > 250
+
+
+def test_run_measured_names_a_failing_command(tmp_path):
+    script = tmp_path / "fail.py"
+    script.write_text("import sys\nprint('bad input', file=sys.stderr)\nsys.exit(3)\n")
+    with pytest.raises(RuntimeError, match=r"fail.py failed \(exit 3\):\n.*bad input"):
+        bench_eval.run_measured([str(script)])

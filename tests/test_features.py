@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import logging
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -9,7 +13,9 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from grood.features import FeatureCache, SplitOutputs, cache_key, extract_split, forward_pass
+from grood.feature_store import CacheSpaceError
+from grood.features import (FeatureCache, ShardJobs, SplitOutputs, cache_key, extract_shards, extract_split,
+                            forward_pass)
 from grood.featureset import FeatureSet
 
 
@@ -83,24 +89,198 @@ def test_a_crash_while_writing_leaves_no_entry_and_the_next_run_recomputes(tmp_p
     def crash(*args, **kwargs):
         raise KeyboardInterrupt("killed mid-write")
 
-    monkeypatch.setattr(torch, "save", crash)
+    monkeypatch.setattr(os, "pwrite", crash)
     with pytest.raises(KeyboardInterrupt):
         extract_split(TinySplitNet(), _dataset(), cache=cache, key_parts=parts, progress=False)
     monkeypatch.undo()
-    assert list(tmp_path.glob("*.pt")) == [] and list(tmp_path.glob(".*.tmp")) == []
+    key = cache_key({**parts, "accumulate_early": False})
+    assert cache.load(key) is None and list(tmp_path.rglob("*.tmp")) == []
+    assert list((cache.path(key) / "shards").glob("*.json")) == []  # no shard claims to be complete
     network = TinySplitNet()
     outputs = extract_split(network, _dataset(), cache=cache, key_parts=parts, progress=False)
     assert network.calls > 0 and len(outputs.features) == 20
-    assert cache.load(cache_key({**parts, "accumulate_early": False})) is not None
+    assert cache.load(key) is not None
 
 
-def test_a_corrupt_entry_is_recomputed(tmp_path: Path) -> None:
+def test_an_old_torch_entry_is_never_loaded_and_is_recomputed_with_a_note(tmp_path: Path, monkeypatch, caplog) -> None:
     cache = FeatureCache(tmp_path)
     parts = {"split": "test"}
-    cache.path(cache_key({**parts, "accumulate_early": False})).write_bytes(b"not a torch file")
+    legacy = tmp_path / f"{cache_key({**parts, 'accumulate_early': False})}.pt"
+    torch.save({"logits": torch.zeros(20, 3), "features": torch.zeros(20, 6), "labels": torch.zeros(20)}, legacy)
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("a torch file was loaded from the cache"))
     network = TinySplitNet()
-    extract_split(network, _dataset(), cache=cache, key_parts=parts, progress=False)
-    assert network.calls > 0
+    with caplog.at_level(logging.WARNING, logger="grood.features"):
+        outputs = extract_split(network, _dataset(), cache=cache, key_parts=parts, progress=False)
+    assert network.calls > 0 and outputs.features.features.abs().sum() > 0
+    assert f"{legacy} is a cache entry of the old torch format: it is never loaded" in caplog.text
+
+
+def _net() -> "TinySplitNet":
+    """The same weights on every call (runs compared bit for bit)."""
+    torch.manual_seed(7)
+    return TinySplitNet()
+
+
+def _counting(network: TinySplitNet) -> list[int]:
+    rows: list[int] = []
+    original = network.early
+
+    def early(x: torch.Tensor) -> torch.Tensor:
+        rows.append(int(x.shape[0]))
+        return original(x)
+
+    network.early = early  # type: ignore[method-assign]
+    return rows
+
+
+class FailingDataset(torch.utils.data.Dataset):
+    """``_dataset()`` whose item ``fail_at`` raises once (a crash of the loader mid-extraction)."""
+
+    def __init__(self, fail_at: int) -> None:
+        self.inner, self.fail_at = _dataset(), fail_at
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getitem__(self, item: int):
+        if item == self.fail_at:
+            self.fail_at = -1
+            raise RuntimeError("the loader died")
+        return self.inner[item]
+
+
+SHARDED = {"num_classes": 3, "accumulate_early": True, "batch_size": 4, "shard_batches": 1, "progress": False}
+
+
+def _assert_same(a: SplitOutputs, b: SplitOutputs) -> None:
+    for name in ("logits", "features", "labels"):
+        assert torch.equal(getattr(a.features, name), getattr(b.features, name)), name
+    assert torch.equal(a.early_sums, b.early_sums) and torch.equal(a.early_counts, b.early_counts)
+
+
+def test_an_interrupted_extraction_resumes_at_its_last_complete_shard(tmp_path: Path) -> None:
+    reference = extract_split(_net(), _dataset(), cache=FeatureCache(tmp_path / "ref"), key_parts={},
+                              **SHARDED)
+    cache = FeatureCache(tmp_path / "cache")
+    with pytest.raises(RuntimeError, match="the loader died"):  # rows 12..15 are shard 3 of 5
+        extract_split(_net(), FailingDataset(fail_at=13), cache=cache, key_parts={}, **SHARDED)
+    entry = cache.entry(cache_key({"accumulate_early": True}))
+    assert entry.complete_shards(entry.layout()) == {0, 1, 2}
+    network = _net()
+    rows = _counting(network)
+    resumed = extract_split(network, _dataset(), cache=cache, key_parts={}, **SHARDED)
+    assert rows == [4, 4]  # shards 3 and 4 only
+    _assert_same(resumed, reference)
+    assert torch.equal(resumed.early_prototypes(), reference.early_prototypes())
+
+
+def _mapping_of(pointer: int) -> tuple[str, str]:
+    """(permissions, file) of the mapping of this process holding address ``pointer`` (/proc/self/maps)."""
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split()
+        low, high = (int(x, 16) for x in fields[0].split("-"))
+        if low <= pointer < high:
+            return fields[1], fields[5] if len(fields) > 5 else ""
+    return "", ""
+
+
+def test_the_cache_hands_out_read_only_memory_maps(tmp_path: Path) -> None:
+    cache = FeatureCache(tmp_path)
+    outputs = extract_split(_net(), _dataset(), cache=cache, key_parts={}, **SHARDED)
+    folder = cache.path(cache_key({"accumulate_early": True}))
+    for name in ("logits", "features", "labels"):
+        permissions, mapped = _mapping_of(getattr(outputs.features, name).data_ptr())
+        assert mapped == str(folder / f"{name}.npy") and permissions.startswith("r-"), (name, permissions, mapped)
+    assert outputs.features.features.shape == (20, 6) and outputs.features.logits.dtype == torch.float32
+
+
+def test_bytes_overwritten_in_place_are_reported_and_that_shard_recomputed(tmp_path: Path, caplog) -> None:
+    cache = FeatureCache(tmp_path)
+    reference = extract_split(_net(), _dataset(), cache=cache, key_parts={}, **SHARDED)
+    reference_features = reference.features.features.clone()
+    entry = cache.entry(cache_key({"accumulate_early": True}))
+    path = entry.array_path("features")
+    size = path.stat().st_size
+    with open(path, "r+b") as handle:  # shard 2 = rows 8..11; 6 float32 per row
+        handle.seek(size - (20 - 9) * 6 * 4)
+        handle.write(b"\x00\x00\x80\x7f" * 3)
+    assert path.stat().st_size == size
+    network = _net()
+    rows = _counting(network)
+    with caplog.at_level(logging.WARNING, logger="grood.features"):
+        again = extract_split(network, _dataset(), cache=cache, key_parts={}, **SHARDED)
+    assert f"feature cache entry {entry.folder} is damaged" in caplog.text
+    assert "shard 2 (rows 8-11): features.npy does not match its sha256 checksum" in caplog.text
+    assert rows == [4]
+    assert torch.equal(again.features.features, reference_features)
+
+
+def test_a_damaged_early_sum_is_found_too(tmp_path: Path, caplog) -> None:
+    cache = FeatureCache(tmp_path)
+    extract_split(_net(), _dataset(), cache=cache, key_parts={}, **SHARDED)
+    entry = cache.entry(cache_key({"accumulate_early": True}))
+    path = entry.shard_array_path(4, "early_sums")
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING, logger="grood.features"):
+        assert cache.load(entry.folder.name) is None
+    assert "shard 4 (rows 16-19): 00004.early_sums.npy does not match its sha256 checksum" in caplog.text
+
+
+def test_a_full_disk_stops_before_the_pass_in_one_line(tmp_path: Path, monkeypatch) -> None:
+    cache = FeatureCache(tmp_path / "cache")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 100, 100))
+    network = _net()
+    rows = _counting(network)
+    with pytest.raises(CacheSpaceError) as raised:
+        extract_split(network, _dataset(), cache=cache, key_parts={}, **SHARDED)
+    message = str(raised.value)
+    assert "\n" not in message and f"feature cache folder {tmp_path / 'cache'}" in message
+    # 20 rows * (3 + 6 float32 + one int64) + 5 shards * ([3, 4, 8, 8] float64 early sums + [3] int64 counts)
+    assert "needs 31.7 KB, 100 B free" in message
+    assert rows == [1]  # only the one-image probe of the arrays' shapes
+    assert not (tmp_path / "cache").exists() or list((tmp_path / "cache").rglob("*")) == []
+
+
+def test_no_space_mid_write_is_one_line_and_a_rerun_resumes(tmp_path: Path, monkeypatch) -> None:
+    reference = extract_split(_net(), _dataset(), cache=FeatureCache(tmp_path / "ref"), key_parts={},
+                              **SHARDED)
+    cache = FeatureCache(tmp_path / "cache")
+    calls = []
+    pwrite = os.pwrite
+
+    def full_disk(fd, data, offset):
+        calls.append(offset)
+        if len(calls) == 7:  # shard 2's first array (3 arrays per shard)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return pwrite(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", full_disk)
+    with pytest.raises(CacheSpaceError) as raised:
+        extract_split(_net(), _dataset(), cache=cache, key_parts={}, **SHARDED)
+    monkeypatch.undo()
+    message = str(raised.value)
+    assert "\n" not in message and f"feature cache folder {tmp_path / 'cache'}" in message and "free" in message
+    entry = cache.entry(cache_key({"accumulate_early": True}))
+    assert entry.complete_shards(entry.layout()) == {0, 1} and list(tmp_path.rglob("*.tmp")) == []
+    network = _net()
+    rows = _counting(network)
+    _assert_same(extract_split(network, _dataset(), cache=cache, key_parts={}, **SHARDED), reference)
+    assert rows == [4, 4, 4]
+
+
+def test_shards_shared_between_jobs_equal_one_job(tmp_path: Path) -> None:
+    reference = extract_split(_net(), _dataset(), cache=FeatureCache(tmp_path / "ref"), key_parts={},
+                              **SHARDED)
+    cache = FeatureCache(tmp_path / "cache")
+    network = _net()
+    first = extract_shards(network, _dataset(), cache=cache, key_parts={}, jobs=ShardJobs(0, 2), **SHARDED)
+    entry = cache.entry(cache_key({"accumulate_early": True}))
+    assert not first and entry.complete_shards(entry.layout()) == {0, 2, 4}
+    assert extract_shards(network, _dataset(), cache=cache, key_parts={}, jobs=ShardJobs(1, 2), **SHARDED)
+    assert [entry.read_record(s)["worker"] for s in range(5)] == ["job 0 of 2", "job 1 of 2"] * 2 + ["job 0 of 2"]
+    _assert_same(cache.load(entry.folder.name), reference)
 
 
 def test_early_prototypes_name_an_empty_class() -> None:

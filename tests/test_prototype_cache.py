@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from grood.backbones.base import SplitNetwork
@@ -44,3 +45,30 @@ def test_a_second_grood_run_makes_no_network_pass(tiny_root, tmp_path, resnet20_
     assert max(batches) > 1
     record = json.loads((tmp_path / "third" / "run.json").read_text())
     assert record["ood_prototype"]["source"] == "computed"
+
+
+def test_the_prototype_cache_is_npy_with_a_checksum_and_never_loads_torch_files(tmp_path, monkeypatch, caplog):
+    import logging
+
+    import numpy as np
+
+    from grood.features import FeatureCache
+
+    cache = FeatureCache(tmp_path)
+    prototype = torch.linspace(-1.0, 1.0, 64)
+    path = cache.save_prototype("k1", prototype, {"strategy": "mixup"})
+    assert path.suffix == ".npy" and np.load(path, allow_pickle=False).dtype == np.float32
+    assert torch.equal(cache.load_prototype("k1"), prototype)
+
+    data = bytearray(path.read_bytes())  # one value overwritten in place, same size
+    data[-4:] = np.float32(5.0).tobytes()
+    path.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING, logger="grood.features"):
+        assert cache.load_prototype("k1") is None
+    assert f"prototype cache entry {path} does not match its sha256 checksum" in caplog.text
+
+    torch.save({"prototype": prototype}, tmp_path / "prototypes" / "k2.pt")  # the old format
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("a torch file was loaded from the cache"))
+    with caplog.at_level(logging.WARNING, logger="grood.features"):
+        assert cache.load_prototype("k2") is None
+    assert "k2.pt is a cache entry of the old torch format: it is never loaded" in caplog.text

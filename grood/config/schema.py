@@ -397,10 +397,34 @@ class CacheConfig:
     """The feature cache. ``verify``: how the listed images are fingerprinted in the cache key."""
 
     verify: str = "stat"   # stat: size + modification time of every listed file; content: sha256 of each
+    shard_batches: int = 64  # a cache shard is shard_batches * batch_size rows, on disk as soon as computed
 
     def problems(self) -> list[str]:
         found: list[str] = []
         _one_of(found, "verify", self.verify, ("stat", "content"))
+        _at_least(found, "shard_batches", self.shard_batches, 1)
+        return found
+
+
+@dataclass
+class ExtractConfig:
+    """Feature extraction shared by several jobs (a SLURM array job; torchrun ranks set it themselves): this
+    job computes the cache shards ``s`` with ``s % num_jobs == job_index`` of every split. ``only``: extract
+    this job's shards and stop (no method runs); a later run with ``num_jobs=1`` reads the complete cache."""
+
+    num_jobs: int = 1
+    job_index: int = 0
+    only: bool = False
+
+    def problems(self) -> list[str]:
+        found: list[str] = []
+        _at_least(found, "num_jobs", self.num_jobs, 1)
+        _at_least(found, "job_index", self.job_index, 0)
+        if _is_int(self.num_jobs) and _is_int(self.job_index) and self.job_index >= self.num_jobs:
+            found.append(f"job_index={self.job_index}: must be below num_jobs={self.num_jobs}")
+        if self.num_jobs > 1 and not self.only:
+            found.append(f"num_jobs={self.num_jobs}: a job that extracts only its share of the shards cannot run "
+                         "the methods; set extract.only=true (then run once more without extract.* settings)")
         return found
 
 
@@ -426,6 +450,7 @@ class RunConfig:
     prototype: Any = MISSING        # a PROTOTYPE_SCHEMAS[strategy] (prototype/<strategy>.yaml)
     index: Any = MISSING            # an IndexConfig (index/<kind>.yaml)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    extract: ExtractConfig = field(default_factory=ExtractConfig)
     extra: ExtraConfig = field(default_factory=ExtraConfig)
     seed: int = 0                   # selects the checkpoint (OpenOOD's s0/s1/s2) and seeds every sampler
     device: str = "auto"            # auto (cuda when available, else cpu) | cpu | cuda | cuda:<n>
