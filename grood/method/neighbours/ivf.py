@@ -25,7 +25,11 @@ from grood.method.neighbours.base import (
 MIN_TRAIN_POINTS_PER_LIST = 39
 #: k-means trains on at most this many vectors per cell (a random subset beyond that; FAISS's own cap is 256).
 MAX_TRAIN_POINTS_PER_LIST = 64
-DEFAULT_NPROBE = 12
+#: Cells scanned per query by default. 12 gave recall@1 0.976 (OOD 0.970) on a real CIFAR-10 ResNet-56 root
+#: (49k 64-d training gradients, 221 cells: 5.4% of them probed); on the smoke root's real ResNet-20
+#: features (5,000 training gradients, 71 cells) recall falls from 0.99 at 12 probes to 0.96 at 8 and 0.87 at
+#: 4 (OOD tin): recall follows the fraction of cells probed. 24 probes: 1.000 on every smoke split.
+DEFAULT_NPROBE = 24
 DEFAULT_KMEANS_ITERATIONS = 10
 #: Dimensions of the projected gradient directions that the IVF index routes by (see :class:`IVFIndex`).
 DEFAULT_ROUTING_DIM = 128
