@@ -98,3 +98,12 @@ class RowReader:
         for start in range(0, count, chunk_rows):
             rows = slice(start, min(start + chunk_rows, count))
             yield rows, self.rows(rows)
+
+
+def argmax_rows(logits: torch.Tensor, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> torch.Tensor:
+    """``[N]`` int64 ``logits.argmax(dim=1)`` of ``logits [N, C]``, read a chunk of rows at a time."""
+    reader = RowReader(logits)
+    out = torch.empty(logits.shape[0], dtype=torch.long)
+    for rows, chunk in reader.chunks(chunk_rows):
+        out[rows] = chunk.argmax(dim=1)
+    return out.to(logits.device)
