@@ -284,7 +284,7 @@ class GROOD:
         # Eq. 7: class prototypes, streamed in float64 (or the caller's, from these same features).
         if class_prototypes is None:
             accumulator = ClassMeanAccumulator(int(num_classes), dim, device=self.device)
-            reader = RowReader(train_features, self.device)
+            reader = RowReader(train_features, self.device, dtype=train_features.dtype)
             for rows in self._batches(count, "GROOD class prototypes"):
                 accumulator.update(reader.rows(rows), train_labels[rows].to(self.device))
             self.class_prototypes = accumulator.means(dtype=torch.float32)

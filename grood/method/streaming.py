@@ -63,37 +63,39 @@ def release_pages(tensor: torch.Tensor) -> None:
 
 
 class RowReader:
-    """Row chunks of ``source [N, D]`` (any dtype, possibly a read-only file mapping) as float32 copies on
-    ``device``; a file mapping's pages are released after each chunk is copied (see :func:`release_pages`).
+    """Row chunks of ``source [N, D]`` (any dtype, possibly a read-only file mapping) as copies in ``dtype``
+    (float32 by default) on ``device``; a file mapping's pages are released after each chunk is copied (see :func:`release_pages`).
 
     ``reader.rows(slice)`` reads consecutive rows, ``reader.take(indices [M])`` scattered ones (sorted
     first, so that each page is faulted in once).
     """
 
-    def __init__(self, source: torch.Tensor, device: torch.device | str = "cpu") -> None:
+    def __init__(self, source: torch.Tensor, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32) -> None:
         self.source = source
         self.device = torch.device(device)
+        self.dtype = dtype
         self.mapped = is_file_mapped(source) and source.is_contiguous()
 
     def rows(self, rows: slice) -> torch.Tensor:
-        """``[B, D]`` float32 copy of ``source[rows]`` (never a view of the source)."""
+        """``[B, D]`` copy of ``source[rows]`` in ``dtype`` (never a view of the source)."""
         view = self.source[rows]
-        out = view.to(device=self.device, dtype=torch.float32, copy=True)
+        out = view.to(device=self.device, dtype=self.dtype, copy=True)
         if self.mapped:
             release_pages(view)
         return out
 
     def take(self, indices: torch.Tensor) -> torch.Tensor:
-        """``[M, D]`` float32 copy of ``source[indices]`` (``indices [M]`` int64, any order)."""
+        """``[M, D]`` copy of ``source[indices]`` in ``dtype`` (``indices [M]`` int64, any order)."""
         indices = indices.to("cpu", torch.long)
-        out = self.source[indices].to(device=self.device, dtype=torch.float32)
+        out = self.source[indices].to(device=self.device, dtype=self.dtype)
         if self.mapped and indices.numel():
             for index in indices.unique().tolist():
                 release_pages(self.source[index])
         return out
 
     def chunks(self, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Iterator[tuple[slice, torch.Tensor]]:
-        """``(rows, source[rows] as float32)`` over all rows, ``chunk_rows`` at a time."""
+        """``(rows, source[rows] in dtype)`` over all rows, ``chunk_rows`` at a time."""
         count = self.source.shape[0]
         for start in range(0, count, chunk_rows):
             rows = slice(start, min(start + chunk_rows, count))
