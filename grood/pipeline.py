@@ -37,6 +37,7 @@ from grood.features import FeatureCache, SplitOutputs, cache_key, extract_split
 from grood.featureset import FeatureSet
 from grood.io import atomic_write, write_json
 from grood.method.detector import GROOD
+from grood.method.neighbours.recall import is_approximate, measure_recall
 from grood.method.prototypes import class_prototypes
 from grood.method.strategies import STRATEGIES, build_ood_prototype, oracle_split, strategy_params
 from grood.metrics import accuracy
@@ -581,6 +582,11 @@ def score_grood(run: BenchmarkRun, params: Mapping[str, Any]) -> MethodScores:
     if strategy == "corrupted":  # which images the "ID-Corrupted Val" prototype read (tables label it)
         scores.info["prototype_source"] = prototype_cfg.source
     run.timings["method:grood"] = class_seconds + own_seconds(run, started)
+    if is_approximate(detector) and not (strategy in STRATEGIES and STRATEGIES[strategy].per_ood_set):
+        started = time.perf_counter()  # untimed in method:grood: how approximate its search was (run.json)
+        queries = {"test": test, **{name: run.features(name) for name in ood_names}}
+        scores.info["recall"] = measure_recall(detector, train, queries, seed=run.config.seed)
+        run.timings["recall:grood"] = time.perf_counter() - started
     return scores
 
 

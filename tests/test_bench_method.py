@@ -52,3 +52,30 @@ def test_bench_method_rejects_a_bad_repeat() -> None:
     completed = subprocess.run([sys.executable, str(SCRIPT), "--repeat", "0"], capture_output=True, text=True,
                                check=False, timeout=120)
     assert completed.returncode == 2 and "--repeat must be >= 1" in completed.stderr
+
+
+TRUE_SIZE_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_true_size.py"
+
+
+@pytest.mark.slow
+def test_bench_true_size_at_a_toy_size_runs_every_method_over_memory_maps(tmp_path: Path) -> None:
+    completed = subprocess.run(
+        [sys.executable, str(TRUE_SIZE_SCRIPT), "--train", "6000", "--queries", "900", "--dim", "32", "--classes",
+         "10", "--recall-queries", "300", "--workdir", str(tmp_path)],
+        capture_output=True, text=True, check=False, timeout=900,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    out = completed.stdout
+    assert "features written shard by shard" in out and "6,000 train x 32 dims" in out
+    for method in ("grood-ivf", "grood-exact", "knn", "faiss-ivf-author", "faiss-ivf-tuned", "faiss-hnsw"):
+        assert re.search(rf"^\| {method}( \(nlist \d+, nprobe \d+\))? \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \|", out,
+                         flags=re.MULTILINE), f"no row for {method}:\n{out}"
+    for method in ("grood-ivf", "faiss-ivf-author", "faiss-ivf-tuned", "faiss-hnsw"):  # recall on 300 queries
+        assert re.search(rf"^  {method}\s.*recall@1 [01]\.\d{{4}} \(ID [01]\.\d{{4}}, OOD [01]\.\d{{4}}\)", out,
+                         flags=re.MULTILINE)
+    assert "| faiss-ivf-author (nlist 19, nprobe 4) |" in out  # the author's rule: 30 batches -> T 24 -> 19 cells
+    for method in ("grood-ivf", "grood-exact", "knn"):
+        assert re.search(rf"^{method}\s+peak RSS\s+[0-9.]+ GB  target <= 12 GB: (met|NOT met)", out, flags=re.MULTILINE)
+    assert re.search(r"GROOD IVF    recall@1 [01]\.\d{4} in [0-9.]+ s  target >= 0.98 in <= 600 s: (met|NOT met)", out)
+    assert re.search(r"GROOD exact  completed in [0-9.]+ s", out)
+    assert not any(tmp_path.iterdir())  # the features are removed without --keep

@@ -347,21 +347,26 @@ class IVFIndexParams:
     nprobe: Optional[int] = None
     routing_dim: Optional[int] = None
     scan: str = "float32"             # float32 | int8 (int8 codes, candidates reranked exactly; CPU only)
+    storage: str = "float32"          # float32 | float16 (codes; candidates reranked from the features)
 
     def problems(self) -> list[str]:
         found: list[str] = []
         for key in ("nlist", "nprobe", "routing_dim"):
             _at_least(found, key, getattr(self, key), 1)
         _one_of(found, "scan", self.scan, ("float32", "int8"))
+        _one_of(found, "storage", self.storage, ("float32", "float16"))
         return found
 
 
 @dataclass
 class TorchIndexParams:
     norm_pruning: bool = False
+    storage: str = "float32"          # float32 | float16 (codes; candidates reranked from the features)
 
     def problems(self) -> list[str]:
-        return []
+        found: list[str] = []
+        _one_of(found, "storage", self.storage, ("float32", "float16"))
+        return found
 
 
 @dataclass

@@ -109,14 +109,27 @@ class BaselineDetector(Detector):
 
 
 def _check_finite(what: str, x: torch.Tensor) -> None:
-    finite = torch.isfinite(x)
-    if bool(finite.all()):
-        return
+    """Raise naming ``what`` and its first rows holding NaN or inf; reads ``x`` a chunk of rows at a time (a
+    memory-mapped split is never held whole: :mod:`grood.method.streaming`)."""
+    from grood.method.streaming import DEFAULT_CHUNK_ROWS, is_file_mapped, release_pages
+
     if x.dim() < 2:
-        raise ValueError(f"{what} contains {int((~finite).sum())} NaN/inf value(s)")
-    bad_rows = (~finite).reshape(x.shape[0], -1).any(dim=1)
-    first = bad_rows.nonzero()[:5, 0].tolist()
-    raise ValueError(f"{what} contain NaN/inf in {int(bad_rows.sum())} row(s) (first rows: {first}); fix those rows")
+        finite = torch.isfinite(x)
+        if not bool(finite.all()):
+            raise ValueError(f"{what} contains {int((~finite).sum())} NaN/inf value(s)")
+        return
+    mapped = is_file_mapped(x)
+    bad_count, first = 0, []
+    for start in range(0, x.shape[0], DEFAULT_CHUNK_ROWS):
+        part = x[start : start + DEFAULT_CHUNK_ROWS]
+        if not bool(torch.isfinite(part.sum())):
+            bad_rows = (~torch.isfinite(part)).reshape(part.shape[0], -1).any(dim=1)
+            bad_count += int(bad_rows.sum())
+            first += (bad_rows.nonzero()[:, 0] + start)[: 5 - len(first)].tolist()
+        if mapped:
+            release_pages(part)
+    if bad_count:
+        raise ValueError(f"{what} contain NaN/inf in {bad_count} row(s) (first rows: {first}); fix those rows")
 
 
 def head_to(head: LinearHead, device: torch.device, dtype: torch.dtype = torch.float32) -> LinearHead:

@@ -45,6 +45,8 @@ from grood.detectors._common import (
 from grood.detectors.pytorch_ood_adapter import PytorchOODDetector, linear_module
 from grood.featureset import FeatureSet, LinearHead
 from grood.method.neighbours import INDEX_KINDS, build_index, kth_neighbour_distance
+from grood.method.neighbours.streamed import streamed_k_nearest
+from grood.method.streaming import RowReader
 
 # -- Mahalanobis ---------------------------------------------------------------------------------
 
@@ -131,6 +133,10 @@ class RMDS(MDS):
 # -- KNN -----------------------------------------------------------------------------------------
 
 
+#: KNN "exact": training rows per streamed chunk.
+STREAMED_TRAIN_CHUNK = 4096
+
+
 def l2_normalise(features: torch.Tensor) -> torch.Tensor:
     """Rows of ``[N, D]`` divided by their L2 norm (clamped at ``1e-12``)."""
     return features / features.norm(dim=1, keepdim=True).clamp_min(1e-12)
@@ -142,8 +148,13 @@ class KNN(BaselineDetector):
 
     Args:
         k: which neighbour (OpenOOD's ``K``; ``knn.yml``: 50).
-        index: :mod:`grood.method.neighbours` index kind (``"exact"`` = FAISS ``IndexFlatL2``, as OpenOOD).
-        index_params: keyword arguments of that index.
+        index: ``"exact"`` (default): exact search that streams the training features (kept by reference, a
+            memory map stays one) a chunk at a time against all the queries
+            (:func:`grood.method.neighbours.streamed.streamed_k_nearest`): no copy of the training set is
+            held, so ImageNet-1k's 1,281,167 x 2048 features need only the queries and a chunk; distances as
+            FAISS ``IndexFlatL2`` computes them (OpenOOD's index). Another :mod:`grood.method.neighbours` kind
+            builds that index over the normalised features.
+        index_params: keyword arguments of that index (none for ``"exact"``).
     """
 
     name: ClassVar[str] = "knn"
@@ -173,16 +184,34 @@ class KNN(BaselineDetector):
         self._start_fit(train, head)
         if self.k > len(train):
             raise ValueError(f"KNN: k={self.k} exceeds the {len(train)} training samples; use k <= {len(train)}")
+        if self.index_kind == "exact":
+            if self.index_params:
+                raise ValueError(f"KNN: index 'exact' takes no index_params; got {sorted(self.index_params)}")
+            self.index = None
+            self.train_features = train.features  # streamed at each score (no copy)
+            self._fitted = True
+            return self
         self.index = build_index(self.index_kind, self.feature_dim, device=self.device, **self.index_params)
-        for start in range(0, len(train), self.batch_size):
-            rows = train.features[start : start + self.batch_size].to(self.device, torch.float32)
-            self.index.add(l2_normalise(rows))
+        for rows, chunk in RowReader(train.features, self.device).chunks(self.batch_size):
+            self.index.add(l2_normalise(chunk))
         self._fitted = True
         return self
+
+    def _streamed_distances(self, queries: torch.Tensor) -> torch.Tensor:
+        """``[B]`` distance of each normalised query ``[B, D]`` to its ``k``-th nearest normalised training
+        feature, the training features streamed a chunk at a time."""
+        reader = RowReader(self.train_features, self.device)
+        chunks = ((torch.arange(rows.start, rows.stop), l2_normalise(chunk))
+                  for rows, chunk in reader.chunks(STREAMED_TRAIN_CHUNK))
+        return streamed_k_nearest(queries, chunks, self.k)[0][:, self.k - 1]
 
     @torch.no_grad()
     def score(self, data: FeatureSet) -> torch.Tensor:
         self._start_score(data)
+        if self.index is None:  # "exact": all the queries against the streamed training features
+            queries = torch.cat([l2_normalise(chunk) for _, chunk in
+                                 RowReader(data.features, self.device).chunks(self.batch_size)])
+            return -self._streamed_distances(queries).cpu()
         return self._score_in_chunks(
             data,
             lambda chunk: -kth_neighbour_distance(

@@ -28,22 +28,44 @@ def check_vector(name: str, x: torch.Tensor, dim: int) -> None:
 
 
 def check_finite(name: str, x: torch.Tensor) -> None:
-    """Raise when any row of ``x`` (``[N, ...]``, or a vector) holds NaN or inf, saying how many rows."""
-    # fast path, one reading pass: a NaN or inf makes its sum NaN or inf. A non-finite sum may also come
-    # from finite values that overflow, so only then are the elements themselves checked.
-    if x.numel() == 0 or bool(torch.isfinite(x.sum())):
+    """Raise when any row of ``x`` (``[N, ...]``, or a vector) holds NaN or inf, saying how many rows.
+
+    A memory-mapped ``x`` is read a chunk of rows at a time, its pages released after each
+    (:mod:`grood.method.streaming`), so checking a split larger than memory keeps the resident set small."""
+    from grood.method.streaming import DEFAULT_CHUNK_ROWS, is_file_mapped, release_pages
+
+    if x.numel() == 0:
         return
-    finite = torch.isfinite(x)
-    if bool(finite.all()):
+    chunk_rows = DEFAULT_CHUNK_ROWS if x.dim() >= 2 and is_file_mapped(x) else max(1, x.shape[0])
+    bad_count, first = 0, []
+    for start in range(0, x.shape[0], chunk_rows):
+        part = x[start : start + chunk_rows]
+        bad_rows = _non_finite_rows(part)
+        if chunk_rows < x.shape[0]:
+            release_pages(part)
+        if bad_rows is not None:
+            bad_count += int(bad_rows.sum())
+            first += (bad_rows.nonzero()[:5, 0] + start).tolist()[: 5 - len(first)]
+    if bad_count == 0:
         return
     if x.dim() <= 1:
-        raise ValueError(f"{name} contains {int((~finite).sum())} NaN/inf value(s)")
-    bad_rows = (~finite).reshape(x.shape[0], -1).any(dim=1)
-    first = bad_rows.nonzero()[:5, 0].tolist()
+        raise ValueError(f"{name} contains {bad_count} NaN/inf value(s)")
     raise ValueError(
-        f"{name} contains NaN or inf in {int(bad_rows.sum())} of {x.shape[0]} row(s) (first rows: {first}); "
+        f"{name} contains NaN or inf in {bad_count} of {x.shape[0]} row(s) (first rows: {first}); "
         "remove or fix those rows"
     )
+
+
+def _non_finite_rows(x: torch.Tensor) -> torch.Tensor | None:
+    """``[N]`` bool, the rows of ``x`` holding NaN or inf (entries for a vector); None when all are finite."""
+    # fast path, one reading pass: a NaN or inf makes its sum NaN or inf. A non-finite sum may also come
+    # from finite values that overflow, so only then are the elements themselves checked.
+    if bool(torch.isfinite(x.sum())):
+        return None
+    finite = torch.isfinite(x)
+    if bool(finite.all()):
+        return None
+    return ~finite if x.dim() <= 1 else (~finite).reshape(x.shape[0], -1).any(dim=1)
 
 
 def check_labels(name: str, labels: torch.Tensor, num_rows: int, num_classes: int) -> None:

@@ -40,6 +40,7 @@ from grood.method.ncp import (
     ood_prototype_distance,
 )
 from grood.method.neighbours import INDEX_KINDS, NeighbourIndex, build_index, kth_neighbour_distance, load_index
+from grood.method.streaming import RowReader, argmax_rows
 from grood.method.prototypes import ClassMeanAccumulator, check_ood_prototype_separated, mean_of_class_prototypes
 from grood.progress import track
 
@@ -282,7 +283,8 @@ class GROOD:
             data = train_features
             train_features, train_labels = data.features, data.labels
             num_classes = data.num_classes if num_classes is None else num_classes
-            train_predictions = data.logits.argmax(dim=1) if train_predictions is None else train_predictions
+            if train_predictions is None:
+                train_predictions = argmax_rows(data.logits, self.batch_size)
         elif train_labels is None:
             raise ValueError("fit(train_features [N, D], train_labels [N], ...): train_labels is missing")
         check_matrix("train_features", train_features)
@@ -323,8 +325,9 @@ class GROOD:
         # Eq. 7: class prototypes, streamed in float64 (or the caller's, from these same features).
         if class_prototypes is None:
             accumulator = ClassMeanAccumulator(int(num_classes), dim, device=self.device)
+            reader = RowReader(train_features, self.device, dtype=train_features.dtype)
             for rows in self._batches(count, "GROOD class prototypes"):
-                accumulator.update(train_features[rows].to(self.device), train_labels[rows].to(self.device))
+                accumulator.update(reader.rows(rows), train_labels[rows].to(self.device))
             self.class_prototypes = accumulator.means(dtype=torch.float32)
         else:
             check_matrix("class_prototypes", class_prototypes, dim=dim)
@@ -368,6 +371,9 @@ class GROOD:
             raise ValueError(f"k={self.k} exceeds the {self.num_indexed} training gradients to index; lower k")
 
         index = build_index(self.index_kind, features.shape[1], device=self.device, **self.index_params)
+        if getattr(index, "storage", "float32") == "float16":
+            self._build_compact_index(index, features, predictions, keep)
+            return
         # Indexes that take batched adds get each batch's gradients from one reused buffer (no [N, D]
         # gradient matrix beside the index's own copy); "ivf" trains on one add of all of them.
         if index.incremental_add:
@@ -376,8 +382,9 @@ class GROOD:
         else:
             gradients = torch.empty((self.num_indexed, features.shape[1]), dtype=torch.float32, device=self.device)
         filled = 0
+        reader = RowReader(features)
         for rows in self._batches(features.shape[0], "GROOD training gradients"):
-            h = features[rows]
+            h = reader.rows(rows)
             y = predictions[rows] if (self.variant == "class_gradient" and predictions is not None) else None
             if keep is not None:
                 mask = keep[rows].to(h.device)
@@ -397,6 +404,30 @@ class GROOD:
             index.add_training(gradients, rows, total_rows=features.shape[0])
         self.index = index
 
+    def _build_compact_index(
+        self, index: NeighbourIndex, features: torch.Tensor, predictions: torch.Tensor | None,
+        keep: torch.Tensor | None,
+    ) -> None:
+        """``storage="float16"``: the index is filled chunk by chunk (``build_streamed``: no ``[N, D]`` gradient
+        matrix, the features read a chunk at a time) and re-ranks its candidates with the exact gradients,
+        recomputed from the training features of those rows (``exact_source``; the index keeps a reference to
+        ``features``, a memory map stays a memory map)."""
+        reader = RowReader(features, self.device)
+        indexed_rows = None if keep is None else keep.nonzero().flatten().cpu()
+        labels = predictions if (self.variant == "class_gradient" and predictions is not None) else None
+
+        def gradients_of(rows: slice | torch.Tensor) -> torch.Tensor:
+            """``[M, D]`` gradients of the indexed rows ``rows`` (a slice or ``[M]`` indices, in indexing order)."""
+            if indexed_rows is not None:
+                rows = indexed_rows[rows]
+            h = reader.rows(rows) if isinstance(rows, slice) else reader.take(rows)
+            y = None if labels is None else labels[rows].to(self.device)
+            return self._gradient(h, y)
+
+        index.exact_source = gradients_of
+        index.build_streamed(self.num_indexed, gradients_of, self.batch_size)
+        self.index = index
+
     # -------------------------------------------------------------------------------------- score
     def _unpack(self, data: Any, predictions: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(features, predictions)`` of a feature tensor or a FeatureSet (predictions from its logits,
@@ -404,7 +435,7 @@ class GROOD:
         if not _is_feature_set(data):
             return data, predictions
         if predictions is None and self.class_labels_from == "network" and self.variant == "class_gradient":
-            predictions = data.logits.argmax(dim=1)
+            predictions = argmax_rows(data.logits, self.batch_size)
         return data.features, predictions
 
     def gradients(self, features: Any, predictions: torch.Tensor | None = None) -> torch.Tensor:
@@ -414,9 +445,10 @@ class GROOD:
         self._check_features(features)
         labels = self._class_labels_for_scoring(predictions, features.shape[0])
         out = torch.empty((features.shape[0], self.dim), dtype=torch.float32, device=self.device)
+        reader = RowReader(features, self.device)
         for rows in self._batches(features.shape[0], "GROOD gradients"):
             y = None if labels is None else labels[rows].to(self.device)
-            self._gradient(features[rows].to(device=self.device, dtype=torch.float32), y, out=out[rows])
+            self._gradient(reader.rows(rows), y, out=out[rows])
         return out
 
     def score(self, features: Any, predictions: torch.Tensor | None = None) -> torch.Tensor:
@@ -445,8 +477,9 @@ class GROOD:
         self._check_features(features)
         labels = self._class_labels_for_scoring(predictions, features.shape[0])
         scores = torch.empty(features.shape[0], dtype=torch.float32, device=self.device)
+        reader = RowReader(features, self.device)
         for rows in self._batches(features.shape[0], f"GROOD {self.variant} scores"):
-            h = features[rows].to(device=self.device, dtype=torch.float32)
+            h = reader.rows(rows)
             if self.variant == "ood_distance":
                 scores[rows] = ood_prototype_distance(h, self.ood_prototype)
                 continue
@@ -464,8 +497,9 @@ class GROOD:
         features, _ = self._unpack(features, None)
         self._check_features(features)
         out = torch.empty(features.shape[0], dtype=torch.long, device=self.device)
+        reader = RowReader(features, self.device)
         for rows in self._batches(features.shape[0], "GROOD NCP predictions"):
-            out[rows] = ncp_predict(features[rows].to(device=self.device, dtype=torch.float32), self.class_prototypes)
+            out[rows] = ncp_predict(reader.rows(rows), self.class_prototypes)
         return out.to(features.device)
 
     # -------------------------------------------------------------------------------- persistence

@@ -81,11 +81,17 @@ class ClassMeanAccumulator:
 def class_prototypes(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Eq. 7: ``[N, D]`` features, ``[N]`` labels -> ``[C, D]`` class prototypes (features' dtype).
 
-    Accumulated in float64. Raises ``ValueError`` for a class without samples or labels out of range.
+    Accumulated in float64, a chunk of rows at a time (a memory-mapped ``features`` is streamed, see
+    :mod:`grood.method.streaming`). Raises ``ValueError`` for a class without samples or labels out of range.
     """
+    from grood.method.streaming import RowReader
+
     check_matrix("features", features)
+    check_labels("labels", labels, features.shape[0], num_classes)
     accumulator = ClassMeanAccumulator(num_classes, features.shape[1], device=features.device)
-    accumulator.update(features, labels)
+    reader = RowReader(features, features.device, dtype=features.dtype)
+    for rows, chunk in reader.chunks():
+        accumulator.update(chunk, labels[rows])
     return accumulator.means(dtype=features.dtype)
 
 

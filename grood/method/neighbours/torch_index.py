@@ -8,12 +8,19 @@ import os
 import torch
 
 from grood.io import atomic_file
+from grood.method.neighbours.compact import (
+    SHORTLIST_PER_NEIGHBOUR,
+    ExactSource,
+    HalfVectors,
+    check_storage,
+    exact_rerank,
+)
+from grood.method._checks import check_finite
 from grood.method.neighbours.base import (
     NeighbourIndex,
     _direct_distances,
     _norm_reach,
     _load_torch_index_file,
-    _squared_row_norms,
 )
 
 #: The "torch" index compares each block of queries with this many indexed vectors at a time.
@@ -41,6 +48,13 @@ class TorchIndex(NeighbourIndex):
     found so far, plus a margin for float32 rounding. GROOD gradients' norms are ``p_ood(h)``
     and span orders of magnitude, so this scans a fraction of them (``scripts/bench_method.py``,
     ``grood-pruned``); for vectors of equal norms it scans everything, a little slower than without.
+
+    ``storage="float16"`` keeps the vectors as float16 codes (half the memory,
+    :class:`~grood.method.neighbours.compact.HalfVectors`): the search ranks by them, keeps each query's
+    ``SHORTLIST_PER_NEIGHBOUR * k`` best, and returns the true float32 distances of the ``k`` nearest of
+    those, computed from the exact vectors that :attr:`exact_source` gives (it must be set before searching;
+    GROOD sets it to recompute the training gradients from the features). Build such an index with
+    :meth:`build_streamed`, which writes the vectors in norm order directly (no sorting copy).
     """
 
     kind = "torch"
@@ -51,8 +65,12 @@ class TorchIndex(NeighbourIndex):
         device: str | torch.device | None = None,
         max_chunk_elements: int = 2**26,
         norm_pruning: bool = False,
+        storage: str = "float32",
     ) -> None:
         super().__init__(dim)
+        self.storage = check_storage(storage)
+        #: storage="float16": the exact vectors of indexed rows, for the re-ranking (see the class docstring).
+        self.exact_source: ExactSource | None = None
         if int(max_chunk_elements) < 1:
             raise ValueError(f"max_chunk_elements must be >= 1; got {max_chunk_elements}")
         if not isinstance(norm_pruning, bool):
@@ -60,7 +78,7 @@ class TorchIndex(NeighbourIndex):
         self.device = None if device is None else torch.device(device)
         self.max_chunk_elements = int(max_chunk_elements)
         self.norm_pruning = norm_pruning
-        self._storage: torch.Tensor | None = None  # [capacity, dim]; rows :ntotal hold the vectors
+        self._storage: torch.Tensor | HalfVectors | None = None  # [capacity, dim]; rows :ntotal hold the vectors
         self._count = 0
         self._squared_norms: torch.Tensor | None = None  # [ntotal] of the stored rows
         # norm_pruning: rows :_sorted_count of the storage are sorted by norm, and _ids [_sorted_count]
@@ -91,7 +109,7 @@ class TorchIndex(NeighbourIndex):
     @property
     def vectors(self) -> torch.Tensor:
         """``[ntotal, dim]`` float32, the indexed vectors in the order added (a view of the storage; a
-        copy once ``norm_pruning`` has sorted it)."""
+        copy once ``norm_pruning`` has sorted it; decoded, a copy, with ``storage="float16"``)."""
         if self._storage is None:
             return torch.empty((0, self.dim))
         stored = self._storage[: self._count]
@@ -104,9 +122,15 @@ class TorchIndex(NeighbourIndex):
             return
         if self.device is None:
             self.device = device
-        storage = torch.empty((capacity, self.dim), dtype=torch.float32, device=self.device)
-        if self._count:
-            storage[: self._count] = self._storage[: self._count]
+        if self.storage == "float16":
+            storage = HalfVectors(capacity, self.dim, self.device)
+            if self._count:
+                storage.codes[: self._count] = self._storage.codes[: self._count]
+                storage.scales[: self._count] = self._storage.scales[: self._count]
+        else:
+            storage = torch.empty((capacity, self.dim), dtype=torch.float32, device=self.device)
+            if self._count:
+                storage[: self._count] = self._storage[: self._count]
         self._storage = storage
 
     def reserve(self, count: int) -> None:
@@ -119,7 +143,11 @@ class TorchIndex(NeighbourIndex):
             # amortised growth, as a vector: batches without reserve() copy O(ntotal) in all
             capacity = needed if self._storage is None else max(needed, 2 * self._storage.shape[0])
             self._grow(capacity, vectors.device)
-        self._storage[self._count : needed] = vectors.detach().to(device=self.device, dtype=torch.float32)
+        vectors = vectors.detach().to(device=self.device, dtype=torch.float32)
+        if self.storage == "float16":
+            self._storage.write(slice(self._count, needed), vectors)
+        else:
+            self._storage[self._count : needed] = vectors
         self._count = needed
         self._squared_norms = None
 
@@ -129,19 +157,69 @@ class TorchIndex(NeighbourIndex):
         ids = self._row_ids()
         if ids is None:
             ids = torch.arange(self._count, device=stored.device)
-        norms = torch.linalg.vector_norm(stored, dim=1)
+        norms = self._stored_norms()
         order = torch.argsort(norms, stable=True)
-        stored.copy_(stored[order])
+        if self.storage == "float16":
+            self._storage = self._storage.take(order)  # a transient second copy (build_streamed makes none)
+        else:
+            stored.copy_(stored[order])
         self._ids = ids[order]
         self._squared_norms = norms[order].square_()
         self._sorted_count = self._count
 
+    def _stored_norms(self) -> torch.Tensor:
+        """``[ntotal]`` norms of the stored rows (decoded ones with float16 storage), a block at a time."""
+        if self.storage == "float32":
+            return torch.linalg.vector_norm(self._storage[: self._count], dim=1)
+        return torch.cat([torch.linalg.vector_norm(self._storage[start : min(start + TORCH_DATABASE_BLOCK, self._count)], dim=1)
+                          for start in range(0, self._count, TORCH_DATABASE_BLOCK)])
+
+    def build_streamed(self, count: int, vectors_of: "callable", chunk_rows: int = 8192) -> None:
+        """Fill an empty index with ``count`` vectors, ``vectors_of(rows: slice) -> [len, dim]`` float32 giving
+        those of the rows ``rows`` (called twice per chunk: once for the norms, once to store them). With
+        ``norm_pruning`` the vectors are written in norm order directly, so no sorted copy of them is made."""
+        if self._count:
+            raise ValueError("build_streamed() fills an empty index; this one holds vectors already")
+        chunks = [slice(start, min(start + chunk_rows, count)) for start in range(0, count, chunk_rows)]
+        if not self.norm_pruning:
+            self.reserve(count)
+            for rows in chunks:
+                self.add(vectors_of(rows))
+            return
+        scratch = TorchIndex(self.dim, device=self.device, storage=self.storage)
+        norms = torch.empty(count)
+        for rows in chunks:  # the norms of the stored (decoded) vectors: the order of the sorted storage
+            scratch._count = 0
+            scratch.add(vectors_of(rows))
+            norms[rows] = scratch._stored_norms().cpu()
+        order = torch.argsort(norms, stable=True)
+        position = torch.empty_like(order)
+        position[order] = torch.arange(count)
+        self._grow(count, torch.device("cpu") if self.device is None else self.device)
+        for rows in chunks:
+            vectors = vectors_of(rows).to(device=self.device, dtype=torch.float32)
+            check_finite("vectors", vectors)
+            targets = position[rows].to(self.device)
+            if self.storage == "float16":
+                self._storage.write(targets, vectors)
+            else:
+                self._storage[targets] = vectors
+        self._count = self._sorted_count = count
+        self._ids = order.to(self.device)
+        self._squared_norms = norms[order].to(self.device).square_()
+
     def _search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.norm_pruning and self._sorted_count != self._count:
             self._sort_by_norm()
-        database = self._storage[: self._count]
+        if self.storage == "float16" and self.exact_source is None:
+            raise ValueError("this 'torch' index stores float16 codes and re-ranks its candidates by their exact "
+                             "vectors: set its exact_source before searching (GROOD.fit does)")
+        wanted = k
+        if self.storage == "float16":  # rank by the codes, then the shortlist's true distances decide
+            k = min(self._count, SHORTLIST_PER_NEIGHBOUR * k)
+        database = self._storage[: self._count] if self.storage == "float32" else self._storage
         if self._squared_norms is None:
-            self._squared_norms = _squared_row_norms(database)
+            self._squared_norms = self._stored_norms().square_()
         database_rows = min(self._count, max(k, TORCH_DATABASE_BLOCK))
         query_rows = max(1, self.max_chunk_elements // database_rows)
         if self.norm_pruning:
@@ -154,8 +232,8 @@ class TorchIndex(NeighbourIndex):
             query_order = torch.argsort(torch.linalg.vector_norm(queries, dim=1))
         else:
             query_order = torch.arange(queries.shape[0], device=queries.device)
-        distances = torch.empty((queries.shape[0], k), device=database.device)
-        indices = torch.empty((queries.shape[0], k), dtype=torch.long, device=database.device)
+        distances = torch.empty((queries.shape[0], wanted), device=database.device)
+        indices = torch.empty((queries.shape[0], wanted), dtype=torch.long, device=database.device)
         row_ids = self._row_ids()
         block_norms = self._block_norm_ranges(database_rows) if self.norm_pruning else None
         for start in range(0, queries.shape[0], query_rows):
@@ -165,6 +243,12 @@ class TorchIndex(NeighbourIndex):
                 rows = self._pruned_block_search(chunk, k, database_rows, buffer, block_norms)
             else:
                 rows = self._block_search(chunk, k, range(0, self._count, database_rows), database_rows, buffer)[1]
+            if self.storage == "float16":
+                ids = rows if row_ids is None else row_ids[rows]
+                distances[members], indices[members] = exact_rerank(
+                    chunk, ids, torch.ones_like(ids, dtype=torch.bool), self.exact_source, wanted,
+                    self.max_chunk_elements)
+                continue
             # distances of the k found neighbours computed directly from the differences (no cancellation)
             values, order = torch.sort(_direct_distances(chunk, database, rows, self.max_chunk_elements), dim=1)
             rows = rows.gather(1, order)
@@ -190,7 +274,11 @@ class TorchIndex(NeighbourIndex):
         else:
             best_values, best_rows = best
         for first in firsts:
-            block = self._storage[first : min(first + database_rows, self._count)]
+            if self.storage == "float16":
+                rows = slice(first, min(first + database_rows, self._count))
+                block = self._decoded_block(rows)
+            else:
+                block = self._storage[first : min(first + database_rows, self._count)]
             self.pairs_compared += chunk.shape[0] * block.shape[0]
             ranking = buffer[: chunk.shape[0] * block.shape[0]].view(chunk.shape[0], block.shape[0])
             # rank by ||x||^2 - 2 q.x (= ||q - x||^2 - ||q||^2): one GEMM, no pass of sqrt
@@ -206,6 +294,13 @@ class TorchIndex(NeighbourIndex):
                 best_values, positions = torch.topk(candidates, k, dim=1, largest=False, sorted=True)
                 best_rows = torch.cat([best_rows, rows + first], dim=1).gather(1, positions)
         return best_values, best_rows
+
+    def _decoded_block(self, rows: slice) -> torch.Tensor:
+        """float16 storage: the stored rows ``rows`` decoded into one reused float32 buffer."""
+        size = rows.stop - rows.start
+        if getattr(self, "_block_buffer", None) is None or self._block_buffer.shape[0] < size:
+            self._block_buffer = torch.empty((max(size, TORCH_DATABASE_BLOCK), self.dim), device=self.device)
+        return self._storage.decode_into(rows, self._block_buffer[:size])
 
     def _block_norm_ranges(self, database_rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """For the norm-sorted storage: ``norms [ntotal]`` (increasing), and the smallest and largest norm
@@ -246,6 +341,9 @@ class TorchIndex(NeighbourIndex):
     def save(self, path: str | os.PathLike[str]) -> None:
         if self.ntotal == 0:
             raise ValueError("nothing to save: the 'torch' index is empty; add() vectors first")
+        if self.storage == "float16":
+            raise ValueError("a 'torch' index with storage='float16' re-ranks from its exact_source (the training "
+                             "features), which a saved file cannot hold: save one with storage='float32'")
         with atomic_file(path) as tmp:
             vectors = self.vectors.cpu()
             if vectors.untyped_storage().nbytes() > vectors.numel() * vectors.element_size():
