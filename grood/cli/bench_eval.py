@@ -3,7 +3,8 @@
 
     grood bench-eval [--data-root ...] [--checkpoint ...] [--cache-dir DIR] [--num-workers N]
     grood bench-eval --against-openood [--methods grood msp ...] [--log FILE]
-    grood bench-eval --warm-runs       # a second GROOD run on the same cache against a warm MSP run
+    grood bench-eval --warm-runs       # a second GROOD run on the same cache against a warm MSP run,
+                                       # with the peak RSS of every cold and warm run
 
 Default: the forward pass over every split (train, test and each OOD set) runs on an empty cache, then
 each method runs on the cached outputs (issue target: all methods <= 1.5x the forward pass). GROOD's
@@ -166,29 +167,60 @@ def bare_network_throughput(network: SplitNetwork, spec: dict, batch_size: int, 
     return images / (time.perf_counter() - started)
 
 
+#: Runs a script (argv[1:]) as ``__main__`` and prints this process's peak RSS (``ru_maxrss``, KiB on Linux)
+#: on its last line of stderr, when it exits (normally or by ``sys.exit``).
+PEAK_RSS_RUNNER = (
+    "import atexit, resource, runpy, sys\n"
+    "atexit.register(lambda: print(f'peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss} KiB', "
+    "file=sys.stderr, flush=True))\n"
+    "sys.argv = sys.argv[1:]\n"
+    "runpy.run_path(sys.argv[0], run_name='__main__')\n"
+)
+
+
+def run_measured(command: Sequence[str], env: dict[str, str] | None = None) -> tuple[float, float]:
+    """Run ``python <command...>`` (a script and its arguments) to completion: ``(seconds, peak RSS in MiB)``
+    of that process alone (``resource.getrusage(RUSAGE_SELF).ru_maxrss`` read inside it)."""
+    import subprocess
+
+    started = time.perf_counter()
+    completed = subprocess.run([sys.executable, "-c", PEAK_RSS_RUNNER, *command], env=env,
+                               capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if completed.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed (exit {completed.returncode}):\n{completed.stderr[-3000:]}")
+    line = [text for text in completed.stderr.splitlines() if text.startswith("peak RSS ")][-1]
+    return seconds, int(line.split()[2]) / 1024
+
+
 def warm_runs(args: argparse.Namespace) -> int:
     """``grood run experiment=smoke method=grood`` a second time on the same cache against a warm
-    ``method=msp`` run (issue target: no longer than MSP's plus 20%): wall-clock seconds of each command."""
-    import subprocess
+    ``method=msp`` run (issue target: no longer than MSP's plus 20%): wall-clock seconds and peak RSS of each
+    command, cold (the first run of each fills the feature and prototype caches) and warm (every split read
+    memory-mapped from the cache)."""
+    import grood
 
     cache_dir = args.cache_dir or tempfile.mkdtemp(prefix="grood-bench-warm-")
     results = tempfile.mkdtemp(prefix="grood-bench-warm-results-")
     env = {**os.environ}
+    grood_main = str(Path(grood.__file__).parent / "__main__.py")  # `python -m grood`, as a script
 
-    def timed(method: str) -> float:
-        command = [sys.executable, "-m", "grood", "run", "experiment=smoke", f"method={method}",
+    def measured(method: str, run: str) -> tuple[float, float]:
+        command = [grood_main, "run", "experiment=smoke", f"method={method}",
                    "progress=false", f"paths.cache_dir={cache_dir}", f"paths.results_dir={results}",
-                   f"paths.data_root={args.data_root}", f"dataset.checkpoint={args.checkpoint}"]
-        started = time.perf_counter()
-        subprocess.run(command, env=env, check=True, capture_output=True)
-        return time.perf_counter() - started
+                   f"paths.data_root={args.data_root}", f"dataset.checkpoint={args.checkpoint}",
+                   f"hydra.run.dir={results}/{method}-{run}"]
+        return run_measured(command, env)
 
-    cold_msp, cold_grood = timed("msp"), timed("grood")  # fill the feature and prototype caches
-    warm_msp, warm_grood = timed("msp"), timed("grood")
-    print(f"grood run experiment=smoke, cache {cache_dir}")
-    print(f"  method=msp    first {cold_msp:6.1f} s   again {warm_msp:6.1f} s")
-    print(f"  method=grood  first {cold_grood:6.1f} s   again {warm_grood:6.1f} s")
-    ratio = warm_grood / warm_msp
+    cold_msp, cold_grood = measured("msp", "cold"), measured("grood", "cold")  # fill the feature and prototype caches
+    warm_msp, warm_grood = measured("msp", "warm"), measured("grood", "warm")
+    cached = sum(path.stat().st_size for path in Path(cache_dir).rglob("*.npy"))
+    print(f"grood run experiment=smoke, cache {cache_dir} ({cached / 2**20:.1f} MiB of .npy arrays)")
+    print(f"  {'':<14}{'first (cold)':>14}{'peak RSS':>12}{'again (warm)':>15}{'peak RSS':>12}")
+    for name, (cold_s, cold_rss), (warm_s, warm_rss) in (("method=msp", cold_msp, warm_msp),
+                                                         ("method=grood", cold_grood, warm_grood)):
+        print(f"  {name:<14}{cold_s:>12.1f} s{cold_rss:>8.0f} MiB{warm_s:>13.1f} s{warm_rss:>8.0f} MiB")
+    ratio = warm_grood[0] / warm_msp[0]
     print(f"warm GROOD / warm MSP (target <= 1.2): {ratio:.2f}: {'met' if ratio <= 1.2 else 'NOT met'}")
     return 0
 
