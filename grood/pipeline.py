@@ -793,10 +793,10 @@ def run_evaluation(config: RunConfig, output_dir: str | Path, run: BenchmarkRun 
     """
     output_dir = Path(output_dir)
     with results_folder_lock(output_dir):
-        return _evaluate_methods(config, output_dir)
+        return _evaluate_methods(config, output_dir, run)
 
 
-def _evaluate_methods(config: RunConfig, output_dir: Path) -> dict[str, pd.DataFrame]:
+def _evaluate_methods(config: RunConfig, output_dir: Path, run: BenchmarkRun | None) -> dict[str, pd.DataFrame]:
     """:func:`run_evaluation`'s work, with the results folder locked."""
     config = validate(config)
     methods = method_list(config.method)
