@@ -27,7 +27,7 @@ help:
 	@echo "make setup             create $(VENV) and install grood with its dev extra"
 	@echo "make test              setup + fast test suite (what CI runs)"
 	@echo "make test-slow         setup + the slow tests"
-	@echo "make smoke             setup + every method on the shared CIFAR-10 smoke benchmark, then the wheel's grood command"
+	@echo "make smoke             setup + every method on the shared smoke benchmark, then the wheel's grood command"
 	@echo "make gpu-check         setup + CUDA tests, smoke on CUDA vs CPU, AMP training smoke, FAISS GPU (CUDA machine)"
 	@echo "make run DATASET=cifar10 METHOD=grood   setup + data + checkpoints + one evaluation"
 	@echo "make data / checkpoints  download OpenOOD v1.5 data / checkpoints (online; data CSID=1: + csid sets)"
