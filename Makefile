@@ -27,7 +27,7 @@ help:
 	@echo "make setup             create $(VENV) and install grood with its dev extra"
 	@echo "make test              setup + fast test suite (what CI runs)"
 	@echo "make test-slow         setup + the slow tests"
-	@echo "make smoke             setup + every method on the shared CIFAR-10 smoke benchmark"
+	@echo "make smoke             setup + every method on the shared smoke benchmark, then the wheel's grood command"
 	@echo "make gpu-check         setup + CUDA tests, smoke on CUDA vs CPU, AMP training smoke, FAISS GPU (CUDA machine)"
 	@echo "make run DATASET=cifar10 METHOD=grood   setup + data + checkpoints + one evaluation"
 	@echo "make data / checkpoints  download OpenOOD v1.5 data / checkpoints (online; data CSID=1: + csid sets)"
@@ -63,12 +63,13 @@ checkpoints: setup
 bench-method: setup
 	$(PY) -m grood bench-method
 
-# Every method on the shared CIFAR-10 smoke benchmark (../shared or $GROOD_SHARED_DIR), CPU, minutes.
+# Every method on the shared CIFAR-10 smoke benchmark (../shared or $GROOD_SHARED_DIR), CPU, minutes; then the
+# wheel: built, installed in a fresh virtual environment, its `grood` command runs GROOD from a temporary folder.
 SMOKE_RUN = experiment=smoke progress=false paths.results_dir=results/smoke paths.data_root=$(or $(DATA_ROOT),$(SMOKE_ROOT))
 smoke: setup
 	GROOD_SHARED_DIR=$(SHARED) $(PY) -m grood run $(SMOKE_RUN)
 	GROOD_SHARED_DIR=$(SHARED) GROOD_SMOKE_RESULTS=results/smoke GROOD_SMOKE_ARGS="$(SMOKE_RUN)" \
-		$(PY) -m pytest -m smoke tests/test_smoke.py
+		$(PY) -m pytest -m smoke tests/test_smoke.py tests/test_packaging.py
 
 # Everything that needs CUDA, in one command under 10 minutes: the CUDA-marked tests, `make smoke` with
 # device=cuda against the CPU run (AUROCs within 0.05), the AMP training smoke, FAISS on the GPU when faiss-gpu is

@@ -112,9 +112,11 @@ def _fresh_venv(folder: Path) -> Path:
 
 
 def _pip_into(python: Path, *args: str) -> None:
-    """``pip install --no-deps --no-index ARGS`` into the environment of ``python`` (this environment's pip)."""
+    """``pip install --no-deps --no-index ARGS`` into the environment of ``python`` (this environment's pip).
+    ``--ignore-installed``: the grood that the shared packages hold is never a candidate for uninstalling."""
     result = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps",
-                             "--no-index", "-q", *args], capture_output=True, text=True, timeout=300)
+                             "--no-index", "--ignore-installed", "-q", *args], capture_output=True, text=True,
+                            timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
 
 

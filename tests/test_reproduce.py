@@ -7,7 +7,6 @@ seeds) on the smoke benchmark; the ``slow`` tests run each target's smoke versio
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os

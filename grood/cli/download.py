@@ -22,7 +22,6 @@ import os
 import sys
 from pathlib import Path
 
-
 from grood.data.download import (  # noqa: E402
     DOWNLOADABLE,
     MANIFEST,

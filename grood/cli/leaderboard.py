@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
-
 
 from grood.reporting.leaderboard import format_leaderboard, leaderboard_rows  # noqa: E402
 from grood.reporting.runs import RunFormatError  # noqa: E402

@@ -28,7 +28,6 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-
 from grood.cli.hydra_app import run_hydra_app
 from grood.config import CONFIG_DIR, ConfigError, check_command_line, register_configs, validate  # noqa: E402
 
