@@ -6,8 +6,8 @@
 **higher = more in-distribution** (OpenOOD's convention, the one of every grood detector).
 
 This is grood's one GROOD: the pipeline, the OpenOOD postprocessor (:mod:`grood.openood_compat`) and
-the detector registry (:mod:`grood.detectors`, where it is registered as a
-:class:`~grood.detectors.base.Detector`) all fit and score with it. ``fit`` and ``score`` also take a
+the detector registry (:mod:`grood.detectors`, through its adapter
+:class:`~grood.detectors.grood_adapter.GROODDetector`) all fit and score with it. ``fit`` and ``score`` also take a
 :class:`~grood.featureset.FeatureSet` (labels and the classifier's predictions then come from it). The
 OOD prototype ``p_ood`` comes from :func:`grood.method.strategies.build_ood_prototype`.
 """
@@ -85,12 +85,9 @@ class GROOD:
     ``device``), ``index`` (None for the variants without a search), ``num_indexed``.
     """
 
-    # the Detector interface of grood.detectors (which registers this class as a Detector)
+    # grood.detectors.GROODDetector gives it the Detector interface of the baselines
     name: ClassVar[str] = "grood"
     reference: ClassVar[str] = "GROOD: Gradient-Aware Out-of-Distribution Detection (this repository's paper)"
-    needs_network: ClassVar[bool] = False  # the OOD prototype's network pass happens before fit
-    fit_split: ClassVar[str] = "train"
-    uses_labels: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -226,8 +223,7 @@ class GROOD:
             train_features: ``[N, D]`` penultimate features of the ID training set, or its
                 :class:`~grood.featureset.FeatureSet`: the labels, ``num_classes`` (default) and
                 ``train_predictions`` (``logits.argmax(1)``, default) then come from it, and
-                ``train_labels`` may only be None or the linear head that the
-                :class:`~grood.detectors.base.Detector` interface passes (GROOD does not read it).
+                ``train_labels`` must be None.
             train_labels: ``[N]`` integer labels in ``0..C-1`` (with a feature tensor).
             ood_prototype: ``[D]`` the OOD prototype ``p_ood`` (eq. 8). None: the **mean of the class
                 prototypes** (appendix A.2 "Mean of Prototypes"), the only choice that needs no data
@@ -245,7 +241,7 @@ class GROOD:
             ``self``.
         """
         if _is_feature_set(train_features):
-            if isinstance(train_labels, torch.Tensor):
+            if train_labels is not None:
                 raise ValueError("fit(FeatureSet) takes the labels from the FeatureSet; pass no train_labels")
             data = train_features
             train_features, train_labels = data.features, data.labels
