@@ -29,9 +29,6 @@ from omegaconf import DictConfig
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from grood.config import ConfigError, check_command_line, register_configs, validate  # noqa: E402
-from grood.pipeline import (MethodsFailedError, MissingInputError, RunInputError,  # noqa: E402
-                            check_results_folder, run_evaluation)
-from grood.resources import configure_threads  # noqa: E402
 
 log = logging.getLogger("grood.run")
 register_configs()
@@ -39,6 +36,10 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="config")
 def main(cfg: DictConfig) -> float | None:
+    # imported here: a bad command line is reported before torch is imported (check_command_line)
+    from grood.pipeline import MethodsFailedError, MissingInputError, RunInputError, check_results_folder, run_evaluation
+    from grood.resources import configure_threads
+
     configure_threads()
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     try:

@@ -272,6 +272,10 @@ def explain_override_error(error: BaseException, cfg: DictConfig | None = None) 
     if parent_key in OPEN_KEYS:  # a dict of free keys: Hydra adds a new one with '+'
         return (f"{message}\n{parent_key} holds {OPEN_KEYS[parent_key]}; add a key with +{full_key}=<value> "
                 f"(Hydra's '+' for a key the config does not hold yet)")
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    if not isinstance(cause, (ConfigAttributeError, ConfigKeyError)):  # a declared key given a bad value
+        return f"{message}\n{full_key}: {str(cause).splitlines()[0]}"
     node = OmegaConf.select(cfg, parent_key) if parent_key else cfg
     if isinstance(node, DictConfig):
         valid = ", ".join(str(k) for k in node.keys())
