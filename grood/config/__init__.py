@@ -106,9 +106,10 @@ def _check_preset(config: RunConfig) -> list[str]:
     return found
 
 
-def validate(cfg: DictConfig | RunConfig) -> RunConfig:
+def validate(cfg: DictConfig | RunConfig, components: bool = False) -> RunConfig:
     """The composed config as a checked :class:`RunConfig`; every problem is reported at once. Imports
-    neither torch nor the components: their parameters' ranges are :func:`check_parameters`'s.
+    neither torch nor the components, unless ``components``: then each component also checks its own
+    parameters (:func:`parameter_problems`).
 
     Raises:
         ConfigError: one line per problem, each naming the key, its value and the valid range.
@@ -135,7 +136,7 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
     if not problems:
         problems = _check_preset(config)
     if not problems:
-        problems = _walk_problems(config, "")
+        problems = _walk_problems(config, "") + (parameter_problems(config) if components else [])
     if problems:
         raise ConfigError("invalid configuration:\n" + "\n".join(f"  {p}" for p in problems))
     return config
@@ -154,12 +155,15 @@ def method_params(method: Any) -> list[tuple[str, dict[str, Any]]]:
 
 
 def check_parameters(config: RunConfig) -> None:
-    """Every component parameter of ``config`` checked by the component itself (a method's constructor,
-    the OOD-prototype strategy, the index); imports them (torch). Every problem is reported at once.
+    """:func:`parameter_problems` as one :class:`ConfigError` (one line per problem, naming the key)."""
+    problems = parameter_problems(config)
+    if problems:
+        raise ConfigError("invalid configuration:\n" + "\n".join(f"  {p}" for p in problems))
 
-    Raises:
-        ConfigError: one line per problem, naming the key.
-    """
+
+def parameter_problems(config: RunConfig) -> list[str]:
+    """Every component parameter of ``config`` checked by the component itself (a method's constructor,
+    the OOD-prototype strategy, the index): what cannot work, one line each. Imports them (torch)."""
     from grood.components import load
     from grood.method.strategies import strategy_params
 
@@ -183,8 +187,7 @@ def check_parameters(config: RunConfig) -> None:
             load("index", config.index.kind)(1, **index)
         except (TypeError, ValueError) as error:
             problems.append(f"index.params: {error} (index={config.index.kind})")
-    if problems:
-        raise ConfigError("invalid configuration:\n" + "\n".join(f"  {p}" for p in problems))
+    return problems
 
 
 def _undeclared_keys(given: Any, declared: Any, prefix: str) -> list[str]:
@@ -316,10 +319,7 @@ def compose_run_config(overrides: Sequence[str], config_dir: str | Path = CONFIG
                        check: bool = True) -> RunConfig:
     """:func:`hydra_compose` then :func:`validate` and (``check``) :func:`check_parameters`, which imports
     the components: the checked run config ``scripts/run.py`` would get."""
-    config = validate(hydra_compose(overrides, config_dir))
-    if check:
-        check_parameters(config)
-    return config
+    return validate(hydra_compose(overrides, config_dir), components=check)
 
 
 # --------------------------------------------------------------------------- the command line
@@ -362,7 +362,6 @@ def command_line_overrides(argv: Sequence[str]) -> list[str]:
 def check_command_line(argv: Sequence[str]) -> RunConfig:
     """Compose and validate the config of a ``scripts/run.py`` command line (sweeps at their first value)
     before Hydra starts: a bad key or value stops it with a message listing the valid keys. A key or type
-    error is found before torch is imported; then the components check their parameters' ranges."""
-    config = compose_run_config(command_line_overrides(argv), check=False)
-    check_parameters(config)
-    return config
+    error is found before torch is imported (Hydra's composition); then every range problem at once, the
+    components checking their own parameters."""
+    return compose_run_config(command_line_overrides(argv))
