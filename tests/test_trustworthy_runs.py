@@ -141,7 +141,7 @@ def test_case3_declared_keys_work_without_plus_and_bad_ones_fail_at_once():
 def test_case3_the_command_line_is_checked_before_hydra_starts(tmp_path):
     result = subprocess.run([sys.executable, "scripts/run.py", "method=knn", "method.params.kk=5",
                              f"paths.results_dir={tmp_path}"], cwd=REPO, capture_output=True, text=True)
-    assert result.returncode == 2 and "valid keys of method.params: k, index" in result.stderr
+    assert result.returncode == 2 and "valid keys of method.params: k, chunk_rows" in result.stderr
     assert not any(tmp_path.iterdir())  # no output folder
 
 

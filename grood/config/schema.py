@@ -18,7 +18,7 @@ parameters (:mod:`grood.config.generate`, :func:`component_schemas`). Baseline p
 ``None``: OpenOOD v1.5's default (its ``postprocessor_args``), or the value OpenOOD's automatic parameter
 search picks when ``aps=true``. A value set here is kept fixed. Each method's values are shown in
 ``configs/method/<name>.yaml``. Their ranges are checked by the components themselves
-(:func:`grood.components.parameter_problems`), which imports them.
+(:func:`grood.config.parameter_problems`), which imports them.
 """
 
 from __future__ import annotations
