@@ -192,6 +192,7 @@ def test_a_plugin_method_is_a_config_option(tmp_path) -> None:
 def test_a_plugin_method_runs_end_to_end_with_its_parameter_search(tmp_path, smoke_data_root, resnet20_checkpoint):
     """One class and one registration in a module outside the package; ``scripts/run.py`` evaluates it on
     the smoke benchmark with APS over its sweep."""
+    (tmp_path / "plugin").mkdir()
     root = _plugin_path(tmp_path / "plugin")
     results = tmp_path / "results"
     command = [sys.executable, str(REPO / "scripts" / "run.py"), "experiment=smoke", "method=toy_energy",
