@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
+from grood.components import components, load
 from grood.data.benchmarks import VAL_OOD_PREFIX, Benchmark
-from grood.detectors.registry import DETECTORS
 from grood.metrics import auroc
 from grood.progress import track
 
@@ -64,9 +64,9 @@ class SearchResult:
 
 def search_space(name: str, fixed: Mapping[str, Any]) -> dict[str, list[Any]]:
     """The sweep of detector ``name`` without the parameters in ``fixed``; empty when it has none."""
-    if name not in DETECTORS:
-        raise APSError(f"unknown detector {name!r}; valid names: {', '.join(sorted(DETECTORS))}")
-    return {key: list(values) for key, values in DETECTORS[name].sweep.items() if key not in fixed}
+    if name not in components("method"):
+        raise APSError(f"unknown detector {name!r}; valid names: {', '.join(sorted(components('method')))}")
+    return {key: list(values) for key, values in load("method", name).sweep.items() if key not in fixed}
 
 
 def validation_splits(benchmark: Benchmark) -> tuple[str, list[str]]:

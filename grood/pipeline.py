@@ -1,6 +1,6 @@
 """One evaluation run from a validated :class:`grood.config.RunConfig` (what ``scripts/run.py`` passes).
 
-The flow of ``DESIGN.md``: data root -> image lists -> backbone + checkpoint -> one cached forward pass
+The flow: data root -> image lists -> backbone + checkpoint -> one cached forward pass
 per split -> every requested detector on the cache -> OpenOOD's tables -> a results folder that says
 what produced it (``metrics.csv``, ``metrics.json``, ``run.json`` with the resolved config, package
 versions, git commit and checkpoint hash, and ``scores.pt`` for the figures).
@@ -21,23 +21,23 @@ import pandas as pd
 import torch
 
 from grood import aps
+from grood.components import load
 from grood.backbones import build_backbone
 from grood.backbones.base import SplitNetwork
 from grood.backbones.checkpoints import missing_checkpoint_hint
-from grood.config import ConfigError, RunConfig, config_hash, to_plain, validate
+from grood.config import ConfigError, RunConfig, check_parameters, config_hash, method_params, to_plain, validate
 from grood.config.schema import MethodConfig
 from grood.data import Benchmark, available_benchmarks, benchmark_from_dict, get_benchmark, resolve_spec, test_transform
 from grood.data.benchmarks import CORRUPTED_SPLIT, DataLayoutError
 from grood.data.imagelist import ImageListError
 from grood.data.verify import VERIFIED_DIR, verify_images
-from grood.detectors.registry import DETECTORS, build_detector, detector_parameters
+from grood.detectors.base import Detector
+from grood.detectors.registry import detector_parameters
 from grood.evaluation import fsood_table, metrics_table, pooled_accuracy
 from grood.feature_store import CacheSpaceError
 from grood.features import FeatureCache, SplitOutputs, cache_key, extract_split
 from grood.featureset import FeatureSet
 from grood.io import atomic_write, write_json
-from grood.method.detector import GROOD
-from grood.method.neighbours.recall import is_approximate, measure_recall
 from grood.method.prototypes import class_prototypes
 from grood.method.strategies import STRATEGIES, build_ood_prototype, oracle_split, strategy_params
 from grood.metrics import accuracy
@@ -225,7 +225,7 @@ def optional_splits(config: RunConfig, benchmark: Benchmark, methods: Sequence[t
             real corrupted prototype on a benchmark without ``corrupted_val``; before anything is computed.
     """
     extra: list[str] = []
-    runs_grood = any(name == "grood" for name, _ in methods)
+    runs_grood = any(load("method", name).uses_ood_prototype for name, _ in methods)  # builds an OOD prototype
     prototype = config.prototype
     if config.fsood:
         if not benchmark.csid:
@@ -348,17 +348,14 @@ def method_problem(name: str, params: Mapping[str, Any], feature_dim: int, confi
     """Why baseline ``name`` cannot run with ``params`` on ``feature_dim``-dimensional features (a value the
     user set, OpenOOD's default, or every value of its APS sweep is invalid), or None. With
     ``on_invalid=adapt`` it is None when :func:`adapt_parameters` can fix it."""
-    if name == "grood":
-        try:
-            GROOD(**_grood_params(config, params)).check_index(feature_dim)
-        except ValueError as error:
-            return f"method grood: index={config.index.kind} {error}"
-        return None
-    cls = DETECTORS[name]
+    cls = load("method", name)
     searched = config.aps and len(aps.search_space(name, params)) > 0
     candidates = _candidate_parameters(name, params, config)
     reasons = [reason for reason in (cls.parameter_problem(c, feature_dim) for c in candidates) if reason]
-    if len(reasons) < len(candidates) or config.on_invalid == "adapt":
+    if len(reasons) < len(candidates):
+        return None
+    if config.on_invalid == "adapt" and any(cls.parameter_problem(cls.nearest_valid(c, feature_dim), feature_dim)
+                                            is None for c in candidates):
         return None
     where = "every value of its APS sweep is" if searched else "its parameters are"
     adapted = cls.nearest_valid(candidates[0], feature_dim)
@@ -371,12 +368,30 @@ def method_problem(name: str, params: Mapping[str, Any], feature_dim: int, confi
 
 def _candidate_parameters(name: str, params: Mapping[str, Any], config: RunConfig) -> list[dict[str, Any]]:
     """The complete parameter sets the run would try: each APS combination, or the one set."""
-    defaults = {k: v for k, v in detector_parameters(name).items() if k not in ("device",)}
+    defaults = {**detector_parameters(name), **run_arguments(load("method", name), config)}
     space = aps.search_space(name, params) if config.aps else {}
     if not space:
         return [{**defaults, **params}]
     keys = list(space)
     return [{**defaults, **params, **dict(zip(keys, values))} for values in itertools.product(*space.values())]
+
+
+def run_arguments(cls: type[Detector], config: RunConfig, transform_spec: Mapping[str, Any] | None = None,
+                  ) -> dict[str, Any]:
+    """The constructor arguments of detector ``cls`` that the run supplies (never config keys): the device,
+    the progress bars, the ``index`` group (``uses_index``), the input std (ODIN's ``input_std``)."""
+    accepted = detector_parameters(cls.name)
+    out: dict[str, Any] = {}
+    if "device" in accepted:
+        out["device"] = config.device
+    if "progress" in accepted:
+        out["progress"] = config.progress
+    if cls.uses_index:
+        out["index"] = config.index.kind
+        out["index_params"] = {k: v for k, v in dataclasses.asdict(config.index.params).items() if v is not None}
+    if "input_std" in accepted and transform_spec is not None:
+        out["input_std"] = tuple(transform_spec["std"])
+    return out
 
 
 def _params_key(name: str, config: RunConfig) -> str:
@@ -388,13 +403,13 @@ def adapt_parameters(name: str, params: Mapping[str, Any], feature_dim: int,
     """``(params, sweep, notes)`` valid for ``feature_dim``: invalid APS values are left out of the sweep
     (``sweep``: the values to search, None = the detector's own); with ``on_invalid=adapt`` an invalid value
     is replaced by the nearest valid one. ``notes`` say what changed (for the log and ``run.json``)."""
-    cls = DETECTORS[name]
+    cls = load("method", name)
     notes: list[str] = []
     space = aps.search_space(name, params) if config.aps else {}
     if space:
         keys = list(space)
         combos = [dict(zip(keys, values)) for values in itertools.product(*space.values())]
-        defaults = detector_parameters(name)
+        defaults = {**detector_parameters(name), **run_arguments(cls, config)}
         valid = [c for c in combos if cls.parameter_problem({**defaults, **params, **c}, feature_dim) is None]
         if len(valid) == len(combos):
             return dict(params), None, notes
@@ -407,7 +422,7 @@ def adapt_parameters(name: str, params: Mapping[str, Any], feature_dim: int,
         notes.append(f"{name}: every APS value of {space} is invalid for D={feature_dim}; on_invalid=adapt "
                      f"uses {fixed}")
         return {**params, **fixed}, None, notes
-    full = {**detector_parameters(name), **params}
+    full = {**detector_parameters(name), **run_arguments(cls, config), **params}
     if cls.parameter_problem(full, feature_dim) is None:
         return dict(params), None, notes
     adapted = cls.nearest_valid(full, feature_dim)
@@ -430,7 +445,7 @@ def grood_prototype(run: BenchmarkRun, prototype_cfg: Any, class_protos: torch.T
     """``[D]`` the OOD prototype of a non-oracle strategy (section 5.2 / appendix A.2), built by the one
     strategy registry (:func:`grood.method.strategies.build_ood_prototype`) on this run's cached outputs.
 
-    ``prototype_cfg``: the run's ``prototype`` config (one of :data:`grood.config.schema.PROTOTYPE_SCHEMAS`)."""
+    ``prototype_cfg``: the run's ``prototype`` config (a :func:`grood.config.schema.component_schemas` ``("prototype")`` dataclass)."""
     strategy = prototype_cfg.strategy
     if strategy not in STRATEGIES or STRATEGIES[strategy].per_ood_set:
         raise ConfigError(
@@ -531,20 +546,30 @@ def _groups(run: BenchmarkRun) -> dict[str, list[str]]:
     return {"near": list(run.benchmark.near), "far": list(run.benchmark.far)}
 
 
-def _grood_params(config: RunConfig, params: Mapping[str, Any]) -> dict[str, Any]:
-    index_params = {k: v for k, v in dataclasses.asdict(config.index.params).items() if v is not None}
-    return {"index": config.index.kind, "index_params": index_params, "device": config.device,
-            "progress": config.progress, **dict(params)}
+def build_method(run: BenchmarkRun, name: str, params: Mapping[str, Any]) -> Detector:
+    """A new, unfitted detector ``name`` with ``params`` and the arguments the run supplies."""
+    cls = load("method", name)
+    return cls(**{**run_arguments(cls, run.config, run.transform_spec), **dict(params)})
 
 
-def score_grood(run: BenchmarkRun, params: Mapping[str, Any]) -> MethodScores:
-    """GROOD with the configured OOD-prototype strategy (oracles: one prototype per OOD set)."""
+def score_method(run: BenchmarkRun, name: str, params: Mapping[str, Any]) -> MethodScores:
+    """Method ``name`` fitted and scored on this run: with the run's OOD prototype when it uses one
+    (:func:`score_with_prototype`), else as a baseline (:func:`score_baseline`)."""
+    if load("method", name).uses_ood_prototype:
+        return score_with_prototype(run, name, params)
+    return score_baseline(run, name, params)
+
+
+def score_with_prototype(run: BenchmarkRun, name: str, params: Mapping[str, Any]) -> MethodScores:
+    """A detector that takes the OOD prototype (GROOD) with the configured strategy (oracles: one
+    prototype per OOD set)."""
     prototype_cfg = run.config.prototype
     strategy = prototype_cfg.strategy
     train = run.split_outputs("train", accumulate_early=strategy == "mixup").features
     test = run.features("test")
     ood_names = [name for names in _groups(run).values() for name in names]
-    detector = GROOD(**_grood_params(run.config, params))
+    detector = build_method(run, name, params)
+    head = run.network.linear_head()
     started = start_clock(run)  # own times: the shared forward passes are recorded once (grood.timings)
     class_protos = class_prototypes(train.features, train.labels, run.benchmark.num_classes)
     class_seconds = own_seconds(run, started)  # eq. 7, part of the fit
@@ -553,9 +578,9 @@ def score_grood(run: BenchmarkRun, params: Mapping[str, Any]) -> MethodScores:
         p_ood = grood_prototype(run, prototype_cfg, class_protos)
         # the OOD prototype's own time (mixup: a pass of the network over mixed images, or a cache read);
         # "method:grood" is the time on cached features alone (fit + score), as for every other method
-        run.timings["prototype:grood"] = own_seconds(run, started)
+        run.timings[f"prototype:{name}"] = own_seconds(run, started)
         started = start_clock(run)
-        detector.fit(train, ood_prototype=p_ood, class_prototypes=class_protos)
+        detector.fit(train, head, ood_prototype=p_ood, class_prototypes=class_protos)
         ood_scores = {name: detector.score(run.features(name)) for name in ood_names}
         scores = MethodScores(detector.score(test), ood_scores,
                               csid_scores={n: detector.score(run.features(s)) for n, s in _csid(run).items()})
@@ -568,34 +593,25 @@ def score_grood(run: BenchmarkRun, params: Mapping[str, Any]) -> MethodScores:
         inputs = prototype_inputs(class_protos, ood_names=ood_names, seed=seed,
                                   ood_test=lambda name: run.features(name).features)
         id_scores, ood_scores = {}, {}
-        for name in ood_names:
-            p_ood = build_ood_prototype(strategy, inputs, oracle_params, target=name)
-            detector.fit(train, ood_prototype=p_ood, class_prototypes=class_protos)
-            id_scores[name] = detector.score(test)
-            ood_scores[name] = detector.score(run.features(name).subset(splits[name][1]))
+        for ood_name in ood_names:
+            p_ood = build_ood_prototype(strategy, inputs, oracle_params, target=ood_name)
+            detector.fit(train, head, ood_prototype=p_ood, class_prototypes=class_protos)
+            id_scores[ood_name] = detector.score(test)
+            ood_scores[ood_name] = detector.score(run.features(ood_name).subset(splits[ood_name][1]))
         scores = MethodScores(id_scores, ood_scores)
-    scores.info["ncp_accuracy"] = 100.0 * accuracy(detector.predict(test), test.labels)
+    scores.info.update(detector.run_info(test))
     scores.info["prototype"] = strategy
-    if detector.index is not None:  # the index that ran ("exact" picks one per device)
-        built = detector.index
-        scores.info["index_built"] = built.kind + ("+norm_pruning" if getattr(built, "norm_pruning", False) else "")
     if strategy == "corrupted":  # which images the "ID-Corrupted Val" prototype read (tables label it)
         scores.info["prototype_source"] = prototype_cfg.source
-    run.timings["method:grood"] = class_seconds + own_seconds(run, started)
-    if is_approximate(detector) and not (strategy in STRATEGIES and STRATEGIES[strategy].per_ood_set):
-        started = time.perf_counter()  # untimed in method:grood: how approximate its search was (run.json)
-        queries = {"test": test, **{name: run.features(name) for name in ood_names}}
-        scores.info["recall"] = measure_recall(detector, train, queries, seed=run.config.seed)
-        run.timings["recall:grood"] = time.perf_counter() - started
+    run.timings[f"method:{name}"] = class_seconds + own_seconds(run, started)
+    if not (strategy in STRATEGIES and STRATEGIES[strategy].per_ood_set):
+        started = time.perf_counter()  # untimed in method:<name>: how approximate its search was (run.json)
+        queries = {"test": test, **{ood: run.features(ood) for ood in ood_names}}
+        recall = detector.search_recall(train, queries, seed=run.config.seed)
+        if recall is not None:
+            scores.info["recall"] = recall
+            run.timings[f"recall:{name}"] = time.perf_counter() - started
     return scores
-
-
-def _baseline_params(run: BenchmarkRun, name: str, params: Mapping[str, Any]) -> dict[str, Any]:
-    """``params`` completed with what comes from the run (ODIN scales its gradient by the input std)."""
-    params = dict(params)
-    if "input_std" in detector_parameters(name) and params.get("input_std") is None:
-        params["input_std"] = tuple(run.transform_spec["std"])
-    return params
 
 
 def baseline_split_scores(
@@ -603,7 +619,7 @@ def baseline_split_scores(
 ) -> dict[str, torch.Tensor]:
     """Fit baseline ``name`` with ``params`` and score each of ``splits`` (cached features; ODIN re-runs
     the network on the images). Returns split -> ``[N]`` scores, higher = more ID."""
-    detector = build_detector(name, **_baseline_params(run, name, params))
+    detector = build_method(run, name, params)
     detector.fit(run.features(detector.fit_split), run.network.linear_head())
     if not detector.needs_network:
         return {split: detector.score(run.features(split)) for split in splits}
@@ -706,7 +722,7 @@ def write_method_results(
         "extra": {**extra, **{k: v for k, v in scores.info.items() if k != "ncp_accuracy"}},
         "fsood": None if fsood is None else fsood[1],
         **timings_record(run, method),
-        **({"ood_prototype": dict(run.prototype_record)} if method == "grood" else {}),
+        **({"ood_prototype": dict(run.prototype_record)} if load("method", method).uses_ood_prototype else {}),
     })
 
 
@@ -731,20 +747,10 @@ def full_spectrum(run: BenchmarkRun, scores: MethodScores) -> tuple[pd.DataFrame
 
 
 def method_list(method_cfg: MethodConfig) -> list[tuple[str, dict[str, Any]]]:
-    """``[(name, params)]`` for ``method=<name>`` or ``method=all`` (GROOD first, then every baseline).
+    """``[(name, params)]`` for ``method=<name>`` or ``method=all`` (every registered method, GROOD first).
 
     ``params`` hold the values that are set (a baseline's ``None`` = OpenOOD's default or APS's choice)."""
-    def given(params: Any) -> dict[str, Any]:
-        return {k: v for k, v in dataclasses.asdict(params).items() if v is not None}
-
-    if method_cfg.name == "all":
-        return [("grood", given(method_cfg.params.grood))] + [
-            (baseline, given(getattr(method_cfg.params, baseline))) for baseline in DETECTORS if baseline != "grood"
-        ]
-    if method_cfg.name != "grood" and method_cfg.name not in DETECTORS:
-        raise ConfigError(f"unknown method {method_cfg.name!r} (config key method.name); valid: "
-                          f"{sorted({'grood', 'all', *DETECTORS})}")
-    return [(method_cfg.name, given(method_cfg.params))]
+    return method_params(method_cfg)
 
 
 def _failure_record(run: BenchmarkRun, name: str, params: Mapping[str, Any], reason: str) -> dict[str, Any]:
@@ -799,10 +805,11 @@ def run_evaluation(config: RunConfig, output_dir: str | Path, run: BenchmarkRun 
 def _evaluate_methods(config: RunConfig, output_dir: Path, run: BenchmarkRun | None) -> dict[str, pd.DataFrame]:
     """:func:`run_evaluation`'s work, with the results folder locked."""
     config = validate(config)
+    check_parameters(config)
     methods = method_list(config.method)
     run = prepare_run(config) if run is None else run
     several = len(methods) > 1
-    if any(name == "grood" for name, _ in methods) and config.prototype.strategy == "mixup":
+    if any(load("method", name).uses_ood_prototype for name, _ in methods) and config.prototype.strategy == "mixup":
         run.split_outputs("train", accumulate_early=True)  # one train pass serves the mixup and every method
     test = run.features("test")
     id_accuracy = accuracy(test.logits, test.labels)
@@ -814,16 +821,15 @@ def _evaluate_methods(config: RunConfig, output_dir: Path, run: BenchmarkRun | N
             problem = method_problem(name, params, run.feature_dim, config)
             if problem is not None:
                 raise ConfigError(problem)
-            sweep, notes, aps_record = None, [], None
-            if name != "grood":
-                params, sweep, notes = adapt_parameters(name, params, run.feature_dim, config)
-                for note in notes:
-                    log.warning("%s", note)
-                if config.aps:
-                    result = search_baseline_parameters(run, name, params, sweep)
-                    params = result.chosen
-                    aps_record = result.record() if result.trials else None
-            scores = score_grood(run, params) if name == "grood" else score_baseline(run, name, params)
+            aps_record = None
+            params, sweep, notes = adapt_parameters(name, params, run.feature_dim, config)
+            for note in notes:
+                log.warning("%s", note)
+            if config.aps and load("method", name).sweep:
+                result = search_baseline_parameters(run, name, params, sweep)
+                params = result.chosen
+                aps_record = result.record() if result.trials else None
+            scores = score_method(run, name, params)
             table = metrics_table(scores.id_scores, scores.ood_scores, _groups(run), id_accuracy)
             fsood = full_spectrum(run, scores) if config.fsood else None
         except CacheSpaceError:  # a full disk stops the run: the next method would need the disk too

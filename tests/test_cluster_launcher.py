@@ -56,7 +56,7 @@ def test_a_composed_config_survives_pickling_as_submitit_ships_it():
 
     from grood.config import hydra_compose, validate
 
-    for overrides in (["method=msp"], ["method=knn", "method.params.K=3"], []):
+    for overrides in (["method=msp"], ["method=knn", "method.params.k=3"], []):
         cfg = hydra_compose(["experiment=smoke", *overrides])
         for module in (pickle, cloudpickle):
             assert validate(module.loads(module.dumps(cfg))) == validate(cfg)

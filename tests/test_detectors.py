@@ -93,7 +93,7 @@ def test_fits_scores_and_separates_toy_ood(name: str, toy: dict) -> None:
 @pytest.mark.parametrize("name", FEATURE_METHODS)
 def test_scores_do_not_depend_on_the_chunk_size(name: str, toy: dict) -> None:
     whole = _fitted(name, toy).score(toy["test"])
-    chunked = _fitted(name, toy, batch_size=7).score(toy["test"])
+    chunked = _fitted(name, toy, chunk_rows=7).score(toy["test"])
     torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-6)
 
 

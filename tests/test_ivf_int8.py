@@ -161,7 +161,7 @@ def test_scan_is_a_declared_index_setting() -> None:
     config = compose_run_config(["dataset=cifar10", "method=grood", "index=ivf", "index.params.scan=int8"])
     assert config.index.params.scan == "int8"
     assert compose_run_config(["dataset=cifar10", "method=grood", "index=ivf"]).index.params.scan == "float32"
-    with pytest.raises(ConfigError, match=r"index\.params\.scan='int4': must be one of \['float32', 'int8'\]"):
+    with pytest.raises(ConfigError, match=r"index\.params: scan must be one of float32, int8; got 'int4'"):
         compose_run_config(["dataset=cifar10", "method=grood", "index=ivf", "index.params.scan=int4"])
 
 
@@ -171,6 +171,7 @@ def test_the_pipeline_rejects_the_int8_scan_on_cuda_before_any_forward_pass() ->
     config = compose_run_config(["dataset=cifar10", "method=grood", "index=ivf", "index.params.scan=int8",
                                  "device=cuda"])
     problem = method_problem("grood", {}, 64, config)
-    assert problem is not None and "method grood: index=ivf" in problem and "runs on the CPU only" in problem
+    assert problem is not None and "method grood:" in problem and "index=ivf" in problem
+    assert "runs on the CPU only" in problem
     cpu = compose_run_config(["dataset=cifar10", "method=grood", "index=ivf", "index.params.scan=int8", "device=cpu"])
     assert method_problem("grood", {}, 64, cpu) is None

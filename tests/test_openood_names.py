@@ -1,4 +1,5 @@
-"""OpenOOD's names and formats: its parameter names as aliases, and ``make leaderboard``."""
+"""OpenOOD's names and formats: its parameter names only at the boundary (the leaderboard), and
+``make leaderboard``."""
 
 from __future__ import annotations
 
@@ -10,51 +11,35 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from grood.config import ConfigError, compose_run_config, config_hash, hydra_compose, to_plain
-from grood.config.schema import METHOD_PARAMS, PARAM_ALIASES
-from grood.pipeline import MethodsFailedError, method_list, run_evaluation
-from grood.reporting.leaderboard import COLUMNS, leaderboard_rows
+import dataclasses
+
+from grood.config import ConfigError, compose_run_config
+from grood.config.schema import component_schemas
+from grood.pipeline import MethodsFailedError, run_evaluation
+from grood.reporting.leaderboard import COLUMNS, OPENOOD_PARAM_NAMES, leaderboard_rows, openood_params
 from grood.reporting.runs import RunFormatError
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-# ------------------------------------------------------------------------ aliases
-@pytest.mark.parametrize("method, alias, canonical, value", [("knn", "K", "k", 50), ("gen", "M", "m", 10),
-                                                              ("openmax", "weibull_tail", "tail_size", 15)])
-def test_openood_parameter_name_works_and_grood_name_is_recorded(method, alias, canonical, value):
-    openood = compose_run_config(["experiment=smoke", f"method={method}", f"method.params.{alias}={value}"])
-    ours = compose_run_config(["experiment=smoke", f"method={method}", f"method.params.{canonical}={value}"])
-    assert method_list(openood.method) == [(method, {canonical: value})] == method_list(ours.method)
-    assert getattr(openood.method.params, alias) is None
-    assert config_hash(to_plain(openood)) == config_hash(to_plain(ours))
-    # the results folder (Hydra's run dir, hashed before validation) is the same too
-    dirs = [hydra_compose(["experiment=smoke", f"method={method}", f"method.params.{k}={value}"],
-                          return_hydra_config=True).hydra.run.dir for k in (alias, canonical)]
-    assert dirs[0] == dirs[1]
+# ------------------------------------------------------------------------ one spelling per setting
+@pytest.mark.parametrize("method, openood, grood", [("knn", "K", "k"), ("gen", "M", "m"),
+                                                    ("openmax", "weibull_tail", "tail_size")])
+def test_openood_parameter_names_are_not_config_keys(method, openood, grood):
+    """grood's configs, run hashes and run.json spell a setting one way; OpenOOD's name is an unknown key
+    whose message lists grood's."""
+    with pytest.raises(ConfigError, match=rf"'method.params.{openood}' is not a setting; valid keys of "
+                                          rf"method.params: .*\b{grood}\b"):
+        compose_run_config(["experiment=smoke", f"method={method}", f"method.params.{openood}=5"], check=False)
+    assert openood not in {f.name for f in dataclasses.fields(component_schemas("method")[method])}
 
 
-def test_alias_and_canonical_name_together_is_an_error():
-    with pytest.raises(ConfigError, match=r"method.params.K=50 and method.params.k=3: 'K' is OpenOOD's name for "
-                                          r"'k'; set only one of them"):
-        compose_run_config(["experiment=smoke", "method=knn", "method.params.K=50", "method.params.k=3"])
-    with pytest.raises(ConfigError, match=r"method.params.gen.M=5 and method.params.gen.m=7"):
-        compose_run_config(["experiment=smoke", "method.params.gen.M=5", "method.params.gen.m=7"])
-    all_methods = compose_run_config(["experiment=smoke", "method.params.knn.K=7"])
-    assert dict(method_list(all_methods.method))["knn"] == {"k": 7}
-
-
-def test_alias_values_are_checked_like_the_canonical_ones():
-    with pytest.raises(ConfigError, match=r"method.params"):
-        compose_run_config(["experiment=smoke", "method=knn", "method.params.K=0"])
-
-
-def test_every_alias_names_a_parameter_of_its_method():
-    import dataclasses
-
-    for method, aliases in PARAM_ALIASES.items():
-        names = {f.name for f in dataclasses.fields(METHOD_PARAMS[method])}
-        assert set(aliases) | set(aliases.values()) <= names, method
+def test_leaderboard_translates_to_openood_names():
+    assert set(OPENOOD_PARAM_NAMES) <= set(component_schemas("method"))
+    for method, names in OPENOOD_PARAM_NAMES.items():
+        assert set(names) <= {f.name for f in dataclasses.fields(component_schemas("method")[method])}, method
+    assert openood_params("knn", {"k": 50, "chunk_rows": 10}) == {"K": 50, "chunk_rows": 10}
+    assert openood_params("openmax", {"tail_size": 15, "alpha": 2}) == {"weibull_tail": 15, "weibull_alpha": 2}
 
 
 # ------------------------------------------------------------------------ leaderboard

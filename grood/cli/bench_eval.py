@@ -67,7 +67,7 @@ from torch import nn  # noqa: E402
 
 from grood.backbones.base import SplitNetwork  # noqa: E402
 from grood.detectors import DETECTORS  # noqa: E402
-from grood.pipeline import method_list, prepare_run, score_baseline, score_grood  # noqa: E402
+from grood.pipeline import method_list, prepare_run, score_method  # noqa: E402
 from grood.resources import configure_threads, loader_workers  # noqa: E402
 
 #: The benchmark name registered in OpenOOD's tables for the smoke root.
@@ -113,7 +113,7 @@ def forward_vs_methods(args: argparse.Namespace) -> None:
     rows = []
     for name in ["grood", *[n for n in DETECTORS if n != "grood"]]:
         started = time.perf_counter()
-        score_grood(run, per_method[name]) if name == "grood" else score_baseline(run, name, per_method[name])
+        score_method(run, name, per_method[name])
         rows.append((name, time.perf_counter() - started))
 
     on_cache = sum(seconds for name, seconds in rows if name != "odin")
@@ -427,7 +427,7 @@ def run_grood(config: Any, methods: Sequence[str]) -> tuple[float, dict[str, tup
         params = per_method[name]
         if name != "grood" and config.aps:
             params = pipeline.search_baseline_parameters(run, name, params).chosen
-        scores = pipeline.score_grood(run, params) if name == "grood" else pipeline.score_baseline(run, name, params)
+        scores = pipeline.score_method(run, name, params)
         table = metrics_table(scores.id_scores, scores.ood_scores, pipeline._groups(run), id_accuracy)
         results[name] = (time.perf_counter() - started, auroc_row(table))
     return setup, results

@@ -19,22 +19,11 @@ from typing import Any, Iterator, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from grood.config.schema import (
-    INDEX_SCHEMAS,
-    METHOD_PARAMS,
-    PRESETS,
-    PROTOTYPE_SCHEMAS,
-    PARAM_ALIASES,
-    AllParams,
-    ConfigError,
-    RunConfig,
-    canonical_params,
-    register_configs,
-)
+from grood.config.schema import PRESETS, ConfigError, RunConfig, all_params_schema, component_schemas, register_configs
 
 __all__ = [
-    "CONFIG_DIR", "ConfigError", "RunConfig", "check_command_line", "command_line_overrides", "compose_run_config",
-    "config_hash", "explain_override_error",
+    "CONFIG_DIR", "ConfigError", "RunConfig", "check_command_line", "check_parameters", "command_line_overrides",
+    "compose_run_config", "config_hash", "explain_override_error",
     "hydra_compose", "register_configs", "result_config", "to_plain", "validate",
 ]
 
@@ -76,21 +65,24 @@ def _check_group_types(config: RunConfig) -> list[str]:
     option's schema in place: say to select the option instead."""
     found = []
     method, prototype, index = config.method, config.prototype, config.index
-    expected = AllParams if method.name == "all" else METHOD_PARAMS.get(method.name)
+    methods = component_schemas("method")
+    expected = all_params_schema() if method.name == "all" else methods.get(method.name)
     if expected is None:
-        found.append(f"method.name={method.name!r}: unknown method; valid: {sorted([*METHOD_PARAMS, 'all'])}")
+        found.append(f"method.name={method.name!r}: unknown method; valid: {sorted([*methods, 'all'])}")
     elif type(method.params) is not expected:
         found.append(f"method.name={method.name!r} was set without its parameters' schema: select the method "
                      f"with method={method.name}")
-    expected = PROTOTYPE_SCHEMAS.get(prototype.strategy)
+    prototypes = component_schemas("prototype")
+    expected = prototypes.get(prototype.strategy)
     if expected is None:
-        found.append(f"prototype.strategy={prototype.strategy!r}: unknown; valid: {sorted(PROTOTYPE_SCHEMAS)}")
+        found.append(f"prototype.strategy={prototype.strategy!r}: unknown; valid: {sorted(prototypes)}")
     elif type(prototype) is not expected:
         found.append(f"prototype.strategy={prototype.strategy!r} was set by hand: select it with "
                      f"prototype={prototype.strategy}")
-    expected = INDEX_SCHEMAS.get(index.kind)
+    indexes = component_schemas("index")
+    expected = indexes.get(index.kind)
     if expected is None:
-        found.append(f"index.kind={index.kind!r}: unknown; valid: {sorted(INDEX_SCHEMAS)}")
+        found.append(f"index.kind={index.kind!r}: unknown; valid: {sorted(indexes)}")
     elif type(index.params) is not expected:
         found.append(f"index.kind={index.kind!r} was set by hand: select it with index={index.kind}")
     return found
@@ -115,8 +107,10 @@ def _check_preset(config: RunConfig) -> list[str]:
     return found
 
 
-def validate(cfg: DictConfig | RunConfig) -> RunConfig:
-    """The composed config as a checked :class:`RunConfig`; every problem is reported at once.
+def validate(cfg: DictConfig | RunConfig, components: bool = False) -> RunConfig:
+    """The composed config as a checked :class:`RunConfig`; every problem is reported at once. Imports
+    neither torch nor the components, unless ``components``: then each component also checks its own
+    parameters (:func:`parameter_problems`).
 
     Raises:
         ConfigError: one line per problem, each naming the key, its value and the valid range.
@@ -143,48 +137,58 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
     if not problems:
         problems = _check_preset(config)
     if not problems:
-        config, problems = _canonical_method_params(config)
-    if not problems:
-        problems = _walk_problems(config, "")
+        problems = _walk_problems(config, "") + (parameter_problems(config) if components else [])
     if problems:
         raise ConfigError("invalid configuration:\n" + "\n".join(f"  {p}" for p in problems))
     return config
 
 
-def _canonical_method_params(config: RunConfig) -> tuple[RunConfig, list[str]]:
-    """``config`` with OpenOOD's parameter names (:data:`~grood.config.schema.PARAM_ALIASES`) moved to grood's."""
-    method = config.method
+def method_params(method: Any) -> list[tuple[str, dict[str, Any]]]:
+    """``[(name, params)]`` of ``config.method``: one method, or every method of ``method=all`` (in the
+    registry's order, GROOD first). ``params``: the values that are set (a baseline's None = its default
+    or APS's pick)."""
+    def given(params: Any) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(params).items() if v is not None}
+
     if method.name == "all":
-        problems: list[str] = []
-        replaced = {}
-        for name in PARAM_ALIASES:
-            params = getattr(method.params, name)
-            values, found = canonical_params(name, dataclasses.asdict(params), f"method.params.{name}")
-            problems += found
-            replaced[name] = type(params)(**values)
-        params = dataclasses.replace(method.params, **replaced)
-    elif method.name in PARAM_ALIASES:
-        values, problems = canonical_params(method.name, dataclasses.asdict(method.params))
-        params = type(method.params)(**values)
-    else:
-        return config, []
-    return dataclasses.replace(config, method=dataclasses.replace(method, params=params)), problems
+        return [(name, given(getattr(method.params, name))) for name in component_schemas("method")]
+    return [(method.name, given(method.params))]
 
 
-def _canonical_plain(plain: dict[str, Any]) -> dict[str, Any]:
-    """:func:`_canonical_method_params` on plain data (the results folder hash of an unvalidated config)."""
-    method = plain.get("method")
-    if not isinstance(method, dict) or not isinstance(method.get("params"), dict):
-        return plain
-    out = json.loads(json.dumps(plain, default=str))
-    params = out["method"]["params"]
-    if method.get("name") == "all":
-        for name in PARAM_ALIASES:
-            if isinstance(params.get(name), dict):
-                params[name] = canonical_params(name, params[name])[0]
-    elif method.get("name") in PARAM_ALIASES:
-        out["method"]["params"] = canonical_params(method["name"], params)[0]
-    return out
+def check_parameters(config: RunConfig) -> None:
+    """:func:`parameter_problems` as one :class:`ConfigError` (one line per problem, naming the key)."""
+    problems = parameter_problems(config)
+    if problems:
+        raise ConfigError("invalid configuration:\n" + "\n".join(f"  {p}" for p in problems))
+
+
+def parameter_problems(config: RunConfig) -> list[str]:
+    """Every component parameter of ``config`` checked by the component itself (a method's constructor,
+    the OOD-prototype strategy, the index): what cannot work, one line each. Imports them (torch)."""
+    from grood.components import load
+    from grood.method.strategies import strategy_params
+
+    problems = []
+    several = config.method.name == "all"
+    for name, params in method_params(config.method):
+        cls = load("method", name)
+        try:
+            cls(**params)
+        except (TypeError, ValueError) as error:
+            key = f"method.params.{name}" if several else "method.params"
+            problems.append(f"{key}: {error} (set: {params})")
+    prototype = {k: v for k, v in dataclasses.asdict(config.prototype).items() if k != "strategy"}
+    try:
+        strategy_params(config.prototype.strategy, prototype)
+    except ValueError as error:
+        problems.append(f"prototype: {error}")
+    index = dataclasses.asdict(config.index.params)
+    if index:
+        try:
+            load("index", config.index.kind)(1, **index)
+        except (TypeError, ValueError) as error:
+            problems.append(f"index.params: {error} (index={config.index.kind})")
+    return problems
 
 
 def _undeclared_keys(given: Any, declared: Any, prefix: str) -> list[str]:
@@ -236,7 +240,7 @@ def result_config(plain: dict[str, Any]) -> dict[str, Any]:
 
 def config_hash(plain: dict[str, Any], length: int = 8) -> str:
     """A short hash of :func:`result_config` (``plain``): equal for runs that compute the same numbers."""
-    text = json.dumps(result_config(_canonical_plain(plain)), sort_keys=True)
+    text = json.dumps(result_config(plain), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
@@ -291,6 +295,10 @@ def explain_override_error(error: BaseException, cfg: DictConfig | None = None) 
     if parent_key in OPEN_KEYS:  # a dict of free keys: Hydra adds a new one with '+'
         return (f"{message}\n{parent_key} holds {OPEN_KEYS[parent_key]}; add a key with +{full_key}=<value> "
                 f"(Hydra's '+' for a key the config does not hold yet)")
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    if not isinstance(cause, (ConfigAttributeError, ConfigKeyError)):  # a declared key given a bad value
+        return f"{message}\n{full_key}: {str(cause).splitlines()[0]}"
     node = OmegaConf.select(cfg, parent_key) if parent_key else cfg
     if isinstance(node, DictConfig):
         valid = ", ".join(str(k) for k in node.keys())
@@ -327,9 +335,11 @@ def hydra_compose(overrides: Sequence[str], config_dir: str | Path = CONFIG_DIR,
             raise ConfigError(explain_override_error(error, base)) from error
 
 
-def compose_run_config(overrides: Sequence[str], config_dir: str | Path = CONFIG_DIR) -> RunConfig:
-    """:func:`hydra_compose` then :func:`validate`: the checked run config ``scripts/run.py`` would get."""
-    return validate(hydra_compose(overrides, config_dir))
+def compose_run_config(overrides: Sequence[str], config_dir: str | Path = CONFIG_DIR,
+                       check: bool = True) -> RunConfig:
+    """:func:`hydra_compose` then :func:`validate` and (``check``) :func:`check_parameters`, which imports
+    the components: the checked run config ``scripts/run.py`` would get."""
+    return validate(hydra_compose(overrides, config_dir), components=check)
 
 
 # --------------------------------------------------------------------------- the command line
@@ -371,5 +381,7 @@ def command_line_overrides(argv: Sequence[str]) -> list[str]:
 
 def check_command_line(argv: Sequence[str]) -> RunConfig:
     """Compose and validate the config of a ``scripts/run.py`` command line (sweeps at their first value)
-    before Hydra starts: a bad key or value stops it with a message listing the valid keys."""
+    before Hydra starts: a bad key or value stops it with a message listing the valid keys. A key or type
+    error is found before torch is imported (Hydra's composition); then every range problem at once, the
+    components checking their own parameters."""
     return compose_run_config(command_line_overrides(argv))

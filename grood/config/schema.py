@@ -9,13 +9,16 @@ composed config into a :class:`RunConfig` and checks every range at once (``k >=
 Groups (one schema per option where the options differ):
 
 - ``paths``: :class:`PathsConfig`; ``backbone``: :class:`BackboneConfig`; ``dataset``: :class:`DatasetConfig`;
-- ``method``: ``<name>`` -> :class:`MethodConfig` whose ``params`` are that method's own dataclass
-  (:data:`METHOD_PARAMS`); ``all`` -> every method's params, one field per method;
-- ``prototype``: one dataclass per strategy (:data:`PROTOTYPE_SCHEMAS`); ``index``: one per kind
-  (:data:`INDEX_SCHEMAS`).
+- ``method``: ``<name>`` -> :class:`MethodConfig` whose ``params`` are that method's own dataclass;
+  ``all`` -> every method's params, one field per method;
+- ``prototype``: one dataclass per strategy; ``index``: one per kind.
 
-Baseline parameters default to ``None``: OpenOOD v1.5's default (its ``postprocessor_args``), or the value
-OpenOOD's automatic parameter search picks when ``aps=true``. A value set here is kept fixed.
+The method, prototype and index dataclasses are generated from each component's own declaration of its
+parameters (:mod:`grood.config.generate`, :func:`component_schemas`). Baseline parameters default to
+``None``: OpenOOD v1.5's default (its ``postprocessor_args``), or the value OpenOOD's automatic parameter
+search picks when ``aps=true``. A value set here is kept fixed. Each method's values are shown in
+``configs/method/<name>.yaml``. Their ranges are checked by the components themselves
+(:func:`grood.config.parameter_problems`), which imports them.
 """
 
 from __future__ import annotations
@@ -150,132 +153,38 @@ class DatasetConfig:
         return found
 
 
-def _importable(cls: type) -> type:
-    """A generated dataclass made an attribute of this module, so that pickle (and cloudpickle, which the
-    submitit launcher uses to ship a job's config) refers to it by name: the job's config then has the very
-    schema types that :func:`grood.config.validate` checks, not copies."""
-    if cls.__name__ in globals():
-        raise TypeError(f"generated schema {cls.__name__} clashes with a name of grood.config.schema")
-    cls.__module__ = __name__
-    cls.__qualname__ = cls.__name__
-    globals()[cls.__name__] = cls
-    return cls
+# --------------------------------------------------------------------------- methods, prototypes, indexes
+def component_schemas(group: str) -> dict[str, type]:
+    """Option name -> the dataclass of its parameters, for ``group`` ("method", "prototype", "index"):
+    generated from each component's own declaration (:mod:`grood.config.catalogue`, plugins: at their
+    registration; see :mod:`grood.components`)."""
+    from grood.components import components
+
+    return {name: component.schema for name, component in components(group).items()}
 
 
-# --------------------------------------------------------------------------- methods
-@dataclass
-class GROODParams:
-    """GROOD's own parameters (never searched by APS); checked by :meth:`grood.method.GROOD.check_params`."""
-
-    k: int = 1                 # eq. 6: distance to the k-th nearest training gradient (Fig. 5)
-    fit_on: str = "all"        # all | correct (only correctly classified training samples are indexed)
-    variant: str = "grood"     # grood | ood_distance | gradient_l1 | class_gradient (Table 4)
-
-    def problems(self) -> list[str]:
-        from grood.method.detector import GROOD
-
-        try:
-            GROOD.check_params(k=self.k, fit_on=self.fit_on, variant=self.variant)
-        except ValueError as error:
-            return [f": {error} (k={self.k!r}, fit_on={self.fit_on!r}, variant={self.variant!r})"]
-        return []
+_ALL_PARAMS: dict[tuple[str, ...], type] = {}
 
 
-#: OpenOOD's spelling of a method parameter -> grood's, per method: the keys of OpenOOD v1.5's
-#: ``configs/postprocessors/<name>.yml`` ``postprocessor_args`` that grood spells otherwise, and OpenMax's
-#: constants as ``openmax_postprocessor.py`` names them. Each alias is a declared field of the method's
-#: params (``method=knn method.params.K=50``); :func:`canonical_params` moves it to grood's name, the one
-#: ``run.json`` records. The only place that knows the aliases.
-PARAM_ALIASES: dict[str, dict[str, str]] = {
-    "knn": {"K": "k"},
-    "gen": {"M": "m"},
-    "openmax": {"weibull_tail": "tail_size", "weibull_alpha": "alpha"},
-}
+def all_params_schema() -> type:
+    """``method=all``'s params: one field per method (``method.params.vim.dim=32``): the catalogue's, with a
+    field added per plugin method (one class per set of plugins)."""
+    from grood.config.catalogue import AllParams
 
-
-def canonical_params(method: str, values: dict[str, Any],
-                     key: str = "method.params") -> tuple[dict[str, Any], list[str]]:
-    """``values`` (a method's params, plain) with each alias set moved to grood's name (the alias left None),
-    and the problems: an alias set together with its canonical name (``key``: the config path, for the message)."""
-    out, problems = dict(values), []
-    for alias, canonical in PARAM_ALIASES.get(method, {}).items():
-        if out.get(alias) is None:
-            continue
-        if out.get(canonical) is not None:
-            problems.append(f"{key}.{alias}={out[alias]!r} and {key}.{canonical}={out[canonical]!r}: {alias!r} is "
-                            f"OpenOOD's name for {canonical!r}; set only one of them")
-            continue
-        out[canonical], out[alias] = out[alias], None
-    return out, problems
-
-
-def _baseline_params_dataclass(name: str) -> type:
-    """A dataclass with one ``Optional`` field per constructor parameter of baseline ``name`` (default None =
-    OpenOOD's default or APS's choice), and one per OpenOOD alias of :data:`PARAM_ALIASES` (same type);
-    its ``problems`` checks the ranges the detector documents."""
-    import inspect
-
-    from grood.detectors.registry import DETECTORS
-
-    cls = DETECTORS[name]
-    simple = {"int": int, "float": float, "bool": bool, "str": str}
-    fields = []
-    for key, parameter in inspect.signature(cls.__init__).parameters.items():
-        if key in ("self", "device") or parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
-            continue
-        annotation = str(parameter.annotation)
-        if annotation in simple:
-            kind: Any = Optional[simple[annotation]]
-        elif annotation.startswith(("Sequence[float]", "tuple[float")):
-            kind = Optional[List[float]]
-        elif annotation.startswith("dict"):
-            kind = Optional[Dict[str, Any]]
-        else:
-            raise TypeError(f"detector {name!r}: parameter {key!r} has an annotation ({annotation}) the config "
-                            "schema cannot declare; give it int, float, bool, str, Sequence[float] or dict")
-        fields.append((key, kind, field(default=None)))
-    kinds = {key: kind for key, kind, _ in fields}
-    for alias, canonical in PARAM_ALIASES.get(name, {}).items():
-        fields.append((alias, kinds[canonical], field(default=None)))
-
-    def problems(self: Any) -> list[str]:
-        """The detector's own constructor checks the values that are set (the one place they are checked)."""
-        aliases = PARAM_ALIASES.get(name, {})
-        given = {k: v for k, v in dataclasses.asdict(self).items() if v is not None and k not in aliases}
-        try:
-            cls(**given)
-        except (TypeError, ValueError) as error:
-            return [f": {error} (set: {given})"]
-        return []
-
-    return _importable(dataclasses.make_dataclass(f"{name.upper()}Params", fields, namespace={"problems": problems}))
-
-
-def _method_params() -> dict[str, type]:
-    from grood.detectors.registry import DETECTORS
-
-    params: dict[str, type] = {"grood": GROODParams}
-    for name in DETECTORS:
-        if name != "grood":
-            params[name] = _baseline_params_dataclass(name)
-    return params
-
-
-#: Method name -> the dataclass of its ``method.params``.
-METHOD_PARAMS: dict[str, type] = _method_params()
-
-#: ``method=all``'s params: one field per method (``method.params.vim.dim=32``).
-AllParams = dataclasses.make_dataclass(
-    "AllParams",
-    [(name, cls, field(default_factory=cls)) for name, cls in METHOD_PARAMS.items()],
-    namespace={"problems": lambda self: []},
-)
-AllParams.__module__ = __name__  # pickled by name (see _importable)
+    methods = component_schemas("method")
+    extra = [(name, schema, field(default_factory=schema)) for name, schema in methods.items()
+             if name not in {f.name for f in dataclasses.fields(AllParams)}]
+    if not extra:
+        return AllParams
+    key = tuple(name for name, _, _ in extra)
+    if key not in _ALL_PARAMS:
+        _ALL_PARAMS[key] = dataclasses.make_dataclass("AllParams", extra, bases=(AllParams,))
+    return _ALL_PARAMS[key]
 
 
 @dataclass
 class MethodConfig:
-    """``method=<name>``: the method and its parameters (``params`` is :data:`METHOD_PARAMS` ``[name]``)."""
+    """``method=<name>``: the method and its parameters (``params``: its schema, :func:`component_schemas`)."""
 
     name: str = MISSING
     params: Any = None
@@ -289,105 +198,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     "grood_openood": {"method.name": "grood", "prototype.strategy": "val_ood", "index.kind": "faiss_ivf",
                       "method.params.fit_on": "correct"},
 }
-
-
-# --------------------------------------------------------------------------- GROOD's OOD prototype
-#: The type of each OOD-prototype parameter (names and defaults: grood.method.strategies' registry).
-PROTOTYPE_PARAM_TYPES: dict[str, Any] = {
-    "mixup_lambda": float, "num_images": Optional[int], "keep": int, "corruptions": List[str],
-    "filter_quantile": Optional[float], "min_keep": int, "source": str,
-}
-
-
-def _prototype_schema(strategy: str) -> type:
-    """``prototype=<strategy>``'s dataclass: its registry parameters (and the proximity filter's) with the
-    registry's defaults; :func:`grood.method.strategies.strategy_params` checks them."""
-    from grood.method.strategies import FILTER_PARAMS, STRATEGIES, strategy_params
-
-    fields: list[tuple[str, Any, Any]] = [("strategy", str, field(default=strategy))]
-    for key, default in {**STRATEGIES[strategy].params, **FILTER_PARAMS}.items():
-        if key not in PROTOTYPE_PARAM_TYPES:
-            raise TypeError(f"OOD-prototype parameter {key!r} has no declared type; add it to PROTOTYPE_PARAM_TYPES")
-        value = field(default_factory=lambda d=default: list(d)) if isinstance(default, (list, tuple)) \
-            else field(default=default)
-        fields.append((key, PROTOTYPE_PARAM_TYPES[key], value))
-
-    def problems(self: Any) -> list[str]:
-        params = {k: v for k, v in dataclasses.asdict(self).items() if k != "strategy"}
-        try:
-            strategy_params(self.strategy, params)
-        except ValueError as error:
-            return [f": {error}"]
-        return []
-
-    name = "".join(part.title() for part in strategy.split("_")) + "PrototypeConfig"
-    return _importable(dataclasses.make_dataclass(name, fields, namespace={"problems": problems}))
-
-
-def _prototype_schemas() -> dict[str, type]:
-    from grood.method.strategies import STRATEGIES
-
-    return {strategy: _prototype_schema(strategy) for strategy in STRATEGIES}
-
-
-#: Strategy -> its schema (every strategy of grood.method.strategies.STRATEGIES).
-PROTOTYPE_SCHEMAS: dict[str, type] = _prototype_schemas()
-
-
-# --------------------------------------------------------------------------- nearest-neighbour index
-@dataclass
-class ExactIndexParams:
-    def problems(self) -> list[str]:
-        return []
-
-
-@dataclass
-class IVFIndexParams:
-    nlist: Optional[int] = None       # None = grood.method's default
-    nprobe: Optional[int] = None
-    routing_dim: Optional[int] = None
-    scan: str = "float32"             # float32 | int8 (int8 codes, candidates reranked exactly; CPU only)
-    storage: str = "float32"          # float32 | float16 (codes; candidates reranked from the features)
-
-    def problems(self) -> list[str]:
-        found: list[str] = []
-        for key in ("nlist", "nprobe", "routing_dim"):
-            _at_least(found, key, getattr(self, key), 1)
-        _one_of(found, "scan", self.scan, ("float32", "int8"))
-        _one_of(found, "storage", self.storage, ("float32", "float16"))
-        return found
-
-
-@dataclass
-class TorchIndexParams:
-    norm_pruning: bool = False
-    storage: str = "float32"          # float32 | float16 (codes; candidates reranked from the features)
-
-    def problems(self) -> list[str]:
-        found: list[str] = []
-        _one_of(found, "storage", self.storage, ("float32", "float16"))
-        return found
-
-
-@dataclass
-class FaissIVFIndexParams:
-    """``index=faiss_ivf``: FAISS ``IndexIVFFlat`` with the author's OpenOOD rule (grood.method.neighbours.faiss_ivf)."""
-
-    nprobe: int = 4                   # cells scanned per query (the port's 4)
-    nlist: Optional[int] = None       # None = int(4 * sqrt(train_batches))
-    train_batches: Optional[int] = None  # None = min(600, floor(0.8 * batches)) loader batches train the cells
-    loader_batch_size: int = 200      # training rows per loader batch (OpenOOD's Evaluator default)
-
-    def problems(self) -> list[str]:
-        found: list[str] = []
-        for key in ("nprobe", "nlist", "train_batches", "loader_batch_size"):
-            _at_least(found, key, getattr(self, key), 1)
-        return found
-
-
-#: Index kind -> its params' schema.
-INDEX_SCHEMAS: dict[str, type] = {"exact": ExactIndexParams, "faiss_flat": ExactIndexParams, "ivf": IVFIndexParams,
-                                  "torch": TorchIndexParams, "faiss_ivf": FaissIVFIndexParams}
 
 
 @dataclass
@@ -452,8 +262,8 @@ class RunConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     method: Any = MISSING           # a MethodConfig (method/<name>.yaml)
-    prototype: Any = MISSING        # a PROTOTYPE_SCHEMAS[strategy] (prototype/<strategy>.yaml)
-    index: Any = MISSING            # an IndexConfig (index/<kind>.yaml)
+    prototype: Any = MISSING        # a prototype schema (component_schemas("prototype"); prototype/<strategy>.yaml)
+    index: Any = MISSING            # an IndexConfig (index/<kind>.yaml); read by the methods that use_index
     cache: CacheConfig = field(default_factory=CacheConfig)
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     extra: ExtraConfig = field(default_factory=ExtraConfig)
@@ -484,19 +294,27 @@ class RunConfig:
 
 # --------------------------------------------------------------------------- Hydra registration
 def register_configs() -> None:
-    """Store every schema in Hydra's ConfigStore (idempotent). The yaml files name them in their defaults:
+    """Store every schema in Hydra's ConfigStore (idempotent), after importing the plugins
+    (:func:`grood.components.load_plugins`). The yaml files name them in their defaults:
     ``config.yaml`` -> ``run_schema``; ``method/<name>.yaml`` -> ``/schema/method/<name>``;
     ``prototype/<s>.yaml`` -> ``/schema/prototype/<s>``; ``index/<kind>.yaml`` -> ``/schema/index/<kind>``
     (paths, backbone and dataset are typed by :class:`RunConfig` itself). The ``schema/`` groups keep them
-    out of the options a user picks from."""
+    out of the options a user picks from. A plugin method without a yaml file is an option all the same."""
     from hydra.core.config_store import ConfigStore
 
+    from grood.components import GROUPS, load_plugins, plugin_names
+
+    load_plugins()
     store = ConfigStore.instance()
     store.store(name="run_schema", node=RunConfig)
-    for name, params in METHOD_PARAMS.items():
-        store.store(group="schema/method", name=name, node=MethodConfig(name=name, params=params()))
-    store.store(group="schema/method", name="all", node=MethodConfig(name="all", params=AllParams()))
-    for strategy, schema in PROTOTYPE_SCHEMAS.items():
-        store.store(group="schema/prototype", name=strategy, node=schema())
-    for kind, schema in INDEX_SCHEMAS.items():
-        store.store(group="schema/index", name=kind, node=IndexConfig(kind=kind, params=schema()))
+    wrap = {"method": lambda name, schema: MethodConfig(name=name, params=schema()),
+            "prototype": lambda name, schema: schema(),
+            "index": lambda name, schema: IndexConfig(kind=name, params=schema())}
+    for group in GROUPS:  # methods, OOD-prototype strategies and indexes alike
+        for name, schema in component_schemas(group).items():
+            node = wrap[group](name, schema)
+            store.store(group=f"schema/{group}", name=name, node=node)
+            if group == "method" and name in plugin_names(group):  # the option: a plugin has no yaml file
+                store.store(group="method", name=name, node={"defaults": [f"/schema/method/{name}@_here_", "_self_"]},
+                            provider="grood")
+    store.store(group="schema/method", name="all", node=MethodConfig(name="all", params=all_params_schema()()))

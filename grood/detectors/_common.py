@@ -15,7 +15,7 @@ from grood.device import resolve_device
 from grood.featureset import FeatureSet, LinearHead
 
 #: Rows per chunk when scoring; bounds the memory of every ``[chunk, C]`` / ``[chunk, D]`` temporary.
-DEFAULT_BATCH_SIZE = 8192
+DEFAULT_CHUNK_ROWS = 8192
 
 
 class BaselineDetector(Detector):
@@ -31,18 +31,14 @@ class BaselineDetector(Detector):
       OpenOOD runs the method without a search. Defaults are OpenOOD's ``postprocessor_args``.
     - ``uses_labels``: :meth:`fit` reads the class labels (so they must be in ``0..C-1``).
 
-    Args common to all: ``batch_size`` (rows per chunk when scoring) and ``device`` (where the maths
+    Args common to all: ``chunk_rows`` (rows per chunk when scoring) and ``device`` (where the maths
     runs; None = CUDA if available, else CPU). :meth:`score` always returns a CPU tensor ``[N]``.
     """
 
-    fit_split: ClassVar[str] = "train"
-    sweep: ClassVar[dict[str, list[Any]]] = {}
-    uses_labels: ClassVar[bool] = False
-
-    def __init__(self, batch_size: int = DEFAULT_BATCH_SIZE, device: str | torch.device | None = None) -> None:
-        if isinstance(batch_size, bool) or int(batch_size) != batch_size or int(batch_size) < 1:
-            raise ValueError(f"{type(self).__name__}: batch_size must be an integer >= 1; got {batch_size!r}")
-        self.batch_size = int(batch_size)
+    def __init__(self, chunk_rows: int = DEFAULT_CHUNK_ROWS, device: str | torch.device | None = None) -> None:
+        if isinstance(chunk_rows, bool) or int(chunk_rows) != chunk_rows or int(chunk_rows) < 1:
+            raise ValueError(f"{type(self).__name__}: chunk_rows must be an integer >= 1; got {chunk_rows!r}")
+        self.chunk_rows = int(chunk_rows)
         self.device = resolve_device(device)
 
     # -- checks -----------------------------------------------------------------------------------
@@ -96,9 +92,9 @@ class BaselineDetector(Detector):
 
     # -- chunks -----------------------------------------------------------------------------------
     def _chunks(self, data: FeatureSet) -> Iterator[FeatureSet]:
-        """``data`` in consecutive row chunks of at most ``batch_size``, moved to ``device``."""
-        for start in range(0, len(data), self.batch_size):
-            yield data.subset(slice(start, start + self.batch_size)).to(self.device)
+        """``data`` in consecutive row chunks of at most ``chunk_rows``, moved to ``device``."""
+        for start in range(0, len(data), self.chunk_rows):
+            yield data.subset(slice(start, start + self.chunk_rows)).to(self.device)
 
     def _score_in_chunks(self, data: FeatureSet, score_chunk: Any) -> torch.Tensor:
         """Concatenate ``score_chunk(chunk) -> [B]`` over :meth:`_chunks`, on the CPU."""
@@ -142,22 +138,22 @@ def energy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     return temperature * torch.logsumexp(logits / temperature, dim=1)
 
 
-def chunked_rows(x: torch.Tensor, batch_size: int, device: torch.device) -> Iterator[torch.Tensor]:
-    """Row chunks of ``x [N, ...]`` of at most ``batch_size`` rows, on ``device``."""
-    for start in range(0, x.shape[0], batch_size):
-        yield x[start : start + batch_size].to(device)
+def chunked_rows(x: torch.Tensor, chunk_rows: int, device: torch.device) -> Iterator[torch.Tensor]:
+    """Row chunks of ``x [N, ...]`` of at most ``chunk_rows`` rows, on ``device``."""
+    for start in range(0, x.shape[0], chunk_rows):
+        yield x[start : start + chunk_rows].to(device)
 
 
-def feature_mean(features: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+def feature_mean(features: torch.Tensor, chunk_rows: int, device: torch.device) -> torch.Tensor:
     """``[D]`` float64 mean of ``features [N, D]``, summed in row chunks on ``device``."""
     total = torch.zeros(features.shape[1], dtype=torch.float64, device=device)
-    for rows in chunked_rows(features, batch_size, device):
+    for rows in chunked_rows(features, chunk_rows, device):
         total += rows.to(torch.float64).sum(dim=0)
     return total / features.shape[0]
 
 
 def class_means(
-    features: torch.Tensor, labels: torch.Tensor, num_classes: int, batch_size: int, device: torch.device, what: str
+    features: torch.Tensor, labels: torch.Tensor, num_classes: int, chunk_rows: int, device: torch.device, what: str
 ) -> torch.Tensor:
     """``[C, D]`` float64 mean feature of each class ``0..C-1`` (by ``labels [N]``), summed in row chunks.
 
@@ -165,9 +161,9 @@ def class_means(
     """
     sums = torch.zeros(num_classes, features.shape[1], dtype=torch.float64, device=device)
     counts = torch.zeros(num_classes, dtype=torch.long, device=device)
-    for start in range(0, features.shape[0], batch_size):
-        rows = features[start : start + batch_size].to(device, torch.float64)
-        rows_labels = labels[start : start + batch_size].to(device)
+    for start in range(0, features.shape[0], chunk_rows):
+        rows = features[start : start + chunk_rows].to(device, torch.float64)
+        rows_labels = labels[start : start + chunk_rows].to(device)
         sums.index_add_(0, rows_labels, rows)
         counts += torch.bincount(rows_labels, minlength=num_classes)
     empty = (counts == 0).nonzero()[:, 0]
@@ -182,7 +178,7 @@ def scatter_matrix(
     features: torch.Tensor,
     means: torch.Tensor,
     labels: torch.Tensor | None,
-    batch_size: int,
+    chunk_rows: int,
     device: torch.device,
 ) -> torch.Tensor:
     """``[D, D]`` float64 scatter ``sum_i (x_i - m_i)(x_i - m_i)^T``, accumulated in row chunks.
@@ -195,9 +191,9 @@ def scatter_matrix(
     dim = features.shape[1]
     means = means.to(device, torch.float64)
     total = torch.zeros(dim, dim, dtype=torch.float64, device=device)
-    for start in range(0, features.shape[0], batch_size):
-        rows = features[start : start + batch_size].to(device, torch.float64)
-        centre = means if labels is None else means[labels[start : start + batch_size].to(device)]
+    for start in range(0, features.shape[0], chunk_rows):
+        rows = features[start : start + chunk_rows].to(device, torch.float64)
+        centre = means if labels is None else means[labels[start : start + chunk_rows].to(device)]
         centred = rows - centre
         total += centred.T @ centred
     return total

@@ -39,7 +39,7 @@ import torch
 from pytorch_ood.detector import EnergyBased
 from pytorch_ood.detector import ReAct as PodReAct
 
-from grood.detectors._common import DEFAULT_BATCH_SIZE, BaselineDetector, energy, feature_mean, head_to
+from grood.detectors._common import DEFAULT_CHUNK_ROWS, BaselineDetector, energy, feature_mean, head_to
 from grood.detectors.pytorch_ood_adapter import PytorchOODDetector
 from grood.featureset import FeatureSet, LinearHead
 
@@ -71,9 +71,9 @@ class ReAct(PytorchOODDetector):
     sweep: ClassVar[dict[str, list]] = {"percentile": [85, 90, 95, 99]}
 
     def __init__(
-        self, percentile: float = 90, batch_size: int = DEFAULT_BATCH_SIZE, device: str | torch.device | None = None
+        self, percentile: float = 90, chunk_rows: int = DEFAULT_CHUNK_ROWS, device: str | torch.device | None = None
     ) -> None:
-        super().__init__(batch_size=batch_size, device=device)
+        super().__init__(chunk_rows=chunk_rows, device=device)
         self.percentile = _check_percentile("ReAct", percentile)
 
     def fit(self, train: FeatureSet, head: LinearHead) -> "ReAct":
@@ -186,10 +186,10 @@ class ASH(_ShapedEnergy):
         self,
         percentile: float = 90,
         variant: str = "ash-b",
-        batch_size: int = DEFAULT_BATCH_SIZE,
+        chunk_rows: int = DEFAULT_CHUNK_ROWS,
         device: str | torch.device | None = None,
     ) -> None:
-        super().__init__(batch_size=batch_size, device=device)
+        super().__init__(chunk_rows=chunk_rows, device=device)
         self.percentile = _check_percentile("ASH", percentile)
         if variant not in ASH_VARIANTS:
             raise ValueError(f"ASH: unknown variant {variant!r}; valid: {', '.join(ASH_VARIANTS)}")
@@ -214,9 +214,9 @@ class SCALE(_ShapedEnergy):
     sweep: ClassVar[dict[str, list]] = {"percentile": [65, 70, 75, 80, 85, 90, 95]}
 
     def __init__(
-        self, percentile: float = 85, batch_size: int = DEFAULT_BATCH_SIZE, device: str | torch.device | None = None
+        self, percentile: float = 85, chunk_rows: int = DEFAULT_CHUNK_ROWS, device: str | torch.device | None = None
     ) -> None:
-        super().__init__(batch_size=batch_size, device=device)
+        super().__init__(chunk_rows=chunk_rows, device=device)
         self.percentile = _check_percentile("SCALE", percentile)
 
     def _shape(self, features: torch.Tensor) -> torch.Tensor:
@@ -246,14 +246,14 @@ class DICE(BaselineDetector):
     reference: ClassVar[str] = "Sun & Li, DICE: Leveraging Sparsification for Out-of-Distribution Detection, ECCV 2022"
 
     def __init__(
-        self, p: float = 90, batch_size: int = DEFAULT_BATCH_SIZE, device: str | torch.device | None = None
+        self, p: float = 90, chunk_rows: int = DEFAULT_CHUNK_ROWS, device: str | torch.device | None = None
     ) -> None:
-        super().__init__(batch_size=batch_size, device=device)
+        super().__init__(chunk_rows=chunk_rows, device=device)
         self.p = _check_percentile("DICE", p)
 
     def fit(self, train: FeatureSet, head: LinearHead) -> "DICE":
         self._start_fit(train, head)
-        self.mean_feature = feature_mean(train.features, self.batch_size, self.device).float()
+        self.mean_feature = feature_mean(train.features, self.chunk_rows, self.device).float()
         weight = head.weight.detach().to(self.device, torch.float32)
         self.mask = dice_mask(self.mean_feature, weight, self.p)
         self.head = LinearHead(weight * self.mask, head.bias.detach().to(self.device, torch.float32))

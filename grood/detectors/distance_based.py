@@ -36,7 +36,7 @@ import torch
 from pytorch_ood.detector import SHE as PodSHE
 
 from grood.detectors._common import (
-    DEFAULT_BATCH_SIZE,
+    DEFAULT_CHUNK_ROWS,
     BaselineDetector,
     class_means,
     feature_mean,
@@ -82,9 +82,9 @@ class MDS(BaselineDetector):
     def fit(self, train: FeatureSet, head: LinearHead) -> "MDS":
         self._start_fit(train, head)
         self.class_means = class_means(
-            train.features, train.labels, self.num_classes, self.batch_size, self.device, f"{self.name}.fit"
+            train.features, train.labels, self.num_classes, self.chunk_rows, self.device, f"{self.name}.fit"
         )
-        scatter = scatter_matrix(train.features, self.class_means, train.labels, self.batch_size, self.device)
+        scatter = scatter_matrix(train.features, self.class_means, train.labels, self.chunk_rows, self.device)
         self.precision = precision_matrix(scatter, len(train))
         self._fitted = True
         return self
@@ -113,8 +113,8 @@ class RMDS(MDS):
     def fit(self, train: FeatureSet, head: LinearHead) -> "RMDS":
         super().fit(train, head)
         self._fitted = False
-        self.background_mean = feature_mean(train.features, self.batch_size, self.device)
-        scatter = scatter_matrix(train.features, self.background_mean, None, self.batch_size, self.device)
+        self.background_mean = feature_mean(train.features, self.chunk_rows, self.device)
+        scatter = scatter_matrix(train.features, self.background_mean, None, self.chunk_rows, self.device)
         self.background_precision = precision_matrix(scatter, len(train))
         self._fitted = True
         return self
@@ -162,16 +162,17 @@ class KNN(BaselineDetector):
         "Sun, Ming, Zhu & Li, Out-of-Distribution Detection with Deep Nearest Neighbors, ICML 2022"
     )
     sweep: ClassVar[dict[str, list]] = {"k": [50, 100, 200, 500, 1000]}
+    uses_index: ClassVar[bool] = True  # index, index_params: the run's `index` group
 
     def __init__(
         self,
         k: int = 50,
         index: str = "exact",
         index_params: dict[str, Any] | None = None,
-        batch_size: int = DEFAULT_BATCH_SIZE,
+        chunk_rows: int = DEFAULT_CHUNK_ROWS,
         device: str | torch.device | None = None,
     ) -> None:
-        super().__init__(batch_size=batch_size, device=device)
+        super().__init__(chunk_rows=chunk_rows, device=device)
         if isinstance(k, bool) or int(k) != k or int(k) < 1:
             raise ValueError(f"KNN: k (OpenOOD's K) must be an integer >= 1; got {k!r}")
         if index not in INDEX_KINDS:
@@ -192,7 +193,7 @@ class KNN(BaselineDetector):
             self._fitted = True
             return self
         self.index = build_index(self.index_kind, self.feature_dim, device=self.device, **self.index_params)
-        for rows, chunk in RowReader(train.features, self.device).chunks(self.batch_size):
+        for rows, chunk in RowReader(train.features, self.device).chunks(self.chunk_rows):
             self.index.add(l2_normalise(chunk))
         self._fitted = True
         return self
@@ -215,7 +216,7 @@ class KNN(BaselineDetector):
         return self._score_in_chunks(
             data,
             lambda chunk: -kth_neighbour_distance(
-                self.index, l2_normalise(chunk.features.float()), k=self.k, batch_size=self.batch_size
+                self.index, l2_normalise(chunk.features.float()), k=self.k, batch_size=self.chunk_rows
             ),
         )
 
@@ -244,7 +245,7 @@ class SHE(PytorchOODDetector):
             )
         pod = PodSHE(encoder=None, head=linear_module(head, self.device)).to(self.device)
         try:
-            pod.fit_features(train.features, train.labels, batch_size=self.batch_size)
+            pod.fit_features(train.features, train.labels, batch_size=self.chunk_rows)
         except (AssertionError, ValueError) as error:
             raise ValueError(
                 f"SHE.fit: every class 0..{self.num_classes - 1} needs at least one training sample the head "

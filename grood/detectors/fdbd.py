@@ -20,7 +20,7 @@ from typing import ClassVar
 
 import torch
 
-from grood.detectors._common import DEFAULT_BATCH_SIZE, BaselineDetector, feature_mean
+from grood.detectors._common import DEFAULT_CHUNK_ROWS, BaselineDetector, feature_mean
 from grood.featureset import FeatureSet, LinearHead
 
 
@@ -56,17 +56,17 @@ class FDBD(BaselineDetector):
     def __init__(
         self,
         distance_as_normalizer: bool = True,
-        batch_size: int = DEFAULT_BATCH_SIZE,
+        chunk_rows: int = DEFAULT_CHUNK_ROWS,
         device: str | torch.device | None = None,
     ) -> None:
-        super().__init__(batch_size=batch_size, device=device)
+        super().__init__(chunk_rows=chunk_rows, device=device)
         if not isinstance(distance_as_normalizer, bool):
             raise ValueError(f"FDBD: distance_as_normalizer must be True or False; got {distance_as_normalizer!r}")
         self.distance_as_normalizer = distance_as_normalizer
 
     def fit(self, train: FeatureSet, head: LinearHead) -> "FDBD":
         self._start_fit(train, head)
-        self.train_mean = feature_mean(train.features, self.batch_size, self.device)
+        self.train_mean = feature_mean(train.features, self.chunk_rows, self.device)
         self.denominators = weight_difference_norms(head.weight.detach().to(self.device))
         self._fitted = True
         return self

@@ -21,7 +21,7 @@ from typing import ClassVar
 import torch
 from pytorch_ood.detector import EnergyBased, MaxLogit, MaxSoftmax
 
-from grood.detectors._common import DEFAULT_BATCH_SIZE, BaselineDetector
+from grood.detectors._common import DEFAULT_CHUNK_ROWS, BaselineDetector
 from grood.detectors.pytorch_ood_adapter import PytorchOODDetector
 from grood.featureset import FeatureSet, LinearHead
 
@@ -57,9 +57,9 @@ class EBO(PytorchOODDetector):
     sweep: ClassVar[dict[str, list]] = {"temperature": [1]}
 
     def __init__(
-        self, temperature: float = 1.0, batch_size: int = DEFAULT_BATCH_SIZE, device: str | torch.device | None = None
+        self, temperature: float = 1.0, chunk_rows: int = DEFAULT_CHUNK_ROWS, device: str | torch.device | None = None
     ) -> None:
-        super().__init__(batch_size=batch_size, device=device)
+        super().__init__(chunk_rows=chunk_rows, device=device)
         if not temperature > 0:
             raise ValueError(f"EBO: temperature must be > 0; got {temperature}")
         self.temperature = float(temperature)
@@ -120,10 +120,10 @@ class GEN(BaselineDetector):
         self,
         gamma: float = 0.1,
         m: int = 100,
-        batch_size: int = DEFAULT_BATCH_SIZE,
+        chunk_rows: int = DEFAULT_CHUNK_ROWS,
         device: str | torch.device | None = None,
     ) -> None:
-        super().__init__(batch_size=batch_size, device=device)
+        super().__init__(chunk_rows=chunk_rows, device=device)
         if not gamma > 0:
             raise ValueError(f"GEN: gamma must be > 0; got {gamma}")
         if isinstance(m, bool) or int(m) != m or int(m) < 1:

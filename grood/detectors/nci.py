@@ -18,7 +18,7 @@ from typing import ClassVar
 import torch
 from pytorch_ood.detector import NCI as PodNCI
 
-from grood.detectors._common import DEFAULT_BATCH_SIZE
+from grood.detectors._common import DEFAULT_CHUNK_ROWS
 from grood.detectors.pytorch_ood_adapter import PytorchOODDetector, linear_module
 from grood.featureset import FeatureSet, LinearHead
 
@@ -37,9 +37,9 @@ class NCI(PytorchOODDetector):
     sweep: ClassVar[dict[str, list]] = {"alpha": [0.0001, 0.001, 0.01, 0.1]}
 
     def __init__(
-        self, alpha: float = 0.0001, batch_size: int = DEFAULT_BATCH_SIZE, device: str | torch.device | None = None
+        self, alpha: float = 0.0001, chunk_rows: int = DEFAULT_CHUNK_ROWS, device: str | torch.device | None = None
     ) -> None:
-        super().__init__(batch_size=batch_size, device=device)
+        super().__init__(chunk_rows=chunk_rows, device=device)
         if not alpha >= 0:
             raise ValueError(f"NCI: alpha must be >= 0; got {alpha}")
         self.alpha = float(alpha)

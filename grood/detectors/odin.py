@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from grood.detectors._common import DEFAULT_BATCH_SIZE, BaselineDetector
+from grood.detectors._common import DEFAULT_CHUNK_ROWS, BaselineDetector
 from grood.device import resolve_device
 from grood.featureset import FeatureSet, LinearHead
 from grood.progress import track
@@ -68,7 +68,7 @@ class ODIN(BaselineDetector):
         noise: perturbation size ``epsilon`` (OpenOOD: 0.0014).
         input_std: per-channel std of the input normalisation, or an OpenOOD dataset name (key of
             :data:`OPENOOD_INPUT_STD`). Required by :meth:`score_images`.
-        batch_size: unused (the loader sets the batches); kept so every detector takes the same arguments.
+        chunk_rows: unused (the loader sets the batches); kept so every detector takes the same arguments.
     """
 
     name: ClassVar[str] = "odin"
@@ -84,10 +84,10 @@ class ODIN(BaselineDetector):
         temperature: float = 1000.0,
         noise: float = 0.0014,
         input_std: Sequence[float] | str | None = None,
-        batch_size: int = DEFAULT_BATCH_SIZE,
+        chunk_rows: int = DEFAULT_CHUNK_ROWS,
         device: str | torch.device | None = None,
     ) -> None:
-        super().__init__(batch_size=batch_size, device=device)
+        super().__init__(chunk_rows=chunk_rows, device=device)
         if not temperature > 0:
             raise ValueError(f"ODIN: temperature must be > 0; got {temperature}")
         if not noise >= 0:

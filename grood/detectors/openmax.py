@@ -30,7 +30,7 @@ import torch
 import scipy.optimize
 import scipy.stats
 
-from grood.detectors._common import DEFAULT_BATCH_SIZE, BaselineDetector
+from grood.detectors._common import DEFAULT_CHUNK_ROWS, BaselineDetector
 from grood.featureset import FeatureSet, LinearHead
 
 
@@ -83,10 +83,10 @@ class OpenMax(BaselineDetector):
         tail_size: int = 20,
         alpha: int = 3,
         translate_amount: float = 1.0,
-        batch_size: int = DEFAULT_BATCH_SIZE,
+        chunk_rows: int = DEFAULT_CHUNK_ROWS,
         device: str | torch.device | None = None,
     ) -> None:
-        super().__init__(batch_size=batch_size, device=device)
+        super().__init__(chunk_rows=chunk_rows, device=device)
         for key, value in (("tail_size", tail_size), ("alpha", alpha)):
             if isinstance(value, bool) or int(value) != value or int(value) < 1:
                 raise ValueError(f"OpenMax: {key} must be an integer >= 1; got {value!r}")

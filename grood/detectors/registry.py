@@ -14,12 +14,12 @@ from grood.detectors.base import Detector
 from grood.detectors.distance_based import KNN, MDS, RMDS, SHE
 from grood.detectors.fdbd import FDBD
 from grood.detectors.gradnorm import GradNorm
+from grood.detectors.grood_adapter import GROODDetector
 from grood.detectors.logit_based import EBO, GEN, MLS, MSP
 from grood.detectors.nci import NCI
 from grood.detectors.odin import ODIN
 from grood.detectors.openmax import OpenMax
 from grood.detectors.vim import ViM
-from grood.method.detector import GROOD
 
 #: The post-hoc baselines of the paper's Table 2, in its row order (GAIA and CIDER are not here:
 #: GAIA needs gradients inside the network, CIDER a differently trained network).
@@ -28,19 +28,22 @@ TABLE2_BASELINES: tuple[str, ...] = (
     "vim", "knn", "dice", "ash", "she", "gen", "fdbd", "nci",
 )  # fmt: skip
 
+#: Every built-in detector by name, GROOD first (``method=all`` runs them in this order). Plugins add theirs
+#: with :func:`grood.components.register_method`.
 DETECTORS: dict[str, type[Detector]] = {
     cls.name: cls
     for cls in (
-        OpenMax, MSP, ODIN, MDS, EBO, ReAct, MLS, GradNorm, ViM, KNN, DICE, ASH, SHE, GEN, FDBD, NCI,
-        RMDS, SCALE, GROOD,
+        GROODDetector, OpenMax, MSP, ODIN, MDS, EBO, ReAct, MLS, GradNorm, ViM, KNN, DICE, ASH, SHE, GEN, FDBD,
+        NCI, RMDS, SCALE,
     )
 }  # fmt: skip
 
 
 def detector_parameters(name: str) -> dict[str, Any]:
-    """The constructor parameters of detector ``name`` and their defaults."""
+    """The constructor parameters of detector ``name`` and their defaults (for an adapter, those of the
+    class it forwards them to: ``parameters_from``)."""
     cls = _detector_class(name)
-    signature = inspect.signature(cls.__init__)
+    signature = inspect.signature(cls.parameters_from or cls)
     return {
         key: parameter.default
         for key, parameter in signature.parameters.items()
@@ -70,6 +73,11 @@ def fit_split(detector: Detector | type[Detector]) -> str:
 
 
 def _detector_class(name: str) -> type[Detector]:
-    if name not in DETECTORS:
-        raise ValueError(f"unknown detector {name!r}; valid names: {', '.join(sorted(DETECTORS))}")
-    return DETECTORS[name]
+    """A built-in detector, or a plugin's (:func:`grood.components.register_method`)."""
+    if name in DETECTORS:
+        return DETECTORS[name]
+    from grood.components import components, load
+
+    if name in components("method"):
+        return load("method", name)
+    raise ValueError(f"unknown detector {name!r}; valid names: {', '.join(sorted(components('method')))}")

@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Mapping
 
 import torch
 
-from grood.detectors._common import DEFAULT_BATCH_SIZE, BaselineDetector, scatter_matrix
+from grood.detectors._common import DEFAULT_CHUNK_ROWS, BaselineDetector, scatter_matrix
 from grood.featureset import FeatureSet, LinearHead
 
 
@@ -59,9 +59,9 @@ class ViM(BaselineDetector):
     sweep: ClassVar[dict[str, list]] = {"dim": [256, 1000]}
 
     def __init__(
-        self, dim: int = 256, batch_size: int = DEFAULT_BATCH_SIZE, device: str | torch.device | None = None
+        self, dim: int = 256, chunk_rows: int = DEFAULT_CHUNK_ROWS, device: str | torch.device | None = None
     ) -> None:
-        super().__init__(batch_size=batch_size, device=device)
+        super().__init__(chunk_rows=chunk_rows, device=device)
         if isinstance(dim, bool) or int(dim) != dim or int(dim) < 1:
             raise ValueError(f"ViM: dim must be an integer >= 1; got {dim!r}")
         self.principal_dim = int(dim)
@@ -91,7 +91,7 @@ class ViM(BaselineDetector):
         self.weight = head.weight.detach().to(self.device, torch.float64)
         self.bias = head.bias.detach().to(self.device, torch.float64)
         self.origin = vim_origin(self.weight, self.bias)
-        covariance = scatter_matrix(train.features, self.origin, None, self.batch_size, self.device) / len(train)
+        covariance = scatter_matrix(train.features, self.origin, None, self.chunk_rows, self.device) / len(train)
         self.residual = residual_basis(covariance, self.principal_dim)
         max_logit_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         residual_norm_sum = torch.zeros((), dtype=torch.float64, device=self.device)

@@ -8,8 +8,8 @@
 This is the **feature-level** GROOD (``grood.method.GROOD``): tensors in, tensors out. The pipeline, the
 OpenOOD postprocessor (:mod:`grood.openood_compat`), the network-level GROOD (``grood.GROOD``,
 :mod:`grood.on_network`: GROOD on a network, fitted from a DataLoader, with the paper's mixup
-prototype) and the detector registry (:mod:`grood.detectors`, where it is registered as a
-:class:`~grood.detectors.base.Detector`) all fit and score with it. ``fit`` and ``score`` also take a
+prototype) and the detector registry (:mod:`grood.detectors`, through its adapter
+:class:`~grood.detectors.grood_adapter.GROODDetector`) all fit and score with it. ``fit`` and ``score`` also take a
 :class:`~grood.featureset.FeatureSet` (labels and the classifier's predictions then come from it). The
 OOD prototype ``p_ood`` is an argument of ``fit``: the paper's (mixup, eq. 9) needs the network and comes
 from :func:`grood.method.strategies.build_ood_prototype`; ``"mean"`` spells out the mean of the class
@@ -117,12 +117,9 @@ class GROOD:
     ``device``), ``index`` (None for the variants without a search), ``num_indexed``.
     """
 
-    # the Detector interface of grood.detectors (which registers this class as a Detector)
+    # grood.detectors.GROODDetector gives it the Detector interface of the baselines
     name: ClassVar[str] = "grood"
     reference: ClassVar[str] = "GROOD: Gradient-Aware Out-of-Distribution Detection (this repository's paper)"
-    needs_network: ClassVar[bool] = False  # the OOD prototype's network pass happens before fit
-    fit_split: ClassVar[str] = "train"
-    uses_labels: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -258,8 +255,7 @@ class GROOD:
             train_features: ``[N, D]`` penultimate features of the ID training set, or its
                 :class:`~grood.featureset.FeatureSet`: the labels, ``num_classes`` (default) and
                 ``train_predictions`` (``logits.argmax(1)``, default) then come from it, and
-                ``train_labels`` may only be None or the linear head that the
-                :class:`~grood.detectors.base.Detector` interface passes (GROOD does not read it).
+                ``train_labels`` must be None.
             train_labels: ``[N]`` integer labels in ``0..C-1`` (with a feature tensor).
             ood_prototype: required: ``[D]`` the OOD prototype ``p_ood`` (eq. 8), or ``"mean"`` for the mean
                 of the class prototypes (appendix A.2 "Mean of Prototypes", the only choice that needs no
@@ -278,7 +274,7 @@ class GROOD:
             ``self``.
         """
         if _is_feature_set(train_features):
-            if isinstance(train_labels, torch.Tensor):
+            if train_labels is not None:
                 raise ValueError("fit(FeatureSet) takes the labels from the FeatureSet; pass no train_labels")
             data = train_features
             train_features, train_labels = data.features, data.labels

@@ -35,8 +35,8 @@ passes (:func:`grood.prototype_inputs.mixup_features`, ...) live in :mod:`grood.
 from __future__ import annotations
 
 import numbers
-from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, Callable, List, Mapping, Optional, Sequence
 
 import torch
 
@@ -254,7 +254,8 @@ class Strategy:
     """One way to build the OOD prototype: ``candidates(inputs, target, **params) -> [M, D]``.
 
     Attributes:
-        params: its own parameters and their defaults (besides the proximity filter's, which all take).
+        parameters: the dataclass declaring its own parameters (besides the proximity filter's, which all
+            take): each field's type and default, the one declaration the config schema is built from.
         uses_seed: its candidates depend on ``PrototypeInputs.seed``.
         per_ood_set: one prototype per OOD test set (the oracles; :func:`build_ood_prototype` needs ``target``).
         uses_network: its candidates need a pass of the network over images (a caller may cache the result).
@@ -263,31 +264,81 @@ class Strategy:
     name: str
     reference: str
     candidates: Callable[..., torch.Tensor]
-    params: Mapping[str, Any]
+    parameters: type  # a dataclass: its fields are the strategy's parameters, with their types and defaults
     uses_seed: bool
     per_ood_set: bool = False
     uses_network: bool = False
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """Its own parameters and their defaults (from :attr:`parameters`)."""
+        return _defaults(self.parameters)
 
 
 #: Where the "corrupted" strategy's images come from (its ``source``).
 CORRUPTED_SOURCES = ("real", "synthetic")
 
-#: The proximity filter (section 5.2), a parameter of every strategy: None = off.
-FILTER_PARAMS: dict[str, Any] = {"filter_quantile": None, "min_keep": 1}
+def _defaults(parameters: type) -> dict[str, Any]:
+    """A parameter dataclass's field -> default (list defaults as tuples)."""
+    out = {}
+    for item in fields(parameters):
+        value = item.default_factory() if item.default is MISSING else item.default
+        out[item.name] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
+# Each strategy's parameters: name, type and default, declared once (the config schema, grood.config, is
+# generated from these dataclasses; Optional: None = the value the strategy's docstring names).
+@dataclass
+class FilterParams:
+    """The proximity filter (section 5.2), a parameter of every strategy."""
+
+    filter_quantile: Optional[float] = None  # None = off
+    min_keep: int = 1
+
+
+@dataclass
+class MixupParams:
+    mixup_lambda: float = 0.5          # eq. 9's λ
+    num_images: Optional[int] = None   # None = every training image
+
+
+@dataclass
+class UniformParams:
+    num_images: int = 1000
+    keep: int = 100
+
+
+@dataclass
+class NumImagesParams:
+    num_images: int = 100
+
+
+@dataclass
+class CorruptedParams:
+    num_images: int = 100
+    corruptions: List[str] = field(default_factory=lambda: list(CORRUPTIONS))
+    source: str = "real"               # real | synthetic (CORRUPTED_SOURCES)
+
+
+@dataclass
+class NoParams:
+    pass
+
+
+#: The proximity filter's parameters and their defaults (None = off).
+FILTER_PARAMS: dict[str, Any] = _defaults(FilterParams)
 
 STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
-    Strategy("mixup", "eq. 9, section 5.2", _mixup, {"mixup_lambda": 0.5, "num_images": None}, uses_seed=True,
+    Strategy("mixup", "eq. 9, section 5.2", _mixup, MixupParams, uses_seed=True, uses_network=True),
+    Strategy("uniform", "appendix A.2 'Uniform'", _uniform, UniformParams, uses_seed=True, uses_network=True),
+    Strategy("val_ood", "appendix A.2 'OpenOOD Val'", _val_ood, NumImagesParams, uses_seed=True),
+    Strategy("corrupted", "appendix A.2 'ID-Corrupted Val'", _corrupted, CorruptedParams, uses_seed=True,
              uses_network=True),
-    Strategy("uniform", "appendix A.2 'Uniform'", _uniform, {"num_images": 1000, "keep": 100}, uses_seed=True,
-             uses_network=True),
-    Strategy("val_ood", "appendix A.2 'OpenOOD Val'", _val_ood, {"num_images": 100}, uses_seed=True),
-    Strategy("corrupted", "appendix A.2 'ID-Corrupted Val'", _corrupted,
-             {"num_images": 100, "corruptions": tuple(CORRUPTIONS), "source": "real"}, uses_seed=True,
-             uses_network=True),
-    Strategy("mean", "appendix A.2 'Mean of Prototypes'", _mean, {}, uses_seed=False),
-    Strategy("local_oracle", "Table 1 'Local Oracle'", _local_oracle, {"num_images": 100}, uses_seed=True,
+    Strategy("mean", "appendix A.2 'Mean of Prototypes'", _mean, NoParams, uses_seed=False),
+    Strategy("local_oracle", "Table 1 'Local Oracle'", _local_oracle, NumImagesParams, uses_seed=True,
              per_ood_set=True),
-    Strategy("global_oracle", "Table 1 'Global Oracle'", _global_oracle, {"num_images": 100}, uses_seed=True,
+    Strategy("global_oracle", "Table 1 'Global Oracle'", _global_oracle, NumImagesParams, uses_seed=True,
              per_ood_set=True),
 )}
 #: The strategies with one prototype for every OOD set (all but the oracles, which need the OOD test sets).

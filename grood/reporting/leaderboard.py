@@ -35,6 +35,23 @@ POSTPROCESSOR_NAMES = {
     "react": "ReAct", "mls": "MLS", "gradnorm": "GradNorm", "vim": "ViM", "knn": "KNN", "dice": "DICE",
     "ash": "ASH", "she": "SHE", "gen": "GEN", "fdbd": "fDBD", "nci": "NCI", "rmds": "RMDS", "scale": "SCALE",
 }
+#: grood's parameter name -> OpenOOD's, per method, where they differ (OpenOOD v1.5's
+#: ``configs/postprocessors/<name>.yml`` ``postprocessor_args``; OpenMax's ``openmax_postprocessor.py``
+#: constants): the entry's description gives a method's parameters in OpenOOD's spelling. The one place
+#: that knows them: grood's configs, run hashes and ``run.json`` use grood's names only.
+OPENOOD_PARAM_NAMES: dict[str, dict[str, str]] = {
+    "knn": {"k": "K"},
+    "gen": {"m": "M"},
+    "openmax": {"tail_size": "weibull_tail", "alpha": "weibull_alpha"},
+}
+
+
+def openood_params(method: str, params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` of ``method`` with OpenOOD's names (:data:`OPENOOD_PARAM_NAMES`)."""
+    names = OPENOOD_PARAM_NAMES.get(method, {})
+    return {names.get(key, key): value for key, value in params.items()}
+
+
 #: grood's backbone names -> the architecture names of OpenOOD's leaderboard.
 ARCHITECTURE_NAMES = {
     "resnet18_32x32": "ResNet18", "resnet18_224x224": "ResNet18", "resnet50": "ResNet50", "vit_b_16": "ViT-B-16",
@@ -68,7 +85,7 @@ def _entry(run_dir: Path, training: str) -> dict[str, Any]:
     config = record.get("config") or {}
     backbone = (record.get("backbone") or {}).get("name") or (config.get("backbone") or {}).get("name") or ""
     prototype = (record.get("extra") or {}).get("prototype")
-    params = record.get("method_params") or {}
+    params = openood_params(method, record.get("method_params") or {})
     description = [f"ID: {record['benchmark']}", f"seed {record.get('seed')}"]
     if prototype:
         source = (record.get("extra") or {}).get("prototype_source")
