@@ -54,13 +54,13 @@ def test_bench_method_rejects_a_bad_repeat() -> None:
     assert completed.returncode == 2 and "--repeat must be >= 1" in completed.stderr
 
 
-TRUE_SIZE_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_true_size.py"
+TRUE_SIZE_COMMAND = ["-m", "grood", "bench-true-size"]
 
 
 @pytest.mark.slow
 def test_bench_true_size_at_a_toy_size_runs_every_method_over_memory_maps(tmp_path: Path) -> None:
     completed = subprocess.run(
-        [sys.executable, str(TRUE_SIZE_SCRIPT), "--train", "6000", "--queries", "900", "--dim", "32", "--classes",
+        [sys.executable, *TRUE_SIZE_COMMAND, "--train", "6000", "--queries", "900", "--dim", "32", "--classes",
          "10", "--recall-queries", "300", "--workdir", str(tmp_path)],
         capture_output=True, text=True, check=False, timeout=900,
     )

@@ -74,7 +74,7 @@ def test_float16_storage_scores_exactly_as_float32_on_memory_mapped_features(map
     scores = {}
     for storage in ("float32", "float16"):
         detector = GROOD(index=index, index_params={**params, "storage": storage}, batch_size=1000)
-        detector.fit(data["train"], data["labels"], num_classes=5)
+        detector.fit(data["train"], data["labels"], num_classes=5, ood_prototype="mean")
         scores[storage] = torch.cat([detector.score(data["test"]), detector.score(data["ood"])])
         if storage == "float16":
             assert isinstance(detector.index._storage if index == "torch" else detector.index.vectors, HalfVectors)
@@ -85,8 +85,8 @@ def test_the_float16_shortlist_holds_the_true_nearest_gradient(mapped_data: dict
     """What the equality above rests on: on these features each query's true nearest training gradient is
     among the SHORTLIST_PER_NEIGHBOUR best by the float16 codes (brute force in float64)."""
     data = mapped_data
-    detector = GROOD(index="torch", index_params={"storage": "float16"}).fit(data["train"], data["labels"],
-                                                                          num_classes=5)
+    detector = GROOD(index="torch", index_params={"storage": "float16"}).fit(
+        data["train"], data["labels"], ood_prototype="mean", num_classes=5)
     train_gradients = detector.gradients(data["train"]).double()
     queries = torch.cat([detector.gradients(data["test"]), detector.gradients(data["ood"])]).double()
     decoded = detector.index.vectors.double()  # the codes, decoded (add order)
@@ -131,7 +131,7 @@ def test_knn_streams_memory_mapped_training_features(mapped_data: dict) -> None:
     def feature_set(features: torch.Tensor) -> FeatureSet:
         return FeatureSet(torch.zeros(features.shape[0], 5), features, torch.zeros(features.shape[0], dtype=torch.long))
 
-    streamed = KNN(k=5, batch_size=500).fit(feature_set(data["train"]), head)
+    streamed = KNN(k=5, chunk_rows=500).fit(feature_set(data["train"]), head)
     assert streamed.index is None and streamed.train_features is data["train"]  # no copy held
     indexed = KNN(k=5, index="torch").fit(feature_set(torch.from_numpy(data["arrays"][0].copy())), head)
     for features in (data["test"], data["ood"]):

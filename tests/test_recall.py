@@ -33,14 +33,14 @@ def _data(count: int, seed: int) -> FeatureSet:
 
 def test_recall_is_one_for_a_full_probe_and_below_for_one_probe() -> None:
     train, queries = _data(4000, 0), {"test": _data(600, 1), "ood": _data(600, 2)}
-    full = GROOD(index="ivf", index_params={"nlist": 40, "nprobe": 40}).fit(train)
-    assert is_approximate(full) and not is_approximate(GROOD(index="torch").fit(train))
+    full = GROOD(index="ivf", index_params={"nlist": 40, "nprobe": 40}).fit(train, ood_prototype="mean")
+    assert is_approximate(full) and not is_approximate(GROOD(index="torch").fit(train, ood_prototype="mean"))
     report = measure_recall(full, train, queries)
     assert report["recall_at_1"] == 1.0 and report["queries"] == 1000 and set(report["by_set"]) == {"test", "ood"}
-    one = GROOD(index="ivf", index_params={"nlist": 40, "nprobe": 1}).fit(train)
+    one = GROOD(index="ivf", index_params={"nlist": 40, "nprobe": 1}).fit(train, ood_prototype="mean")
     low = measure_recall(one, train, queries)["recall_at_1"]
     # the same count by brute force
-    exact = GROOD(index="torch").fit(train)
+    exact = GROOD(index="torch").fit(train, ood_prototype="mean")
     sampled = sample_queries({"test": 600, "ood": 600})
     gradients = torch.cat([exact.gradients(queries[n].features[r]) for n, r in sampled.items()])
     truth = exact.index.search(gradients, 1)[0][:, 0]
@@ -53,7 +53,7 @@ def test_fit_on_correct_compares_with_the_indexed_rows_only() -> None:
     wrong = torch.arange(3000) % 3 == 0  # a third of the rows misclassified: not indexed
     logits = torch.nn.functional.one_hot(torch.where(wrong, (train.labels + 1) % 4, train.labels), 4).float()
     train = FeatureSet(logits, train.features, train.labels)
-    detector = GROOD(index="ivf", fit_on="correct", index_params={"nlist": 20, "nprobe": 20}).fit(train)
+    detector = GROOD(index="ivf", fit_on="correct", index_params={"nlist": 20, "nprobe": 20}).fit(train, ood_prototype="mean")
     assert detector.num_indexed == 2000
     assert measure_recall(detector, train, {"test": _data(500, 6)})["recall_at_1"] == 1.0
 

@@ -20,6 +20,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("grood.cli.train:cli", "train a backbone with the paper's recipe (Hydra overrides: dataset=cifar100)"),
     "leaderboard": ("grood.cli.leaderboard:main", "a results folder as OpenOOD leaderboard entries"),
     "bench-method": ("grood.cli.bench_method:main", "speed and memory of the GROOD method on synthetic features"),
+    "bench-true-size": ("grood.cli.bench_true_size:main", "GROOD and KNN at ImageNet-1k's true size, out of core: "
+                                                           "time, peak RSS, recall"),
     "bench-eval": ("grood.cli.bench_eval:main", "time evaluations on the smoke benchmark (or against OpenOOD)"),
     "gpu-check": ("grood.cli.gpu_check:main", "everything that needs CUDA, in one command, with a summary"),
 }

@@ -211,7 +211,7 @@ class KNN(BaselineDetector):
         self._start_score(data)
         if self.index is None:  # "exact": all the queries against the streamed training features
             queries = torch.cat([l2_normalise(chunk) for _, chunk in
-                                 RowReader(data.features, self.device).chunks(self.batch_size)])
+                                 RowReader(data.features, self.device).chunks(self.chunk_rows)])
             return -self._streamed_distances(queries).cpu()
         return self._score_in_chunks(
             data,
