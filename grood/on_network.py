@@ -121,7 +121,10 @@ def _as_loader(data: Any, batch_size: int, where: str) -> Iterable:
     if isinstance(data, torch.Tensor):
         raise TypeError(f"{where}: give (images, labels) batches (a DataLoader, a list of pairs) or a Dataset, not a "
                         "tensor (labels are needed)")
-    if isinstance(data, Dataset) and is_map_style(data):
+    if isinstance(data, Dataset):  # items, not batches: batched here (an iterable-style one needs its DataLoader)
+        if not is_map_style(data):
+            raise TypeError(f"{where}: {type(data).__name__} is an iterable-style dataset of items: give a DataLoader "
+                            "over it (batches), or a map-style Dataset")
         return DataLoader(ImageItems(data, where), batch_size=batch_size, shuffle=False)
     if not isinstance(data, Iterable):
         raise TypeError(f"{where}: expected a DataLoader, an iterable of (images, labels) batches or a Dataset; got "
@@ -249,7 +252,7 @@ class GROOD(_DetectorBase):
             ``self``.
         """
         loader = _as_loader(data, self.batch_size, "GROOD.fit data")
-        if self.prototype == "mixup" and iter(loader) is loader:
+        if self.prototype == "mixup" and isinstance(loader, Iterator):
             raise TypeError("GROOD.fit with the mixup prototype (eq. 9) reads the training data twice: give a "
                             "DataLoader, a list of batches or a Dataset, not a one-shot iterator")
         num_classes = self.network.num_classes

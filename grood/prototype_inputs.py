@@ -15,7 +15,7 @@ training pass only, any re-iterable of ``(images [B, 3, H, W], labels [B])`` bat
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -212,7 +212,7 @@ def _mixup_over_batches(network: torch.nn.Module, batches: Iterable, prototypes:
                         ) -> torch.Tensor:
     """Eq. 9 over a second pass of the training batches: ``c2`` from each batch's own logits; ``rows``
     (a sample, positions in the first pass) needs the batches in the first pass's order, checked by label."""
-    if iter(batches) is batches:
+    if isinstance(batches, Iterator):
         raise TypeError("the mixup prototype (eq. 9) iterates the training data a second time: give a DataLoader, "
                         "a list of batches or a Dataset, not a one-shot iterator")
     chosen = None if rows is None else torch.zeros(labels.shape[0], dtype=torch.bool).index_fill_(0, rows, True)

@@ -156,6 +156,13 @@ def test_training_data_is_checked() -> None:
         detector.fit(images)
     with pytest.raises(TypeError, match="a tuple of 3 elements"):
         detector.fit([(images, labels, labels)])
+
+    class Items(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            return iter(zip(images, labels))
+
+    with pytest.raises(TypeError, match="iterable-style dataset of items: give a DataLoader"):
+        detector.fit(Items())
     with pytest.raises(NotFittedError, match="fit"):
         detector.score(images)
 
@@ -210,6 +217,7 @@ def test_save_load_gives_the_same_scores_and_refuses_another_network(tmp_path: P
     loaded = GROOD.load(tmp_path / "grood", model)
     assert loaded.prototype_params["mixup_lambda"] == 0.3
     torch.testing.assert_close(loaded.score(images), detector.score(images), rtol=0, atol=0)
+    torch.testing.assert_close(loaded.to("cpu").score(images), detector.score(images), rtol=0, atol=0)
 
     with pytest.raises(NetworkMismatchError, match="weights .sha256 of the state_dict"):
         GROOD.load(tmp_path / "grood", small_cnn(seed=1))  # same class, other weights

@@ -297,9 +297,9 @@ def test_case7_an_empty_class_of_a_declared_count_is_an_error_naming_it(caplog):
     labels = torch.arange(9).repeat(10)  # class 9 of 10 has no sample
     data = FeatureSet(torch.randn(90, 10), features, labels)  # the benchmark's 10 classes: the logits' width
     with pytest.raises(ValueError, match=r"class\(es\) \[9\] of 10 have no sample"):
-        GROOD(index="torch").fit(data)
+        GROOD(index="torch").fit(data, ood_prototype="mean")
     with pytest.raises(ValueError, match=r"class\(es\) \[9\] of 10 have no sample"):
-        GROOD(index="torch").fit(features, labels, num_classes=10)
+        GROOD(index="torch").fit(features, labels, num_classes=10, ood_prototype="mean")
     with caplog.at_level("WARNING"):  # inferred with nothing declaring more classes: no noise (issue 23 case 5)
         assert GROOD(index="torch").fit(features, labels, ood_prototype="mean").num_classes == 9
     assert "num_classes inferred" not in caplog.text
