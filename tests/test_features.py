@@ -215,6 +215,25 @@ def test_bytes_overwritten_in_place_are_reported_and_that_shard_recomputed(tmp_p
     assert torch.equal(again.features.features, reference_features)
 
 
+def test_a_truncated_or_unreadable_entry_is_recomputed(tmp_path: Path) -> None:
+    cache = FeatureCache(tmp_path)
+    reference = extract_split(_net(), _dataset(), cache=cache, key_parts={}, **SHARDED)
+    reference_logits = reference.features.logits.clone()
+    del reference
+    entry = cache.entry(cache_key({"accumulate_early": True}))
+    path = entry.array_path("logits")
+    path.write_bytes(path.read_bytes()[:-40])  # truncated
+    network = _net()
+    rows = _counting(network)
+    again = extract_split(network, _dataset(), cache=cache, key_parts={}, **SHARDED)
+    assert sum(rows) == 20 + 1 and torch.equal(again.features.logits, reference_logits)  # all rows + the probe
+    (entry.folder / "entry.json").write_text("{not json")
+    network = _net()
+    rows = _counting(network)
+    extract_split(network, _dataset(), cache=cache, key_parts={}, **SHARDED)
+    assert sum(rows) == 20 + 1
+
+
 def test_a_damaged_early_sum_is_found_too(tmp_path: Path, caplog) -> None:
     cache = FeatureCache(tmp_path)
     extract_split(_net(), _dataset(), cache=cache, key_parts={}, **SHARDED)
