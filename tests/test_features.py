@@ -215,6 +215,25 @@ def test_bytes_overwritten_in_place_are_reported_and_that_shard_recomputed(tmp_p
     assert torch.equal(again.features.features, reference_features)
 
 
+def test_a_truncated_or_unreadable_entry_is_recomputed(tmp_path: Path) -> None:
+    cache = FeatureCache(tmp_path)
+    reference = extract_split(_net(), _dataset(), cache=cache, key_parts={}, **SHARDED)
+    reference_logits = reference.features.logits.clone()
+    del reference
+    entry = cache.entry(cache_key({"accumulate_early": True}))
+    path = entry.array_path("logits")
+    path.write_bytes(path.read_bytes()[:-40])  # truncated
+    network = _net()
+    rows = _counting(network)
+    again = extract_split(network, _dataset(), cache=cache, key_parts={}, **SHARDED)
+    assert sum(rows) == 20 + 1 and torch.equal(again.features.logits, reference_logits)  # all rows + the probe
+    (entry.folder / "entry.json").write_text("{not json")
+    network = _net()
+    rows = _counting(network)
+    extract_split(network, _dataset(), cache=cache, key_parts={}, **SHARDED)
+    assert sum(rows) == 20 + 1
+
+
 def test_a_damaged_early_sum_is_found_too(tmp_path: Path, caplog) -> None:
     cache = FeatureCache(tmp_path)
     extract_split(_net(), _dataset(), cache=cache, key_parts={}, **SHARDED)
@@ -291,3 +310,27 @@ def test_early_prototypes_name_an_empty_class() -> None:
     )
     with pytest.raises(ValueError, match=r"class\(es\) \[1\]"):
         outputs.early_prototypes()
+
+
+def test_a_full_disk_stops_a_pipeline_run_in_one_line_before_any_pass(tiny_root, tmp_path, resnet20_checkpoint,
+                                                                      monkeypatch):
+    """Issue 23 case 8: not a torch writer's "unexpected pos" after the pass, and not one failure per method."""
+    from grood import features as features_module
+    from grood.config import compose_run_config
+    from grood.pipeline import run_evaluation
+
+    config = compose_run_config(["dataset=cifar10_smoke", "method=all", "device=cpu", "progress=false",
+                                 "num_workers=0", f"paths.data_root={tiny_root}", f"paths.cache_dir={tmp_path / 'c'}",
+                                 f"dataset.checkpoint={resnet20_checkpoint}"])
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**12, 10**12 - 5000, 5000))
+    passes: list[str] = []
+    original = features_module.forward_pass
+    monkeypatch.setattr(features_module, "forward_pass",
+                        lambda *a, **k: passes.append(k["description"]) or original(*a, **k))
+    with pytest.raises(CacheSpaceError) as raised:
+        run_evaluation(config, tmp_path / "out")
+    message = str(raised.value)
+    assert "\n" not in message and f"feature cache folder {tmp_path / 'c'}" in message
+    assert "cifar10_smoke/train" in message and "needs 1.4 MB, 5.0 KB free;" in message
+    assert passes == ["cifar10_smoke/train (array shapes)"]  # the one-image probe, no pass over the split
+    assert not (tmp_path / "out" / "grood" / "metrics.csv").exists()

@@ -167,12 +167,19 @@ def bare_network_throughput(network: SplitNetwork, spec: dict, batch_size: int, 
     return images / (time.perf_counter() - started)
 
 
-#: Runs a script (argv[1:]) as ``__main__`` and prints this process's peak RSS (``ru_maxrss``, KiB on Linux)
-#: on its last line of stderr, when it exits (normally or by ``sys.exit``).
+#: Runs a script (argv[1:]) as ``__main__`` and prints this process's peak RSS in KiB on its last line of
+#: stderr, when it exits (normally or by ``sys.exit``): ``VmHWM`` of ``/proc/self/status`` on Linux, the
+#: high-water mark of this program's own memory. ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` (used where
+#: there is no /proc) would count the parent's RSS as well: Linux carries it over the fork and exec.
 PEAK_RSS_RUNNER = (
-    "import atexit, resource, runpy, sys\n"
-    "atexit.register(lambda: print(f'peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss} KiB', "
-    "file=sys.stderr, flush=True))\n"
+    "import atexit, os, resource, runpy, sys\n"
+    "def peak():\n"
+    "    if os.path.exists('/proc/self/status'):\n"
+    "        for line in open('/proc/self/status'):\n"
+    "            if line.startswith('VmHWM:'):\n"
+    "                return int(line.split()[1])\n"
+    "    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+    "atexit.register(lambda: print(f'peak RSS {peak()} KiB', file=sys.stderr, flush=True))\n"
     "sys.argv = sys.argv[1:]\n"
     "runpy.run_path(sys.argv[0], run_name='__main__')\n"
 )
@@ -180,7 +187,7 @@ PEAK_RSS_RUNNER = (
 
 def run_measured(command: Sequence[str], env: dict[str, str] | None = None) -> tuple[float, float]:
     """Run ``python <command...>`` (a script and its arguments) to completion: ``(seconds, peak RSS in MiB)``
-    of that process alone (``resource.getrusage(RUSAGE_SELF).ru_maxrss`` read inside it)."""
+    of that process alone (read inside it: :data:`PEAK_RSS_RUNNER`)."""
     import subprocess
 
     started = time.perf_counter()

@@ -36,6 +36,7 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 NON_RESULT_KEYS: tuple[str, ...] = (
     "progress", "num_workers", "batch_size", "experiment_name", "paths.cache_dir", "paths.results_dir",
     "paths.shared_dir", "paths.smoke_data_root", "paths.checkpoint_root", "cache.verify", "check_files",
+    "cache.shard_batches", "extract.num_jobs", "extract.job_index", "extract.only",
 )
 
 #: Keys added after results were first recorded, left out of :func:`result_config` while unset (None or
