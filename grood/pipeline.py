@@ -258,8 +258,9 @@ def prepare_run(config: RunConfig) -> BenchmarkRun:
     """Check every input, then build the network and the cache; nothing runs the network on data yet.
 
     Checked, and reported together: the data root's layout; every list of every split (paths, labels,
-    empty lists, duplicate lines); every listed file; the checkpoint (exists, loads into the backbone);
-    every method's parameters against the network's feature dimension.
+    empty lists, duplicate lines); every listed file; the checkpoint (exists, is a torch checkpoint, every
+    floating tensor finite, loads into the backbone); every method's parameters against the network's
+    feature dimension (with ``method=all``, a method that cannot run is logged at once; the others run).
 
     Raises:
         ConfigError: a config value that cannot work. MissingInputError: absent files (data root, lists,
