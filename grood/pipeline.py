@@ -256,10 +256,12 @@ def prepare_run(config: RunConfig) -> BenchmarkRun:
     """Check every input, then build the network and the cache; nothing runs the network on data yet.
 
     Checked, and reported together: the data root's layout; every line of every list of every split (paths,
-    labels, empty lists, duplicate lines); that every listed file exists; the checkpoint (exists, loads into
-    the backbone); every method's parameters against the network's feature dimension. Then, when all of
-    that holds (``check_files``): every listed image is decoded (:func:`grood.data.verify.verify_images`;
-    only those not verified by an earlier run), every unusable one reported at once.
+    labels, empty lists, duplicate lines); that every listed file exists; the checkpoint (exists, is a torch
+    checkpoint, every floating tensor finite, loads into the backbone); every method's parameters against the
+    network's feature dimension (with ``method=all``, a method that cannot run is logged at once; the others
+    run). Then, when all of that holds (``check_files``): every listed image is decoded
+    (:func:`grood.data.verify.verify_images`; only those not verified by an earlier run), every unusable one
+    reported at once.
 
     Raises:
         ConfigError: a config value that cannot work. MissingInputError: absent files (data root, lists,

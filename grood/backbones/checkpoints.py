@@ -135,10 +135,13 @@ def _torch_format_problem(path: Path) -> str | None:
     """Why ``path`` cannot be a torch checkpoint, judged by its first bytes (None: it may be one).
 
     ``torch.save`` writes a zip archive (``PK\\x03\\x04``; PyTorch >= 1.6) or, in the legacy format, a pickle
-    (protocol >= 2: ``\\x80`` then the protocol number)."""
+    (protocol >= 2: ``\\x80`` then the protocol number; protocols 0 and 1: torch's magic number as text), or,
+    before PyTorch 0.1.10, a tar archive."""
     with open(path, "rb") as handle:
-        head = handle.read(16)
-    if head.startswith(b"PK\x03\x04") or (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5):
+        start = handle.read(512)
+    head = start[:16]
+    if head.startswith((b"PK\x03\x04", b"L119547037146038801333356L")) or start[257:262] == b"ustar" \
+            or (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5):
         return None
     if not head:
         return "an empty file"
