@@ -20,7 +20,7 @@ def test_help_lists_every_command(capsys) -> None:
     listed = capsys.readouterr().out
     assert all(f"\n  {name} " in listed for name in COMMANDS)
     assert set(COMMANDS) == {"run", "reproduce", "download", "train", "leaderboard", "bench-method", "bench-eval",
-                             "gpu-check"}
+                             "bench-true-size", "gpu-check"}
 
 
 def test_an_unknown_command_or_none_is_exit_status_2(capsys) -> None:

@@ -101,24 +101,24 @@ def test_case5_grood_fit_warns_only_when_the_inferred_class_count_is_doubtful(ca
     features = torch.randn(90, 8, generator=torch.Generator().manual_seed(1))
     labels = torch.arange(9).repeat(10)
     with caplog.at_level(logging.WARNING, logger="grood.method.detector"):
-        GROOD(index="torch").fit(features, labels)  # the README's snippet: nothing to doubt, no warning
+        GROOD(index="torch").fit(features, labels, ood_prototype="mean")  # the README's snippet: nothing to doubt, no warning
     assert not [r for r in caplog.records if "num_classes inferred" in r.getMessage()]
     caplog.clear()
     # the network predicts a class no label has: the caller's network declares 10 classes
     with caplog.at_level(logging.WARNING, logger="grood.method.detector"), pytest.raises(ValueError):
-        GROOD(index="torch").fit(features, labels, train_predictions=torch.arange(10).repeat(9))
+        GROOD(index="torch").fit(features, labels, ood_prototype="mean", train_predictions=torch.arange(10).repeat(9))
     assert "num_classes inferred as max(train_labels) + 1 = 9, but train_predictions hold class 9" in caplog.text
     caplog.clear()
     # labels that skip class 3
     skipping = torch.where(labels == 3, 4, labels)
     with caplog.at_level(logging.WARNING, logger="grood.method.detector"), pytest.raises(ValueError):
-        GROOD(index="torch").fit(features, skipping)
+        GROOD(index="torch").fit(features, skipping, ood_prototype="mean")
     assert "the labels skip class(es) [3] (no sample)" in caplog.text
     caplog.clear()
     # class prototypes of more classes than the labels show
     protos = torch.randn(10, 8)
     with caplog.at_level(logging.WARNING, logger="grood.method.detector"), pytest.raises(ValueError):
-        GROOD(index="torch").fit(features, labels, class_prototypes=protos)
+        GROOD(index="torch").fit(features, labels, ood_prototype="mean", class_prototypes=protos)
     assert "class_prototypes has 10 rows" in caplog.text
 
 
@@ -138,7 +138,7 @@ def test_case9_hydras_use_plus_hint_is_not_shown_where_plus_is_refused():
     with pytest.raises(ConfigError) as info:
         compose_run_config(["method=knn", "method.params.kk=5"])
     message = str(info.value)
-    assert "'method.params.kk' is not a setting; valid keys of method.params: k, index" in message
+    assert "'method.params.kk' is not a setting; valid keys of method.params: k, chunk_rows" in message
     assert "use +" not in message and "+method.params.kk" not in message
     with pytest.raises(ConfigError, match=r"undeclared configuration key"):  # the rule the hint contradicted
         compose_run_config(["method=knn", "+method.params.kk=5"])
