@@ -327,15 +327,16 @@ SLEEP_S = 1.5
 
 def test_case12_each_method_records_its_own_time_and_the_forward_passes_once(tiny_root, tmp_path,
                                                                               resnet20_checkpoint, monkeypatch):
-    real_extract, real_methods = pipeline.extract_split, pipeline.method_list
+    real_extract, real_methods = pipeline.prepare.extract_split, pipeline.method_list
 
     def slow_extract(*args, **kwargs):  # every shared forward pass takes at least SLEEP_S
         time.sleep(SLEEP_S)
         return real_extract(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "extract_split", slow_extract)
-    monkeypatch.setattr(pipeline, "method_list",
-                        lambda method: [m for m in real_methods(method) if m[0] in ("grood", "msp", "knn")])
+    monkeypatch.setattr(pipeline.prepare, "extract_split", slow_extract)
+    three = lambda method: [m for m in real_methods(method) if m[0] in ("grood", "msp", "knn")]  # noqa: E731
+    monkeypatch.setattr(pipeline.prepare, "method_list", three)
+    monkeypatch.setattr(pipeline.results, "method_list", three)
     out = tmp_path / "out"
     config = _tiny(tiny_root, tmp_path / "cache", "method=all", "prototype=mean", "aps=false", "index=torch",
                    checkpoint=resnet20_checkpoint)
