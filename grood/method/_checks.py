@@ -36,6 +36,8 @@ def check_finite(name: str, x: torch.Tensor) -> None:
 
     if x.numel() == 0:
         return
+    if x.dim() == 0:
+        x = x.reshape(1)
     chunk_rows = DEFAULT_CHUNK_ROWS if x.dim() >= 2 and is_file_mapped(x) else max(1, x.shape[0])
     bad_count, first = 0, []
     for start in range(0, x.shape[0], chunk_rows):
