@@ -137,3 +137,21 @@ def test_knn_streams_memory_mapped_training_features(mapped_data: dict) -> None:
     for features in (data["test"], data["ood"]):
         torch.testing.assert_close(streamed.score(feature_set(features)), indexed.score(feature_set(features)),
                                    rtol=1e-5, atol=1e-5)
+
+
+def test_scattered_reads_of_a_memory_map_keep_the_resident_set_small(tmp_path: Path) -> None:
+    """Random rows fault in the cached pages around each of them too (fault-around): all are released."""
+    features = _mapped(tmp_path / "big.npy", np.ones((32768, 1024), dtype=np.float32))  # 128 MB
+    reader = RowReader(features)
+    before = _resident_mb()
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(8):
+        assert float(reader.take(torch.randint(0, 32768, (2000,), generator=generator)).sum()) == 2000 * 1024
+    assert _resident_mb() - before < 48
+
+
+def _resident_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")

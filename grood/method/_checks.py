@@ -44,7 +44,7 @@ def check_finite(name: str, x: torch.Tensor) -> None:
         part = x[start : start + chunk_rows]
         bad_rows = _non_finite_rows(part)
         if chunk_rows < x.shape[0]:
-            release_pages(part)
+            release_pages(x)  # the whole map: a fault maps the pages around it too
         if bad_rows is not None:
             bad_count += int(bad_rows.sum())
             first += (bad_rows.nonzero()[:5, 0] + start).tolist()[: 5 - len(first)]

@@ -4,7 +4,8 @@ The feature cache may hand the detectors read-only memory-mapped tensors (``torc
 ``np.load(..., mmap_mode="r")``): an ImageNet-1k training split is 1,281,167 x 2048 float32, 10.5 GB.
 Nothing here writes into an input or copies more than one chunk of it. A mapped file's pages that a chunk
 read stay in the process's resident set (and count in its peak RSS) until the mapping goes, although the
-kernel could drop them at any time: :func:`read_rows` hands them back (``madvise(MADV_DONTNEED)``, which for
+kernel could drop them at any time (and a page fault maps the cached pages around it as well, 64 KB on
+Linux): :class:`RowReader` hands back all of the map's pages after each read (``madvise(MADV_DONTNEED)``, which for
 a file-backed mapping only unmaps them: a later read faults them in again from the page cache), so
 streaming a split over and over keeps the resident set at one chunk.
 """
@@ -79,19 +80,17 @@ class RowReader:
 
     def rows(self, rows: slice) -> torch.Tensor:
         """``[B, D]`` copy of ``source[rows]`` in ``dtype`` (never a view of the source)."""
-        view = self.source[rows]
-        out = view.to(device=self.device, dtype=self.dtype, copy=True)
+        out = self.source[rows].to(device=self.device, dtype=self.dtype, copy=True)
         if self.mapped:
-            release_pages(view)
+            release_pages(self.source)  # the whole map: the kernel maps pages around each fault too
         return out
 
     def take(self, indices: torch.Tensor) -> torch.Tensor:
         """``[M, D]`` copy of ``source[indices]`` in ``dtype`` (``indices [M]`` int64, any order)."""
         indices = indices.to("cpu", torch.long)
         out = self.source[indices].to(device=self.device, dtype=self.dtype)
-        if self.mapped and indices.numel():
-            for index in indices.unique().tolist():
-                release_pages(self.source[index])
+        if self.mapped:
+            release_pages(self.source)
         return out
 
     def chunks(self, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Iterator[tuple[slice, torch.Tensor]]:
