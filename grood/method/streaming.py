@@ -20,6 +20,8 @@ import torch
 
 #: Rows per chunk of the streaming helpers when the caller gives none.
 DEFAULT_CHUNK_ROWS = 8192
+#: Scattered rows of a memory map read between two releases of its pages (each maps up to 64 KB around it).
+TAKE_BATCH = 2048
 
 _PAGE = mmap.PAGESIZE
 _MADV_DONTNEED = 4
@@ -88,8 +90,14 @@ class RowReader:
     def take(self, indices: torch.Tensor) -> torch.Tensor:
         """``[M, D]`` copy of ``source[indices]`` in ``dtype`` (``indices [M]`` int64, any order)."""
         indices = indices.to("cpu", torch.long)
-        out = self.source[indices].to(device=self.device, dtype=self.dtype)
-        if self.mapped:
+        if not self.mapped:
+            return self.source[indices].to(device=self.device, dtype=self.dtype)
+        # a batch of rows at a time, released after each: every row faults in the cached pages around it
+        # (64 KB), so one gather of many scattered rows would map gigabytes of the file at once
+        out = torch.empty((indices.shape[0], *self.source.shape[1:]), dtype=self.dtype, device=self.device)
+        for start in range(0, indices.shape[0], TAKE_BATCH):
+            part = indices[start : start + TAKE_BATCH]
+            out[start : start + part.shape[0]] = self.source[part].to(device=self.device, dtype=self.dtype)
             release_pages(self.source)
         return out
 
