@@ -11,7 +11,8 @@ import torch
 
 from grood.aps import APSError, search_parameters, search_space
 from grood.data.benchmarks import get_benchmark
-from grood.pipeline import ConfigError, run_evaluation
+from grood.config import ConfigError
+from grood.pipeline import run_evaluation
 
 BENCHMARK = get_benchmark("cifar10_smoke")
 

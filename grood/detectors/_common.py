@@ -123,7 +123,7 @@ def _check_finite(what: str, x: torch.Tensor) -> None:
             bad_count += int(bad_rows.sum())
             first += (bad_rows.nonzero()[:, 0] + start)[: 5 - len(first)].tolist()
         if mapped:
-            release_pages(part)
+            release_pages(x)  # the whole map: a fault maps the pages around it too
     if bad_count:
         raise ValueError(f"{what} contain NaN/inf in {bad_count} row(s) (first rows: {first}); fix those rows")
 

@@ -36,13 +36,15 @@ def check_finite(name: str, x: torch.Tensor) -> None:
 
     if x.numel() == 0:
         return
+    if x.dim() == 0:
+        x = x.reshape(1)
     chunk_rows = DEFAULT_CHUNK_ROWS if x.dim() >= 2 and is_file_mapped(x) else max(1, x.shape[0])
     bad_count, first = 0, []
     for start in range(0, x.shape[0], chunk_rows):
         part = x[start : start + chunk_rows]
         bad_rows = _non_finite_rows(part)
         if chunk_rows < x.shape[0]:
-            release_pages(part)
+            release_pages(x)  # the whole map: a fault maps the pages around it too
         if bad_rows is not None:
             bad_count += int(bad_rows.sum())
             first += (bad_rows.nonzero()[:5, 0] + start).tolist()[: 5 - len(first)]

@@ -4,7 +4,8 @@ The feature cache may hand the detectors read-only memory-mapped tensors (``torc
 ``np.load(..., mmap_mode="r")``): an ImageNet-1k training split is 1,281,167 x 2048 float32, 10.5 GB.
 Nothing here writes into an input or copies more than one chunk of it. A mapped file's pages that a chunk
 read stay in the process's resident set (and count in its peak RSS) until the mapping goes, although the
-kernel could drop them at any time: :func:`read_rows` hands them back (``madvise(MADV_DONTNEED)``, which for
+kernel could drop them at any time (and a page fault maps the cached pages around it as well, 64 KB on
+Linux): :class:`RowReader` hands back all of the map's pages after each read (``madvise(MADV_DONTNEED)``, which for
 a file-backed mapping only unmaps them: a later read faults them in again from the page cache), so
 streaming a split over and over keeps the resident set at one chunk.
 """
@@ -19,6 +20,8 @@ import torch
 
 #: Rows per chunk of the streaming helpers when the caller gives none.
 DEFAULT_CHUNK_ROWS = 8192
+#: Scattered rows of a memory map read between two releases of its pages (each maps up to 64 KB around it).
+TAKE_BATCH = 2048
 
 _PAGE = mmap.PAGESIZE
 _MADV_DONTNEED = 4
@@ -79,19 +82,23 @@ class RowReader:
 
     def rows(self, rows: slice) -> torch.Tensor:
         """``[B, D]`` copy of ``source[rows]`` in ``dtype`` (never a view of the source)."""
-        view = self.source[rows]
-        out = view.to(device=self.device, dtype=self.dtype, copy=True)
+        out = self.source[rows].to(device=self.device, dtype=self.dtype, copy=True)
         if self.mapped:
-            release_pages(view)
+            release_pages(self.source)  # the whole map: the kernel maps pages around each fault too
         return out
 
     def take(self, indices: torch.Tensor) -> torch.Tensor:
         """``[M, D]`` copy of ``source[indices]`` in ``dtype`` (``indices [M]`` int64, any order)."""
         indices = indices.to("cpu", torch.long)
-        out = self.source[indices].to(device=self.device, dtype=self.dtype)
-        if self.mapped and indices.numel():
-            for index in indices.unique().tolist():
-                release_pages(self.source[index])
+        if not self.mapped:
+            return self.source[indices].to(device=self.device, dtype=self.dtype)
+        # a batch of rows at a time, released after each: every row faults in the cached pages around it
+        # (64 KB), so one gather of many scattered rows would map gigabytes of the file at once
+        out = torch.empty((indices.shape[0], *self.source.shape[1:]), dtype=self.dtype, device=self.device)
+        for start in range(0, indices.shape[0], TAKE_BATCH):
+            part = indices[start : start + TAKE_BATCH]
+            out[start : start + part.shape[0]] = self.source[part].to(device=self.device, dtype=self.dtype)
+            release_pages(self.source)
         return out
 
     def chunks(self, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Iterator[tuple[slice, torch.Tensor]]:

@@ -188,3 +188,23 @@ def _load_torch_index_file(path: str | os.PathLike[str], kind: str) -> dict:
         found = state.get("kind") if isinstance(state, dict) else type(state).__name__
         raise ValueError(f"{path} holds a {found!r} index, not the {kind!r} index asked for")
     return state
+
+
+class _ScanBuffers:
+    """Storage reused by one IVF scan from cell to cell: one flat buffer per name (the gathered queries, the
+    products, the ranking matrix), grown when a larger one is needed (to twice the size asked, at most
+    ``max_chunk_elements`` entries unless more are asked)."""
+
+    def __init__(self, device: torch.device, max_chunk_elements: int) -> None:
+        self._device = device
+        self._max_chunk_elements = max_chunk_elements
+        self._storage: dict[str, torch.Tensor] = {}
+
+    def take(self, name: str, shape: tuple[int, int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """A ``shape`` tensor of ``dtype`` in the buffer ``name`` (its values: whatever was there)."""
+        count = shape[0] * shape[1]
+        buffer = self._storage.get(name)
+        if buffer is None or buffer.numel() < count or buffer.dtype != dtype:
+            buffer = torch.empty(max(count, min(self._max_chunk_elements, 2 * count)), dtype=dtype, device=self._device)
+            self._storage[name] = buffer
+        return buffer[:count].view(shape)

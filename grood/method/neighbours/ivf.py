@@ -21,6 +21,7 @@ from grood.method.neighbours.compact import (
 from grood.method.kmeans import balanced_centroids, direction_projection, nearest_cells, routing_coordinates
 from grood.method.neighbours.base import (
     NeighbourIndex,
+    _ScanBuffers,
     _direct_distances,
     _norm_reach,
     _load_torch_index_file,
@@ -597,23 +598,3 @@ class IVFIndex(NeighbourIndex):
         index._squared_norms = _squared_row_norms(index.vectors)
         index._codes = int8_codes(index.vectors) if index.scan == "int8" else None
         return index
-
-
-class _ScanBuffers:
-    """Storage reused by one IVF scan from cell to cell: one flat buffer per name (the gathered queries, the
-    products, the ranking matrix), grown when a larger one is needed (to twice the size asked, at most
-    ``max_chunk_elements`` entries unless more are asked)."""
-
-    def __init__(self, device: torch.device, max_chunk_elements: int) -> None:
-        self._device = device
-        self._max_chunk_elements = max_chunk_elements
-        self._storage: dict[str, torch.Tensor] = {}
-
-    def take(self, name: str, shape: tuple[int, int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """A ``shape`` tensor of ``dtype`` in the buffer ``name`` (its values: whatever was there)."""
-        count = shape[0] * shape[1]
-        buffer = self._storage.get(name)
-        if buffer is None or buffer.numel() < count or buffer.dtype != dtype:
-            buffer = torch.empty(max(count, min(self._max_chunk_elements, 2 * count)), dtype=dtype, device=self._device)
-            self._storage[name] = buffer
-        return buffer[:count].view(shape)
