@@ -19,7 +19,7 @@ subclass and one call::
 
 The constructor's signature declares the method's parameters (``method.params.scale``), and its
 class attributes what it needs from a run (see :class:`~grood.detectors.base.Detector`). For the command
-line (``scripts/run.py method=maxlogit``), list the module in the ``grood.plugins`` entry-point group
+line (``grood run method=maxlogit``), list the module in the ``grood.plugins`` entry-point group
 of your package (pyproject ``[project.entry-points."grood.plugins"] maxlogit = "my_package.module"``):
 :func:`load_plugins` imports every such module before the configuration is composed.
 """

@@ -18,7 +18,7 @@ INTERRUPTED_EXIT_STATUS = 130
 def exit_interrupted(output_dir: str | os.PathLike, log: logging.Logger) -> NoReturn:
     """Log one line saying the run was interrupted and what its folder holds, then exit with status 130.
 
-    Call it from ``except KeyboardInterrupt:`` around the run (``scripts/run.py``)."""
+    Call it from ``except KeyboardInterrupt:`` around the run (``grood run``)."""
     log.error("interrupted (Ctrl-C): the run stopped; %s holds only complete files (each file is written whole or "
               "not at all), without the methods that had not finished: run the same command again to finish it",
               output_dir)

@@ -4,7 +4,7 @@ Both share a split's cache shards (:func:`grood.features.extract_shards`) out di
 computes shards ``s`` with ``s % n == i`` of every split, into the shared feature cache (``paths.cache_dir``
 on a file system every job sees).
 
-- ``torchrun --nproc_per_node=N scripts/run.py ...``: each rank extracts its shards, all wait at a barrier
+- ``torchrun --nproc_per_node=N -m grood run ...``: each rank extracts its shards, all wait at a barrier
   (``torch.distributed``, ``env://``; NCCL on CUDA with one GPU per local rank, gloo on the CPU) until every
   shard exists, then rank 0 runs the methods and writes the results while the other ranks exit.
 - an array job (Hydra's submitit launcher on SLURM): ``extract.only=true extract.num_jobs=N

@@ -3,7 +3,7 @@
     from grood.config import compose_run_config
     config = compose_run_config(["experiment=smoke", "method=knn", "method.params.k=5"])   # a RunConfig
 
-``scripts/run.py`` (Hydra app), ``scripts/reproduce.py`` and the tests all go through :func:`validate`, so
+``grood run`` (Hydra app), ``grood reproduce`` and the tests all go through :func:`validate`, so
 every run is checked the same way before anything is computed.
 """
 
@@ -339,7 +339,7 @@ def hydra_compose(overrides: Sequence[str], config_dir: str | Path = CONFIG_DIR,
 def compose_run_config(overrides: Sequence[str], config_dir: str | Path = CONFIG_DIR,
                        check: bool = True) -> RunConfig:
     """:func:`hydra_compose` then :func:`validate` and (``check``) :func:`check_parameters`, which imports
-    the components: the checked run config ``scripts/run.py`` would get."""
+    the components: the checked run config ``grood run`` would get."""
     return validate(hydra_compose(overrides, config_dir), components=check)
 
 
@@ -350,7 +350,7 @@ _FLAGS_WITH_VALUE = ("--config-path", "-cp", "--config-name", "-cn", "--config-d
 
 
 def command_line_overrides(argv: Sequence[str]) -> list[str]:
-    """The config overrides of a ``scripts/run.py`` command line, each sweep (``seed=0,1,2``) at its first
+    """The config overrides of a ``grood run`` command line, each sweep (``seed=0,1,2``) at its first
     value; Hydra's own flags and ``hydra.*`` / ``hydra/...`` overrides are left out."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -381,7 +381,7 @@ def command_line_overrides(argv: Sequence[str]) -> list[str]:
 
 
 def check_command_line(argv: Sequence[str]) -> RunConfig:
-    """Compose and validate the config of a ``scripts/run.py`` command line (sweeps at their first value)
+    """Compose and validate the config of a ``grood run`` command line (sweeps at their first value)
     before Hydra starts: a bad key or value stops it with a message listing the valid keys. A key or type
     error is found before torch is imported (Hydra's composition); then every range problem at once, the
     components checking their own parameters."""

@@ -256,7 +256,7 @@ class ExtraConfig:
 
 @dataclass
 class RunConfig:
-    """One ``scripts/run.py`` run. Every key, its type and its default."""
+    """One ``grood run`` run. Every key, its type and its default."""
 
     paths: PathsConfig = field(default_factory=PathsConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
@@ -273,7 +273,7 @@ class RunConfig:
     num_workers: int = 4            # data-loader workers (at most the machine's cores)
     progress: bool = True           # tqdm progress bars; false: one log line per phase start and end
     experiment_name: str = "default"  # recorded in run.json; the table generators filter on it
-    check_files: bool = True        # check every listed image exists before the first forward pass
+    check_files: bool = True        # every listed image exists and decodes, checked before the first forward pass
     aps: bool = True                # OpenOOD's automatic parameter search for the baselines with a sweep
     on_invalid: str = "error"       # a method parameter invalid for this network: error | adapt (nearest valid)
     # full-spectrum OOD (OpenOOD's eval_ood(fsood=True)): the benchmark's covariate-shifted ID sets (csid lists,

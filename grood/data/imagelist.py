@@ -211,7 +211,7 @@ class ImageListDataset(Dataset):
         if not self.images_dir.is_dir():
             raise ImageListError(
                 f"images folder {self.images_dir} (for list {self.imglist_path}) does not exist; "
-                "check the data root or fetch the images (scripts/download.py data)"
+                "check the data root or fetch the images (grood download data)"
             )
         digest = hashlib.sha256()
         for path, label in zip(paths, labels):
@@ -276,7 +276,7 @@ class ImageListDataset(Dataset):
             f"{self.imglist_path}: {len(missing)} of {len(self)} image file(s) missing under {self.images_dir}, "
             f"first at line {self._line_numbers[first]}: {self.path(first)}",
             [f"line {self._line_numbers[i]}: {self.path(i)}" for i in missing],
-            "fetch the images (scripts/download.py data) or fix the list / data root",
+            "fetch the images (grood download data) or fix the list / data root",
         )
 
     def __len__(self) -> int:
