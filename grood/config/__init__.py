@@ -19,7 +19,8 @@ from typing import Any, Iterator, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from grood.config.schema import PRESETS, ConfigError, RunConfig, all_params_schema, component_schemas, register_configs
+from grood.config.schema import (PRESETS, ConfigError, RunConfig, all_params_schema, component_schemas, register_configs,
+                                 typed_object)
 
 __all__ = [
     "CONFIG_DIR", "ConfigError", "RunConfig", "check_command_line", "check_parameters", "command_line_overrides",
@@ -119,21 +120,8 @@ def validate(cfg: DictConfig | RunConfig, components: bool = False) -> RunConfig
     if isinstance(cfg, RunConfig):
         config = cfg
     else:
-        cfg = cfg.copy()
-        if "hydra" in cfg:
-            with _unlocked(cfg):
-                del cfg["hydra"]
-        try:
-            config = OmegaConf.to_object(cfg)
-        except Exception as error:  # an interpolation that cannot resolve, a missing mandatory value
-            raise ConfigError(f"the configuration cannot be resolved: {error}") from error
-        if not isinstance(config, RunConfig):
-            raise ConfigError(f"expected a run configuration (configs/config.yaml); got {type(config).__name__}")
-        undeclared = _undeclared_keys(OmegaConf.to_container(cfg, resolve=False),
-                                      OmegaConf.to_container(OmegaConf.structured(config), resolve=False), "")
-        if undeclared:  # added with Hydra's '+': the schema would silently drop them
-            raise ConfigError("undeclared configuration key(s), which nothing would read: " + ", ".join(undeclared)
-                              + "\n(every key is declared in grood/config/schema.py; check the spelling)")
+        config = typed_object(cfg, RunConfig, "configuration", "run configuration (configs/config.yaml)",
+                              "grood/config/schema.py")
     problems = _check_group_types(config)
     if not problems:
         problems = _check_preset(config)
@@ -190,19 +178,6 @@ def parameter_problems(config: RunConfig) -> list[str]:
         except (TypeError, ValueError) as error:
             problems.append(f"index.params: {error} (index={config.index.kind})")
     return problems
-
-
-def _undeclared_keys(given: Any, declared: Any, prefix: str) -> list[str]:
-    """Dotted keys of ``given`` that ``declared`` (the typed config) lacks."""
-    if not isinstance(given, dict) or not isinstance(declared, dict):
-        return []
-    found = []
-    for key, value in given.items():
-        if key not in declared:
-            found.append(f"{prefix}{key}")
-        else:
-            found += _undeclared_keys(value, declared[key], f"{prefix}{key}.")
-    return found
 
 
 @contextmanager

@@ -35,6 +35,48 @@ class ConfigError(ValueError):
     """A configuration value that cannot work; the message names the key and what to do."""
 
 
+def typed_object(cfg: Any, schema: type, what: str, expected: str, declared_in: str) -> Any:
+    """The composed ``cfg`` (a DictConfig) as an instance of ``schema``, its ``hydra`` node left out.
+
+    Raises:
+        ConfigError: an interpolation that cannot resolve, a config of another kind, or keys that ``schema``
+            does not declare (added with Hydra's ``+``: nothing would read them), all named. In messages,
+            ``what`` names the configuration, ``expected`` the kind wanted and ``declared_in`` the file that
+            declares its keys.
+    """
+    from omegaconf import OmegaConf, open_dict
+
+    cfg = cfg.copy()
+    if "hydra" in cfg:
+        with open_dict(cfg):
+            del cfg["hydra"]
+    try:
+        config = OmegaConf.to_object(cfg)
+    except Exception as error:  # an interpolation that cannot resolve, a missing mandatory value
+        raise ConfigError(f"the {what} cannot be resolved: {error}") from error
+    if not isinstance(config, schema):
+        raise ConfigError(f"expected a {expected}; got {type(config).__name__}")
+    undeclared = undeclared_keys(OmegaConf.to_container(cfg, resolve=False),
+                                 OmegaConf.to_container(OmegaConf.structured(config), resolve=False), "")
+    if undeclared:
+        raise ConfigError(f"undeclared {what} key(s), which nothing would read: " + ", ".join(undeclared)
+                          + f"\n(every key is declared in {declared_in}; check the spelling)")
+    return config
+
+
+def undeclared_keys(given: Any, declared: Any, prefix: str) -> list[str]:
+    """Dotted keys of ``given`` that ``declared`` (the typed config) lacks."""
+    if not isinstance(given, dict) or not isinstance(declared, dict):
+        return []
+    found = []
+    for key, value in given.items():
+        if key not in declared:
+            found.append(f"{prefix}{key}")
+        else:
+            found += undeclared_keys(value, declared[key], f"{prefix}{key}.")
+    return found
+
+
 # --------------------------------------------------------------------------- small checks
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)

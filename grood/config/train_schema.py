@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
+from omegaconf import MISSING, DictConfig, OmegaConf
 
-from grood.config.schema import BackboneConfig, ConfigError, DatasetConfig, PathsConfig
+from grood.config.schema import BackboneConfig, ConfigError, DatasetConfig, PathsConfig, typed_object
 
 #: ``train.augmentation`` -> whether it is the large-scale (ImageNet) augmentation of
 #: :func:`grood.training.train_transform`: cifar = flip + random crop (padding 4); imagenet = random resized
@@ -128,16 +128,6 @@ def register_train_configs() -> None:
     ConfigStore.instance().store(name="train_schema", node=TrainRunConfig)
 
 
-def _undeclared(given: Any, declared: Any, prefix: str) -> list[str]:
-    """Dotted keys of ``given`` that ``declared`` lacks (keys added with Hydra's ``+``)."""
-    if not isinstance(given, dict) or not isinstance(declared, dict):
-        return []
-    found = []
-    for key, value in given.items():
-        found += [f"{prefix}{key}"] if key not in declared else _undeclared(value, declared[key], f"{prefix}{key}.")
-    return found
-
-
 def validate_train(cfg: DictConfig | TrainRunConfig) -> TrainRunConfig:
     """The composed training config as a checked :class:`TrainRunConfig`; every problem is reported at once.
 
@@ -147,22 +137,8 @@ def validate_train(cfg: DictConfig | TrainRunConfig) -> TrainRunConfig:
     if isinstance(cfg, TrainRunConfig):
         config = cfg
     else:
-        cfg = cfg.copy()
-        if "hydra" in cfg:
-            with open_dict(cfg):
-                del cfg["hydra"]
-        try:
-            config = OmegaConf.to_object(cfg)
-        except Exception as error:  # an interpolation that cannot resolve, a missing mandatory value
-            raise ConfigError(f"the training configuration cannot be resolved: {error}") from error
-        if not isinstance(config, TrainRunConfig):
-            raise ConfigError(f"expected a training configuration (configs/train.yaml); got {type(config).__name__}")
-        undeclared = _undeclared(OmegaConf.to_container(cfg, resolve=False),
-                                 OmegaConf.to_container(OmegaConf.structured(config), resolve=False), "")
-        if undeclared:
-            raise ConfigError("undeclared training configuration key(s), which nothing would read: "
-                              + ", ".join(undeclared) + "\n(every key is declared in grood/config/train_schema.py; "
-                              "check the spelling)")
+        config = typed_object(cfg, TrainRunConfig, "training configuration",
+                              "training configuration (configs/train.yaml)", "grood/config/train_schema.py")
     problems = config.problems()
     if problems:
         raise ConfigError("invalid training configuration:\n" + "\n".join(f"  {p}" for p in problems))
