@@ -28,7 +28,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from grood.cli.hydra_app import run_hydra_app
+from grood.cli.hydra_app import checked_hydra_app
 from grood.config import CONFIG_DIR, ConfigError, check_command_line, register_configs, validate  # noqa: E402
 
 log = logging.getLogger("grood.run")
@@ -75,13 +75,7 @@ def main(cfg: DictConfig) -> float | None:
 
 def cli(argv: Sequence[str] | None = None, prog: str = "grood run") -> int:
     """``grood run <overrides>``: check the command line (exit status 2 when bad), then the Hydra app."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        check_command_line(argv)
-    except ConfigError as error:
-        print(f"{prog}: {error}", file=sys.stderr)
-        return 2
-    return run_hydra_app(main, prog, argv)
+    return checked_hydra_app(main, check_command_line, prog, argv)
 
 
 if __name__ == "__main__":

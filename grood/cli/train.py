@@ -28,7 +28,7 @@ from collections.abc import Sequence
 import hydra
 from omegaconf import DictConfig
 
-from grood.cli.hydra_app import run_hydra_app
+from grood.cli.hydra_app import checked_hydra_app
 from grood.config import CONFIG_DIR, ConfigError
 from grood.config.train_schema import check_train_command_line, register_train_configs, validate_train
 
@@ -57,13 +57,7 @@ def main(cfg: DictConfig) -> float | None:
 
 def cli(argv: Sequence[str] | None = None, prog: str = "grood train") -> int:
     """``grood train <overrides>``: check the command line (exit status 2 when bad), then the Hydra app."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        check_train_command_line(argv)
-    except ConfigError as error:
-        print(f"{prog}: {error}", file=sys.stderr)
-        return 2
-    return run_hydra_app(main, prog, argv)
+    return checked_hydra_app(main, check_train_command_line, prog, argv)
 
 
 if __name__ == "__main__":
