@@ -44,7 +44,8 @@ def test_a_changed_default_or_sweep_is_a_drift(monkeypatch) -> None:
     before = generate.method_yaml("knn", KNN, generate.method_parameters(KNN))
     monkeypatch.setattr(KNN, "sweep", {"k": [1, 2]})
     assert generate.method_yaml("knn", KNN, generate.method_parameters(KNN)) != before
-    monkeypatch.setattr(KNN.__init__, "__defaults__", (7,) + KNN.__init__.__defaults__[1:])
+    constructor = KNN.__init__.__wrapped__  # the constructor under its @checked_arguments
+    monkeypatch.setattr(constructor, "__defaults__", (7,) + constructor.__defaults__[1:])
     assert "default 7" in generate.method_yaml("knn", KNN, generate.method_parameters(KNN))
 
 
@@ -139,6 +140,7 @@ import torch
 
 from grood.components import register_method
 from grood.detectors.base import Detector
+from grood.valid_values import Positive, checked_arguments
 
 
 class ToyEnergy(Detector):
@@ -146,9 +148,8 @@ class ToyEnergy(Detector):
     reference = "a plugin of tests/test_components.py"
     sweep = {"temperature": [1.0, 10.0]}
 
-    def __init__(self, temperature: float = 1.0, device: str | None = None) -> None:
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0; got {temperature}")
+    @checked_arguments
+    def __init__(self, temperature: Positive = 1.0, device: str | None = None) -> None:
         self.temperature = float(temperature)
 
     def score(self, data) -> torch.Tensor:
@@ -187,7 +188,7 @@ def test_a_plugin_method_is_a_config_option(tmp_path) -> None:
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[:2] == ["toy_energy 2.0", "None"]
-    assert "refused" in lines[2] and "temperature must be > 0" in out.stdout
+    assert "refused" in lines[2] and "method.params.temperature=-1.0: must be a number > 0" in out.stdout
 
 
 @pytest.mark.slow

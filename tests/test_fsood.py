@@ -159,7 +159,7 @@ def test_corrupted_prototype_source_is_explicit_and_labelled(tiny_root, tmp_path
     with pytest.raises(ConfigError, match=r"prototype.source=real: benchmark 'cifar10_smoke' defines no real "
                                           r"corrupted ID images.*prototype.source=synthetic"):
         prepare_run(_config(tiny_root, cache, resnet20_checkpoint, "method=grood", "prototype=corrupted"))
-    with pytest.raises(ConfigError, match=r"source='auto'; expected one of real, synthetic"):
+    with pytest.raises(ConfigError, match=r"prototype.source='auto': must be one of real, synthetic"):
         compose_run_config(["experiment=smoke", "prototype=corrupted", "prototype.source=auto"])
     definition = _with_csid(tiny_root)
     results = {}

@@ -161,7 +161,7 @@ def test_scan_is_a_declared_index_setting() -> None:
     config = compose_run_config(["dataset=cifar10", "method=grood", "index=ivf", "index.params.scan=int8"])
     assert config.index.params.scan == "int8"
     assert compose_run_config(["dataset=cifar10", "method=grood", "index=ivf"]).index.params.scan == "float32"
-    with pytest.raises(ConfigError, match=r"index\.params: scan must be one of float32, int8; got 'int4'"):
+    with pytest.raises(ConfigError, match=r"index\.params\.scan='int4': must be one of float32, int8"):
         compose_run_config(["dataset=cifar10", "method=grood", "index=ivf", "index.params.scan=int4"])
 
 

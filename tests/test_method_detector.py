@@ -231,9 +231,11 @@ def test_bad_fit_inputs(blobs) -> None:
 
 
 def test_bad_constructor_arguments() -> None:
-    with pytest.raises(ValueError, match="unknown index kind 'annoy'; valid kinds: exact, faiss_flat, ivf, torch"):
+    with pytest.raises(ValueError, match="GROOD: index must be one of exact, faiss_flat, ivf, torch, faiss_ivf; "
+                                         "got 'annoy'"):
         GROOD(index="annoy")
-    with pytest.raises(ValueError, match="unknown GROOD variant 'knn'; valid variants: grood, ood_distance"):
+    with pytest.raises(ValueError, match="GROOD: variant must be one of grood, ood_distance, gradient_l1, "
+                                         "class_gradient; got 'knn'"):
         GROOD(variant="knn")
     with pytest.raises(ValueError, match="fit_on must be one of all, correct"):
         GROOD(fit_on="some")

@@ -192,7 +192,7 @@ def test_exact_is_the_fastest_exact_search_for_the_device(monkeypatch) -> None:
     (d_exact, i_exact), (d_flat, i_flat) = exact.search(queries, 3), flat.search(queries, 3)
     assert torch.equal(i_exact, i_flat)
     torch.testing.assert_close(d_exact, d_flat, rtol=1e-4, atol=1e-4)
-    with pytest.raises(ValueError, match="nprobe must be >= 1"):
+    with pytest.raises(ValueError, match="IVFIndex: nprobe must be an integer >= 1; got 0"):
         build_index("ivf", 8, nprobe=0)
 
 
@@ -359,7 +359,7 @@ def test_ivf_with_projected_routing_round_trips(tmp_path: Path) -> None:
     assert loaded.routing_dim == 4 and torch.equal(loaded.projection, index.projection)
     for original, reloaded in zip(index.search(queries, 3), loaded.search(queries, 3)):
         assert torch.equal(original, reloaded)
-    with pytest.raises(ValueError, match="routing_dim must be >= 1; got 0"):
+    with pytest.raises(ValueError, match="IVFIndex: routing_dim must be an integer >= 1; got 0"):
         build_index("ivf", 10, routing_dim=0)
 
 

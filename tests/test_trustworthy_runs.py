@@ -125,7 +125,7 @@ def test_case3_declared_keys_work_without_plus_and_bad_ones_fail_at_once():
     assert config.method.params.k == 5 and config.index.kind == "ivf" and config.prototype.strategy == "val_ood"
     mean = compose_run_config(["dataset=cifar10", "dataset.transform.mean=[0.5,0.5,0.5]"]).dataset.transform.mean
     assert mean == [0.5, 0.5, 0.5]
-    with pytest.raises(ConfigError, match=r"method.params: k must be an integer >= 1; got 0"):
+    with pytest.raises(ConfigError, match=r"method.params.k=0: must be an integer >= 1"):
         compose_run_config(["dataset=cifar10", "method.params.k=0"])
     with pytest.raises(ConfigError, match=r"valid keys of method.params: k, chunk_rows"):
         compose_run_config(["method=knn", "method.params.kk=5"])
@@ -134,7 +134,7 @@ def test_case3_declared_keys_work_without_plus_and_bad_ones_fail_at_once():
         compose_run_config(["method=knn", "+method.params.kk=5"])
     with pytest.raises(ConfigError) as info:  # every problem at once
         compose_run_config(["prototype.mixup_lambda=1.5", "method.params.k=0", "batch_size=0"])
-    assert all(part in str(info.value) for part in ("mixup_lambda=1.5", "k must be an integer >= 1; got 0",
+    assert all(part in str(info.value) for part in ("mixup_lambda=1.5", "method.params.k=0: must be an integer >= 1",
                                                     "batch_size=0"))
 
 

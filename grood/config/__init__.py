@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from grood.config.schema import (PRESETS, ConfigError, RunConfig, all_params_schema, component_schemas, register_configs,
                                  typed_object)
+from grood.valid_values import field_problems
 
 __all__ = [
     "CONFIG_DIR", "ConfigError", "RunConfig", "check_command_line", "check_parameters", "command_line_overrides",
@@ -152,12 +153,16 @@ def check_parameters(config: RunConfig) -> None:
 
 
 def parameter_problems(config: RunConfig) -> list[str]:
-    """Every component parameter of ``config`` checked by the component itself (a method's constructor,
-    the OOD-prototype strategy, the index): what cannot work, one line each. Imports them (torch)."""
+    """Every component parameter of ``config`` that cannot work, one line each: first against the valid
+    values the components declare (:mod:`grood.valid_values`, copied into the config schema: no torch
+    import), and only when those all hold, by the components themselves (a method's constructor, the
+    OOD-prototype strategy, the index: relations between parameters; imports them, and torch)."""
+    problems = declared_value_problems(config)
+    if problems:
+        return problems
     from grood.components import load
     from grood.method.strategies import strategy_params
 
-    problems = []
     several = config.method.name == "all"
     for name, params in method_params(config.method):
         cls = load("method", name)
@@ -177,6 +182,19 @@ def parameter_problems(config: RunConfig) -> list[str]:
             load("index", config.index.kind)(1, **index)
         except (TypeError, ValueError) as error:
             problems.append(f"index.params: {error} (index={config.index.kind})")
+    return problems
+
+
+def declared_value_problems(config: RunConfig) -> list[str]:
+    """``<key>=<value>: must be ...`` for every component parameter of ``config`` outside the valid values
+    its schema field declares. Torch-free: reads the config dataclasses' field metadata only."""
+    problems = []
+    several = config.method.name == "all"
+    for name, _ in method_params(config.method):
+        params = getattr(config.method.params, name) if several else config.method.params
+        problems += field_problems(params, f"method.params.{name}" if several else "method.params")
+    problems += field_problems(config.prototype, "prototype")
+    problems += field_problems(config.index.params, "index.params")
     return problems
 
 

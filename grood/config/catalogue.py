@@ -8,126 +8,128 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
+from grood.valid_values import Valid
+
 
 @dataclass
 class GroodParams:
     """``method=grood``: grood.detectors.grood_adapter.GROODDetector."""
 
-    k: int = 1
-    fit_on: str = 'all'
-    variant: str = 'grood'
+    k: int = field(default=1, metadata={'valid': Valid(low=1, integer=True)})
+    fit_on: str = field(default='all', metadata={'valid': Valid(choices=('all', 'correct'))})
+    variant: str = field(default='grood', metadata={'valid': Valid(choices=('grood', 'ood_distance', 'gradient_l1', 'class_gradient'))})
 
 
 @dataclass
 class OpenmaxParams:
     """``method=openmax``: grood.detectors.openmax.OpenMax."""
 
-    tail_size: Optional[int] = None
-    alpha: Optional[int] = None
-    translate_amount: Optional[float] = None
-    chunk_rows: Optional[int] = None
+    tail_size: Optional[int] = field(default=None, metadata={'valid': Valid(low=1, integer=True)})
+    alpha: Optional[int] = field(default=None, metadata={'valid': Valid(low=1, integer=True)})
+    translate_amount: Optional[float] = field(default=None, metadata={'valid': Valid(low=0, low_open=True)})
+    chunk_rows: Optional[int] = field(default=None, metadata={'valid': Valid(low=1, integer=True)})
 
 
 @dataclass
 class MspParams:
     """``method=msp``: grood.detectors.logit_based.MSP."""
 
-    chunk_rows: Optional[int] = None
+    chunk_rows: Optional[int] = field(default=None, metadata={'valid': Valid(low=1, integer=True)})
 
 
 @dataclass
 class OdinParams:
     """``method=odin``: grood.detectors.odin.ODIN."""
 
-    temperature: Optional[float] = None
-    noise: Optional[float] = None
-    chunk_rows: Optional[int] = None
+    temperature: Optional[float] = field(default=None, metadata={'valid': Valid(low=0, low_open=True)})
+    noise: Optional[float] = field(default=None, metadata={'valid': Valid(low=0)})
+    chunk_rows: Optional[int] = field(default=None, metadata={'valid': Valid(low=1, integer=True)})
 
 
 @dataclass
 class MdsParams:
     """``method=mds``: grood.detectors.distance_based.MDS."""
 
-    chunk_rows: Optional[int] = None
+    chunk_rows: Optional[int] = field(default=None, metadata={'valid': Valid(low=1, integer=True)})
 
 
 @dataclass
 class EboParams:
     """``method=ebo``: grood.detectors.logit_based.EBO."""
 
-    temperature: Optional[float] = None
-    chunk_rows: Optional[int] = None
+    temperature: Optional[float] = field(default=None, metadata={'valid': Valid(low=0, low_open=True)})
+    chunk_rows: Optional[int] = field(default=None, metadata={'valid': Valid(low=1, integer=True)})
 
 
 @dataclass
 class ReactParams:
     """``method=react``: grood.detectors.activation_shaping.ReAct."""
 
-    percentile: Optional[float] = None
-    chunk_rows: Optional[int] = None
+    percentile: Optional[float] = field(default=None, metadata={'valid': Valid(low=0, high=100, high_open=True)})
+    chunk_rows: Optional[int] = field(default=None, metadata={'valid': Valid(low=1, integer=True)})
 
 
 @dataclass
 class MlsParams:
     """``method=mls``: grood.detectors.logit_based.MLS."""
 
-    chunk_rows: Optional[int] = None
+    chunk_rows: Optional[int] = field(default=None, metadata={'valid': Valid(low=1, integer=True)})
 
 
 @dataclass
 class GradnormParams:
     """``method=gradnorm``: grood.detectors.gradnorm.GradNorm."""
 
-    chunk_rows: Optional[int] = None
+    chunk_rows: Optional[int] = field(default=None, metadata={'valid': Valid(low=1, integer=True)})
 
 
 @dataclass
 class VimParams:
     """``method=vim``: grood.detectors.vim.ViM."""
 
-    dim: Optional[int] = None
-    chunk_rows: Optional[int] = None
+    dim: Optional[int] = field(default=None, metadata={'valid': Valid(low=1, integer=True)})
+    chunk_rows: Optional[int] = field(default=None, metadata={'valid': Valid(low=1, integer=True)})
 
 
 @dataclass
 class KnnParams:
     """``method=knn``: grood.detectors.distance_based.KNN."""
 
-    k: Optional[int] = None
-    chunk_rows: Optional[int] = None
+    k: Optional[int] = field(default=None, metadata={'valid': Valid(low=1, integer=True)})
+    chunk_rows: Optional[int] = field(default=None, metadata={'valid': Valid(low=1, integer=True)})
 
 
 @dataclass
 class DiceParams:
     """``method=dice``: grood.detectors.activation_shaping.DICE."""
 
-    p: Optional[float] = None
-    chunk_rows: Optional[int] = None
+    p: Optional[float] = field(default=None, metadata={'valid': Valid(low=0, high=100, high_open=True)})
+    chunk_rows: Optional[int] = field(default=None, metadata={'valid': Valid(low=1, integer=True)})
 
 
 @dataclass
 class AshParams:
     """``method=ash``: grood.detectors.activation_shaping.ASH."""
 
-    percentile: Optional[float] = None
-    variant: Optional[str] = None
-    chunk_rows: Optional[int] = None
+    percentile: Optional[float] = field(default=None, metadata={'valid': Valid(low=0, high=100, high_open=True)})
+    variant: Optional[str] = field(default=None, metadata={'valid': Valid(choices=('ash-b', 'ash-p', 'ash-s'))})
+    chunk_rows: Optional[int] = field(default=None, metadata={'valid': Valid(low=1, integer=True)})
 
 
 @dataclass
 class SheParams:
     """``method=she``: grood.detectors.distance_based.SHE."""
 
-    chunk_rows: Optional[int] = None
+    chunk_rows: Optional[int] = field(default=None, metadata={'valid': Valid(low=1, integer=True)})
 
 
 @dataclass
 class GenParams:
     """``method=gen``: grood.detectors.logit_based.GEN."""
 
-    gamma: Optional[float] = None
-    m: Optional[int] = None
-    chunk_rows: Optional[int] = None
+    gamma: Optional[float] = field(default=None, metadata={'valid': Valid(low=0, low_open=True)})
+    m: Optional[int] = field(default=None, metadata={'valid': Valid(low=1, integer=True)})
+    chunk_rows: Optional[int] = field(default=None, metadata={'valid': Valid(low=1, integer=True)})
 
 
 @dataclass
@@ -135,30 +137,30 @@ class FdbdParams:
     """``method=fdbd``: grood.detectors.fdbd.FDBD."""
 
     distance_as_normalizer: Optional[bool] = None
-    chunk_rows: Optional[int] = None
+    chunk_rows: Optional[int] = field(default=None, metadata={'valid': Valid(low=1, integer=True)})
 
 
 @dataclass
 class NciParams:
     """``method=nci``: grood.detectors.nci.NCI."""
 
-    alpha: Optional[float] = None
-    chunk_rows: Optional[int] = None
+    alpha: Optional[float] = field(default=None, metadata={'valid': Valid(low=0)})
+    chunk_rows: Optional[int] = field(default=None, metadata={'valid': Valid(low=1, integer=True)})
 
 
 @dataclass
 class RmdsParams:
     """``method=rmds``: grood.detectors.distance_based.RMDS."""
 
-    chunk_rows: Optional[int] = None
+    chunk_rows: Optional[int] = field(default=None, metadata={'valid': Valid(low=1, integer=True)})
 
 
 @dataclass
 class ScaleParams:
     """``method=scale``: grood.detectors.activation_shaping.SCALE."""
 
-    percentile: Optional[float] = None
-    chunk_rows: Optional[int] = None
+    percentile: Optional[float] = field(default=None, metadata={'valid': Valid(low=0, high=100, high_open=True)})
+    chunk_rows: Optional[int] = field(default=None, metadata={'valid': Valid(low=1, integer=True)})
 
 
 @dataclass
@@ -166,10 +168,10 @@ class MixupPrototypeConfig:
     """``prototype=mixup``: grood.method.strategies.MixupParams."""
 
     strategy: str = 'mixup'
-    mixup_lambda: float = 0.5
-    num_images: Optional[int] = None
-    filter_quantile: Optional[float] = None
-    min_keep: int = 1
+    mixup_lambda: float = field(default=0.5, metadata={'valid': Valid(low=0, high=1, low_open=True, high_open=True, why="eq. 9's λ; 0 or 1 mixes nothing")})
+    num_images: Optional[int] = field(default=None, metadata={'valid': Valid(low=1, integer=True)})
+    filter_quantile: Optional[float] = field(default=None, metadata={'valid': Valid(low=0, high=1, why='None: no proximity filter')})
+    min_keep: int = field(default=1, metadata={'valid': Valid(low=0, integer=True)})
 
 
 @dataclass
@@ -177,10 +179,10 @@ class UniformPrototypeConfig:
     """``prototype=uniform``: grood.method.strategies.UniformParams."""
 
     strategy: str = 'uniform'
-    num_images: int = 1000
-    keep: int = 100
-    filter_quantile: Optional[float] = None
-    min_keep: int = 1
+    num_images: int = field(default=1000, metadata={'valid': Valid(low=1, integer=True)})
+    keep: int = field(default=100, metadata={'valid': Valid(low=1, integer=True)})
+    filter_quantile: Optional[float] = field(default=None, metadata={'valid': Valid(low=0, high=1, why='None: no proximity filter')})
+    min_keep: int = field(default=1, metadata={'valid': Valid(low=0, integer=True)})
 
 
 @dataclass
@@ -188,9 +190,9 @@ class ValOodPrototypeConfig:
     """``prototype=val_ood``: grood.method.strategies.NumImagesParams."""
 
     strategy: str = 'val_ood'
-    num_images: int = 100
-    filter_quantile: Optional[float] = None
-    min_keep: int = 1
+    num_images: int = field(default=100, metadata={'valid': Valid(low=1, integer=True)})
+    filter_quantile: Optional[float] = field(default=None, metadata={'valid': Valid(low=0, high=1, why='None: no proximity filter')})
+    min_keep: int = field(default=1, metadata={'valid': Valid(low=0, integer=True)})
 
 
 @dataclass
@@ -198,11 +200,11 @@ class CorruptedPrototypeConfig:
     """``prototype=corrupted``: grood.method.strategies.CorruptedParams."""
 
     strategy: str = 'corrupted'
-    num_images: int = 100
-    corruptions: List[str] = field(default_factory=lambda: ['gaussian_noise', 'gaussian_blur', 'contrast', 'shot_noise', 'pixelate'])
-    source: str = 'real'
-    filter_quantile: Optional[float] = None
-    min_keep: int = 1
+    num_images: int = field(default=100, metadata={'valid': Valid(low=1, integer=True)})
+    corruptions: List[str] = field(default_factory=lambda: ['gaussian_noise', 'gaussian_blur', 'contrast', 'shot_noise', 'pixelate'], metadata={'valid': Valid(choices=('gaussian_noise', 'gaussian_blur', 'contrast', 'shot_noise', 'pixelate'))})
+    source: str = field(default='real', metadata={'valid': Valid(choices=('real', 'synthetic'), why="real: the benchmark's corrupted images, e.g. CIFAR-10-C; synthetic: ID validation images corrupted in code")})
+    filter_quantile: Optional[float] = field(default=None, metadata={'valid': Valid(low=0, high=1, why='None: no proximity filter')})
+    min_keep: int = field(default=1, metadata={'valid': Valid(low=0, integer=True)})
 
 
 @dataclass
@@ -210,8 +212,8 @@ class MeanPrototypeConfig:
     """``prototype=mean``: grood.method.strategies.NoParams."""
 
     strategy: str = 'mean'
-    filter_quantile: Optional[float] = None
-    min_keep: int = 1
+    filter_quantile: Optional[float] = field(default=None, metadata={'valid': Valid(low=0, high=1, why='None: no proximity filter')})
+    min_keep: int = field(default=1, metadata={'valid': Valid(low=0, integer=True)})
 
 
 @dataclass
@@ -219,9 +221,9 @@ class LocalOraclePrototypeConfig:
     """``prototype=local_oracle``: grood.method.strategies.NumImagesParams."""
 
     strategy: str = 'local_oracle'
-    num_images: int = 100
-    filter_quantile: Optional[float] = None
-    min_keep: int = 1
+    num_images: int = field(default=100, metadata={'valid': Valid(low=1, integer=True)})
+    filter_quantile: Optional[float] = field(default=None, metadata={'valid': Valid(low=0, high=1, why='None: no proximity filter')})
+    min_keep: int = field(default=1, metadata={'valid': Valid(low=0, integer=True)})
 
 
 @dataclass
@@ -229,9 +231,9 @@ class GlobalOraclePrototypeConfig:
     """``prototype=global_oracle``: grood.method.strategies.NumImagesParams."""
 
     strategy: str = 'global_oracle'
-    num_images: int = 100
-    filter_quantile: Optional[float] = None
-    min_keep: int = 1
+    num_images: int = field(default=100, metadata={'valid': Valid(low=1, integer=True)})
+    filter_quantile: Optional[float] = field(default=None, metadata={'valid': Valid(low=0, high=1, why='None: no proximity filter')})
+    min_keep: int = field(default=1, metadata={'valid': Valid(low=0, integer=True)})
 
 
 @dataclass
@@ -248,31 +250,31 @@ class FaissFlatIndexParams:
 class IvfIndexParams:
     """``index=ivf``: grood.method.neighbours.ivf.IVFIndex."""
 
-    nlist: Optional[int] = None
-    nprobe: int = 24
-    niter: int = 10
-    routing_dim: int = 128
-    scan: str = 'float32'
-    storage: str = 'float32'
+    nlist: Optional[int] = field(default=None, metadata={'valid': Valid(low=1, integer=True)})
+    nprobe: int = field(default=24, metadata={'valid': Valid(low=1, integer=True)})
+    niter: int = field(default=10, metadata={'valid': Valid(low=1, integer=True)})
+    routing_dim: int = field(default=128, metadata={'valid': Valid(low=1, integer=True)})
+    scan: str = field(default='float32', metadata={'valid': Valid(choices=('float32', 'int8'))})
+    storage: str = field(default='float32', metadata={'valid': Valid(choices=('float32', 'float16'))})
 
 
 @dataclass
 class TorchIndexParams:
     """``index=torch``: grood.method.neighbours.torch_index.TorchIndex."""
 
-    max_chunk_elements: int = 67108864
+    max_chunk_elements: int = field(default=67108864, metadata={'valid': Valid(low=1, integer=True)})
     norm_pruning: bool = False
-    storage: str = 'float32'
+    storage: str = field(default='float32', metadata={'valid': Valid(choices=('float32', 'float16'))})
 
 
 @dataclass
 class FaissIvfIndexParams:
     """``index=faiss_ivf``: grood.method.neighbours.faiss_ivf.FaissIVFIndex."""
 
-    nprobe: int = 4
-    nlist: Optional[int] = None
-    train_batches: Optional[int] = None
-    loader_batch_size: int = 200
+    nprobe: int = field(default=4, metadata={'valid': Valid(low=1, integer=True)})
+    nlist: Optional[int] = field(default=None, metadata={'valid': Valid(low=1, integer=True)})
+    train_batches: Optional[int] = field(default=None, metadata={'valid': Valid(low=1, integer=True)})
+    loader_batch_size: int = field(default=200, metadata={'valid': Valid(low=1, integer=True)})
 
 
 @dataclass

@@ -29,6 +29,8 @@ import typing
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from grood.valid_values import METADATA_KEY, declared_rules
+
 #: Constructor arguments a run supplies itself, never config keys, by group. A method's: the run's device and
 #: progress bars, the ``index`` group (``index``, ``index_params``), the input normalisation (ODIN's
 #: ``input_std``: the transform's std) and GROOD's rows per chunk (not a setting of grood's runs). An
@@ -84,11 +86,21 @@ def _type_source(kind: Any) -> str:
 # --------------------------------------------------------------------------- schema of one declaration
 @dataclasses.dataclass(frozen=True)
 class Parameter:
-    """One config key: its name, config type and default (``dataclasses.MISSING``: none)."""
+    """One config key: its name, config type, default (``dataclasses.MISSING``: none) and the valid values its
+    annotation declares (:class:`grood.valid_values.Valid`; None: any value of its type)."""
 
     name: str
     type: Any
     default: Any
+    valid: Any = None
+
+    def field(self) -> Any:
+        """The dataclass field of this key: its default (lists by factory) and its valid values (metadata)."""
+        metadata = {} if self.valid is None else {METADATA_KEY: self.valid}
+        if isinstance(self.default, (list, tuple, dict)):
+            return dataclasses.field(default_factory=lambda d=self.default: dict(d) if isinstance(d, dict)
+                                     else list(d), metadata=metadata)
+        return dataclasses.field(default=self.default, metadata=metadata)
 
 
 def declared_parameters(target: Any, group: str, unset_default: bool = False) -> list[Parameter]:
@@ -102,12 +114,14 @@ def declared_parameters(target: Any, group: str, unset_default: bool = False) ->
     exclude = [name for name in inspect.signature(target).parameters if name in RUN_ARGUMENTS[group]]
     built = builds(target, populate_full_signature=True, zen_exclude=exclude)
     hints: dict[str, Any] = {}
+    rules: dict[str, Any] = {}
     for owner in (inspect.getmro(target) if inspect.isclass(target) else (target,)):
-        function = owner.__init__ if inspect.isclass(owner) else owner
+        function = owner if dataclasses.is_dataclass(owner) or not inspect.isclass(owner) else owner.__init__
         try:
             hints = {**typing.get_type_hints(function), **hints}
         except Exception:  # noqa: BLE001 - a base class's hints that do not resolve (object)
             pass
+        rules = {**declared_rules(function), **rules}
     out = []
     for item in dataclasses.fields(built):
         if item.name.startswith("_"):
@@ -117,21 +131,13 @@ def declared_parameters(target: Any, group: str, unset_default: bool = False) ->
         default = item.default if item.default_factory is dataclasses.MISSING else item.default_factory()
         if unset_default:
             kind, default = (kind if typing.get_origin(kind) is typing.Union else Optional[kind]), None
-        out.append(Parameter(item.name, kind, default))
+        out.append(Parameter(item.name, kind, default, rules.get(item.name)))
     return out
 
 
 def parameters_schema(class_name: str, parameters: list[Parameter], module: str | None = None) -> type:
     """A dataclass ``class_name`` with one field per parameter (list defaults by factory)."""
-    fields = []
-    for p in parameters:
-        if isinstance(p.default, (list, tuple, dict)):
-            value = dataclasses.field(default_factory=lambda d=p.default: type(d)(d) if not isinstance(d, tuple)
-                                      else list(d))
-        else:
-            value = dataclasses.field(default=p.default)
-        fields.append((p.name, p.type, value))
-    cls = dataclasses.make_dataclass(class_name, fields)
+    cls = dataclasses.make_dataclass(class_name, [(p.name, p.type, p.field()) for p in parameters])
     if module is not None:
         cls.__module__ = module
     return cls
@@ -188,6 +194,8 @@ def catalogue_source() -> str:
         "from dataclasses import dataclass, field",
         "from typing import Any, Dict, List, Optional",
         "",
+        "from grood.valid_values import Valid",
+        "",
     ]
     entries = []
     for group, name, target, parameters in builtin_components():
@@ -197,8 +205,11 @@ def catalogue_source() -> str:
         if parameters:
             lines.append("")
         for p in parameters:
+            metadata = "" if p.valid is None else f"metadata={{{METADATA_KEY!r}: {p.valid.source()}}}"
             if isinstance(p.default, (list, tuple)):
-                default = f"field(default_factory=lambda: {_value_source(p.default)})"
+                default = f"field(default_factory=lambda: {_value_source(p.default)}{', ' if metadata else ''}{metadata})"
+            elif metadata:
+                default = f"field(default={_value_source(p.default)}, {metadata})"
             else:
                 default = _value_source(p.default)
             lines.append(f"    {p.name}: {_type_source(p.type)} = {default}")

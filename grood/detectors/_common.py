@@ -6,13 +6,14 @@ Shapes: ``N`` samples, ``C`` classes, ``D`` feature dimension. Scores: ``[N]``, 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 
 from grood.detectors.base import Detector
 from grood.device import resolve_device
 from grood.featureset import FeatureSet, LinearHead
+from grood.valid_values import Count, checked_arguments
 
 #: Rows per chunk when scoring; bounds the memory of every ``[chunk, C]`` / ``[chunk, D]`` temporary.
 DEFAULT_CHUNK_ROWS = 8192
@@ -35,9 +36,8 @@ class BaselineDetector(Detector):
     runs; None = CUDA if available, else CPU). :meth:`score` always returns a CPU tensor ``[N]``.
     """
 
-    def __init__(self, chunk_rows: int = DEFAULT_CHUNK_ROWS, device: str | torch.device | None = None) -> None:
-        if isinstance(chunk_rows, bool) or int(chunk_rows) != chunk_rows or int(chunk_rows) < 1:
-            raise ValueError(f"{type(self).__name__}: chunk_rows must be an integer >= 1; got {chunk_rows!r}")
+    @checked_arguments
+    def __init__(self, chunk_rows: Count = DEFAULT_CHUNK_ROWS, device: str | torch.device | None = None) -> None:
         self.chunk_rows = int(chunk_rows)
         self.device = resolve_device(device)
 

@@ -32,7 +32,7 @@ OpenOOD v1.5 does:
 
 from __future__ import annotations
 
-from typing import Callable, ClassVar
+from typing import Annotated, Callable, ClassVar
 
 import numpy as np
 import torch
@@ -42,12 +42,7 @@ from pytorch_ood.detector import ReAct as PodReAct
 from grood.detectors._common import DEFAULT_CHUNK_ROWS, BaselineDetector, energy, feature_mean, head_to
 from grood.detectors.pytorch_ood_adapter import PytorchOODDetector
 from grood.featureset import FeatureSet, LinearHead
-
-
-def _check_percentile(owner: str, percentile: float) -> float:
-    if isinstance(percentile, bool) or not 0 <= float(percentile) < 100:
-        raise ValueError(f"{owner}: percentile must be in [0, 100) (OpenOOD's percent units); got {percentile!r}")
-    return float(percentile)
+from grood.valid_values import Count, Percent, Valid, checked_arguments
 
 
 # -- ReAct ---------------------------------------------------------------------------------------
@@ -70,11 +65,12 @@ class ReAct(PytorchOODDetector):
     fit_split: ClassVar[str] = "val"
     sweep: ClassVar[dict[str, list]] = {"percentile": [85, 90, 95, 99]}
 
+    @checked_arguments
     def __init__(
-        self, percentile: float = 90, chunk_rows: int = DEFAULT_CHUNK_ROWS, device: str | torch.device | None = None
+        self, percentile: Percent = 90, chunk_rows: Count = DEFAULT_CHUNK_ROWS, device: str | torch.device | None = None
     ) -> None:
         super().__init__(chunk_rows=chunk_rows, device=device)
-        self.percentile = _check_percentile("ReAct", percentile)
+        self.percentile = float(percentile)
 
     def fit(self, train: FeatureSet, head: LinearHead) -> "ReAct":
         """``train``: the ID **validation** FeatureSet (OpenOOD's ReAct setup split); ``head``: the fc layer."""
@@ -146,6 +142,8 @@ ASH_VARIANTS: dict[str, Callable[[torch.Tensor, float], torch.Tensor]] = {
     "ash-p": ash_p,
     "ash-s": ash_s,
 }
+#: ASH's ``variant``: a name of :data:`ASH_VARIANTS`.
+AshVariant = Annotated[str, Valid(choices=tuple(ASH_VARIANTS))]
 
 
 class _ShapedEnergy(BaselineDetector):
@@ -182,17 +180,16 @@ class ASH(_ShapedEnergy):
     )
     sweep: ClassVar[dict[str, list]] = {"percentile": [65, 70, 75, 80, 85, 90, 95]}
 
+    @checked_arguments
     def __init__(
         self,
-        percentile: float = 90,
-        variant: str = "ash-b",
-        chunk_rows: int = DEFAULT_CHUNK_ROWS,
+        percentile: Percent = 90,
+        variant: AshVariant = "ash-b",
+        chunk_rows: Count = DEFAULT_CHUNK_ROWS,
         device: str | torch.device | None = None,
     ) -> None:
         super().__init__(chunk_rows=chunk_rows, device=device)
-        self.percentile = _check_percentile("ASH", percentile)
-        if variant not in ASH_VARIANTS:
-            raise ValueError(f"ASH: unknown variant {variant!r}; valid: {', '.join(ASH_VARIANTS)}")
+        self.percentile = float(percentile)
         self.variant = variant
 
     def _shape(self, features: torch.Tensor) -> torch.Tensor:
@@ -213,11 +210,12 @@ class SCALE(_ShapedEnergy):
     )
     sweep: ClassVar[dict[str, list]] = {"percentile": [65, 70, 75, 80, 85, 90, 95]}
 
+    @checked_arguments
     def __init__(
-        self, percentile: float = 85, chunk_rows: int = DEFAULT_CHUNK_ROWS, device: str | torch.device | None = None
+        self, percentile: Percent = 85, chunk_rows: Count = DEFAULT_CHUNK_ROWS, device: str | torch.device | None = None
     ) -> None:
         super().__init__(chunk_rows=chunk_rows, device=device)
-        self.percentile = _check_percentile("SCALE", percentile)
+        self.percentile = float(percentile)
 
     def _shape(self, features: torch.Tensor) -> torch.Tensor:
         return scale_shaping(features, self.percentile)
@@ -245,11 +243,12 @@ class DICE(BaselineDetector):
     name: ClassVar[str] = "dice"
     reference: ClassVar[str] = "Sun & Li, DICE: Leveraging Sparsification for Out-of-Distribution Detection, ECCV 2022"
 
+    @checked_arguments
     def __init__(
-        self, p: float = 90, chunk_rows: int = DEFAULT_CHUNK_ROWS, device: str | torch.device | None = None
+        self, p: Percent = 90, chunk_rows: Count = DEFAULT_CHUNK_ROWS, device: str | torch.device | None = None
     ) -> None:
         super().__init__(chunk_rows=chunk_rows, device=device)
-        self.p = _check_percentile("DICE", p)
+        self.p = float(p)
 
     def fit(self, train: FeatureSet, head: LinearHead) -> "DICE":
         self._start_fit(train, head)

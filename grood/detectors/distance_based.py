@@ -47,6 +47,7 @@ from grood.featureset import FeatureSet, LinearHead
 from grood.method.neighbours import INDEX_KINDS, build_index, kth_neighbour_distance
 from grood.method.neighbours.streamed import streamed_k_nearest
 from grood.method.streaming import RowReader
+from grood.valid_values import Count, checked_arguments
 
 # -- Mahalanobis ---------------------------------------------------------------------------------
 
@@ -164,17 +165,16 @@ class KNN(BaselineDetector):
     sweep: ClassVar[dict[str, list]] = {"k": [50, 100, 200, 500, 1000]}
     uses_index: ClassVar[bool] = True  # index, index_params: the run's `index` group
 
+    @checked_arguments
     def __init__(
         self,
-        k: int = 50,
+        k: Count = 50,
         index: str = "exact",
         index_params: dict[str, Any] | None = None,
-        chunk_rows: int = DEFAULT_CHUNK_ROWS,
+        chunk_rows: Count = DEFAULT_CHUNK_ROWS,
         device: str | torch.device | None = None,
     ) -> None:
         super().__init__(chunk_rows=chunk_rows, device=device)
-        if isinstance(k, bool) or int(k) != k or int(k) < 1:
-            raise ValueError(f"KNN: k (OpenOOD's K) must be an integer >= 1; got {k!r}")
         if index not in INDEX_KINDS:
             raise ValueError(f"KNN: unknown index kind {index!r}; valid: {', '.join(INDEX_KINDS)}")
         self.k = int(k)

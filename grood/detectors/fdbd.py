@@ -22,6 +22,7 @@ import torch
 
 from grood.detectors._common import DEFAULT_CHUNK_ROWS, BaselineDetector, feature_mean
 from grood.featureset import FeatureSet, LinearHead
+from grood.valid_values import Count, checked_arguments
 
 
 def weight_difference_norms(weight: torch.Tensor) -> torch.Tensor:
@@ -53,10 +54,11 @@ class FDBD(BaselineDetector):
     reference: ClassVar[str] = "Liu & Qin, Fast Decision Boundary based Out-of-Distribution Detector, ICML 2024"
     sweep: ClassVar[dict[str, list]] = {"distance_as_normalizer": [True, False]}
 
+    @checked_arguments
     def __init__(
         self,
         distance_as_normalizer: bool = True,
-        chunk_rows: int = DEFAULT_CHUNK_ROWS,
+        chunk_rows: Count = DEFAULT_CHUNK_ROWS,
         device: str | torch.device | None = None,
     ) -> None:
         super().__init__(chunk_rows=chunk_rows, device=device)

@@ -24,6 +24,7 @@ from pytorch_ood.detector import EnergyBased, MaxLogit, MaxSoftmax
 from grood.detectors._common import DEFAULT_CHUNK_ROWS, BaselineDetector
 from grood.detectors.pytorch_ood_adapter import PytorchOODDetector
 from grood.featureset import FeatureSet, LinearHead
+from grood.valid_values import Count, Positive, checked_arguments
 
 
 class MSP(PytorchOODDetector):
@@ -56,12 +57,12 @@ class EBO(PytorchOODDetector):
     reference: ClassVar[str] = "Liu, Wang, Owens & Li, Energy-based Out-of-distribution Detection, NeurIPS 2020"
     sweep: ClassVar[dict[str, list]] = {"temperature": [1]}
 
+    @checked_arguments
     def __init__(
-        self, temperature: float = 1.0, chunk_rows: int = DEFAULT_CHUNK_ROWS, device: str | torch.device | None = None
+        self, temperature: Positive = 1.0, chunk_rows: Count = DEFAULT_CHUNK_ROWS,
+        device: str | torch.device | None = None
     ) -> None:
         super().__init__(chunk_rows=chunk_rows, device=device)
-        if not temperature > 0:
-            raise ValueError(f"EBO: temperature must be > 0; got {temperature}")
         self.temperature = float(temperature)
 
     def fit(self, train: FeatureSet, head: LinearHead) -> "EBO":
@@ -116,18 +117,15 @@ class GEN(BaselineDetector):
     )
     sweep: ClassVar[dict[str, list]] = {"gamma": [0.01, 0.1, 0.5, 1, 2, 5, 10], "m": [10, 50, 100, 200, 500, 1000]}
 
+    @checked_arguments
     def __init__(
         self,
-        gamma: float = 0.1,
-        m: int = 100,
-        chunk_rows: int = DEFAULT_CHUNK_ROWS,
+        gamma: Positive = 0.1,
+        m: Count = 100,
+        chunk_rows: Count = DEFAULT_CHUNK_ROWS,
         device: str | torch.device | None = None,
     ) -> None:
         super().__init__(chunk_rows=chunk_rows, device=device)
-        if not gamma > 0:
-            raise ValueError(f"GEN: gamma must be > 0; got {gamma}")
-        if isinstance(m, bool) or int(m) != m or int(m) < 1:
-            raise ValueError(f"GEN: m (OpenOOD's M) must be an integer >= 1; got {m!r}")
         self.gamma = float(gamma)
         self.m = int(m)
 

@@ -21,6 +21,7 @@ from pytorch_ood.detector import NCI as PodNCI
 from grood.detectors._common import DEFAULT_CHUNK_ROWS
 from grood.detectors.pytorch_ood_adapter import PytorchOODDetector, linear_module
 from grood.featureset import FeatureSet, LinearHead
+from grood.valid_values import Count, NonNegative, checked_arguments
 
 
 class NCI(PytorchOODDetector):
@@ -36,12 +37,12 @@ class NCI(PytorchOODDetector):
     reference: ClassVar[str] = "Liu & Qin, Detecting Out-of-distribution through the Lens of Neural Collapse, CVPR 2025"
     sweep: ClassVar[dict[str, list]] = {"alpha": [0.0001, 0.001, 0.01, 0.1]}
 
+    @checked_arguments
     def __init__(
-        self, alpha: float = 0.0001, chunk_rows: int = DEFAULT_CHUNK_ROWS, device: str | torch.device | None = None
+        self, alpha: NonNegative = 0.0001, chunk_rows: Count = DEFAULT_CHUNK_ROWS,
+        device: str | torch.device | None = None
     ) -> None:
         super().__init__(chunk_rows=chunk_rows, device=device)
-        if not alpha >= 0:
-            raise ValueError(f"NCI: alpha must be >= 0; got {alpha}")
         self.alpha = float(alpha)
 
     def fit(self, train: FeatureSet, head: LinearHead) -> "NCI":

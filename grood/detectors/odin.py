@@ -30,6 +30,7 @@ from grood.detectors._common import DEFAULT_CHUNK_ROWS, BaselineDetector
 from grood.device import resolve_device
 from grood.featureset import FeatureSet, LinearHead
 from grood.progress import track
+from grood.valid_values import Count, NonNegative, Positive, checked_arguments
 
 #: OpenOOD v1.5's normalisation std per ID dataset (``openood/preprocessors/transform.py``), the
 #: ``input_std`` it uses for ODIN (unknown datasets fall back to 0.5 per channel there).
@@ -79,19 +80,16 @@ class ODIN(BaselineDetector):
     needs_network: ClassVar[bool] = True
     sweep: ClassVar[dict[str, list]] = {"temperature": [1, 10, 100, 1000], "noise": [0.0014, 0.0028]}
 
+    @checked_arguments
     def __init__(
         self,
-        temperature: float = 1000.0,
-        noise: float = 0.0014,
+        temperature: Positive = 1000.0,
+        noise: NonNegative = 0.0014,
         input_std: Sequence[float] | str | None = None,
-        chunk_rows: int = DEFAULT_CHUNK_ROWS,
+        chunk_rows: Count = DEFAULT_CHUNK_ROWS,
         device: str | torch.device | None = None,
     ) -> None:
         super().__init__(chunk_rows=chunk_rows, device=device)
-        if not temperature > 0:
-            raise ValueError(f"ODIN: temperature must be > 0; got {temperature}")
-        if not noise >= 0:
-            raise ValueError(f"ODIN: noise must be >= 0; got {noise}")
         self.temperature = float(temperature)
         self.noise = float(noise)
         self.input_std = self._resolve_std(input_std)

@@ -32,6 +32,7 @@ import scipy.stats
 
 from grood.detectors._common import DEFAULT_CHUNK_ROWS, BaselineDetector
 from grood.featureset import FeatureSet, LinearHead
+from grood.valid_values import Count, Positive, checked_arguments
 
 
 def weibull_mle(samples: np.ndarray) -> tuple[float, float]:
@@ -78,20 +79,16 @@ class OpenMax(BaselineDetector):
     reference: ClassVar[str] = "Bendale & Boult, Towards Open Set Deep Networks, CVPR 2016"
     uses_labels: ClassVar[bool] = True
 
+    @checked_arguments
     def __init__(
         self,
-        tail_size: int = 20,
-        alpha: int = 3,
-        translate_amount: float = 1.0,
-        chunk_rows: int = DEFAULT_CHUNK_ROWS,
+        tail_size: Count = 20,
+        alpha: Count = 3,
+        translate_amount: Positive = 1.0,
+        chunk_rows: Count = DEFAULT_CHUNK_ROWS,
         device: str | torch.device | None = None,
     ) -> None:
         super().__init__(chunk_rows=chunk_rows, device=device)
-        for key, value in (("tail_size", tail_size), ("alpha", alpha)):
-            if isinstance(value, bool) or int(value) != value or int(value) < 1:
-                raise ValueError(f"OpenMax: {key} must be an integer >= 1; got {value!r}")
-        if not translate_amount > 0:
-            raise ValueError(f"OpenMax: translate_amount must be > 0; got {translate_amount}")
         self.tail_size = int(tail_size)
         self.alpha = int(alpha)
         self.translate_amount = float(translate_amount)

@@ -23,6 +23,7 @@ import torch
 
 from grood.detectors._common import DEFAULT_CHUNK_ROWS, BaselineDetector, scatter_matrix
 from grood.featureset import FeatureSet, LinearHead
+from grood.valid_values import Count, checked_arguments
 
 
 def vim_origin(weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -58,12 +59,11 @@ class ViM(BaselineDetector):
     reference: ClassVar[str] = "Wang, Li, Feng & Zhang, ViM: Out-Of-Distribution with Virtual-logit Matching, CVPR 2022"
     sweep: ClassVar[dict[str, list]] = {"dim": [256, 1000]}
 
+    @checked_arguments
     def __init__(
-        self, dim: int = 256, chunk_rows: int = DEFAULT_CHUNK_ROWS, device: str | torch.device | None = None
+        self, dim: Count = 256, chunk_rows: Count = DEFAULT_CHUNK_ROWS, device: str | torch.device | None = None
     ) -> None:
         super().__init__(chunk_rows=chunk_rows, device=device)
-        if isinstance(dim, bool) or int(dim) != dim or int(dim) < 1:
-            raise ValueError(f"ViM: dim must be an integer >= 1; got {dim!r}")
         self.principal_dim = int(dim)
 
     @classmethod

@@ -21,11 +21,10 @@ from __future__ import annotations
 import logging
 
 import json
-import numbers
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import torch
 
@@ -43,6 +42,7 @@ from grood.method.neighbours import INDEX_KINDS, NeighbourIndex, build_index, kt
 from grood.method.streaming import RowReader, argmax_rows
 from grood.method.prototypes import ClassMeanAccumulator, check_ood_prototype_separated, mean_of_class_prototypes
 from grood.progress import track
+from grood.valid_values import Count, Valid, declared_rules
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,10 @@ SAVE_FORMAT = "grood.method.GROOD"
 SAVE_VERSION = 1
 _CONFIG_FILE = "grood.json"
 _TENSORS_FILE = "tensors.pt"
+#: The annotations that declare the valid values of GROOD's string parameters.
+IndexKind = Annotated[str, Valid(choices=INDEX_KINDS)]
+Variant = Annotated[str, Valid(choices=VARIANTS)]
+FitOn = Annotated[str, Valid(choices=FIT_ON)]
 
 
 class NotFittedError(RuntimeError):
@@ -123,12 +127,12 @@ class GROOD:
 
     def __init__(
         self,
-        index: str = "exact",
-        k: int = 1,
+        index: IndexKind = "exact",
+        k: Count = 1,
         index_params: dict[str, Any] | None = None,
-        fit_on: str = "all",
-        variant: str = "grood",
-        batch_size: int = 8192,
+        fit_on: FitOn = "all",
+        variant: Variant = "grood",
+        batch_size: Count = 8192,
         device: str | torch.device | None = None,
         progress: bool = False,
     ) -> None:
@@ -155,20 +159,16 @@ class GROOD:
         batch_size: int = 8192,
     ) -> None:
         """Raise ValueError naming the first constructor argument whose value cannot work (the one place
-        GROOD's parameters are checked: the postprocessor checks a sweep's values with it before setup)."""
-        if index not in INDEX_KINDS:
-            raise ValueError(f"unknown index kind {index!r}; valid kinds: {', '.join(INDEX_KINDS)}")
-        if variant not in VARIANTS:
-            raise ValueError(f"unknown GROOD variant {variant!r}; valid variants: {', '.join(VARIANTS)}")
-        if fit_on not in FIT_ON:
-            raise ValueError(f"fit_on must be one of {', '.join(FIT_ON)}; got {fit_on!r}")
-        if isinstance(k, bool) or not isinstance(k, numbers.Real) or int(k) != k or k < 1:
-            raise ValueError(f"k must be an integer >= 1; got {k!r}")
+        GROOD's parameters are checked, against the valid values declared in the constructor's annotations:
+        the postprocessor checks a sweep's values with it before setup)."""
+        given = {"index": index, "k": k, "fit_on": fit_on, "variant": variant, "batch_size": batch_size}
+        for name, rule in declared_rules(GROOD.__init__).items():
+            problem = rule.problem(given[name])
+            if problem is not None:
+                raise ValueError(f"GROOD: {name} {problem}")
         if index_params is not None and not hasattr(index_params, "keys"):
             raise ValueError(f"index_params must be None or a dict of index arguments, e.g. {{'nlist': 256, "
                              f"'nprobe': 8}}; got {index_params!r}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
-            raise ValueError(f"batch_size must be an integer >= 1; got {batch_size!r}")
 
     def check_index(self, dim: int) -> None:
         """Raise ValueError where this detector's index cannot be built for ``dim``-dimensional features on

@@ -34,14 +34,14 @@ passes (:func:`grood.prototype_inputs.mixup_features`, ...) live in :mod:`grood.
 
 from __future__ import annotations
 
-import numbers
 from dataclasses import MISSING, dataclass, field, fields
-from typing import Any, Callable, List, Mapping, Optional, Sequence
+from typing import Annotated, Any, Callable, List, Mapping, Optional, Sequence
 
 import torch
 
 from grood.method.corruptions import CORRUPTIONS
 from grood.method.prototypes import mean_of_class_prototypes, ood_prototype, proximity_filter
+from grood.valid_values import Count, Valid, declared_rules
 
 
 def stratified_sample(labels: torch.Tensor, count: int | None, seed: int) -> torch.Tensor:
@@ -287,38 +287,42 @@ def _defaults(parameters: type) -> dict[str, Any]:
     return out
 
 
-# Each strategy's parameters: name, type and default, declared once (the config schema, grood.config, is
-# generated from these dataclasses; Optional: None = the value the strategy's docstring names).
+# Each strategy's parameters: name, type, valid values and default, declared once (the config schema,
+# grood.config, is generated from these dataclasses; Optional: None = the value the strategy's docstring names).
 @dataclass
 class FilterParams:
     """The proximity filter (section 5.2), a parameter of every strategy."""
 
-    filter_quantile: Optional[float] = None  # None = off
-    min_keep: int = 1
+    filter_quantile: Optional[Annotated[float, Valid(low=0, high=1, why="None: no proximity filter")]] = None
+    min_keep: Annotated[int, Valid(low=0)] = 1
 
 
 @dataclass
 class MixupParams:
-    mixup_lambda: float = 0.5          # eq. 9's λ
-    num_images: Optional[int] = None   # None = every training image
+    mixup_lambda: Annotated[float, Valid(low=0, high=1, low_open=True, high_open=True,
+                                         why="eq. 9's λ; 0 or 1 mixes nothing")] = 0.5
+    num_images: Optional[Count] = None   # None = every training image
 
 
 @dataclass
 class UniformParams:
-    num_images: int = 1000
-    keep: int = 100
+    num_images: Count = 1000
+    keep: Count = 100                    # at most num_images
 
 
 @dataclass
 class NumImagesParams:
-    num_images: int = 100
+    num_images: Count = 100
 
 
 @dataclass
 class CorruptedParams:
-    num_images: int = 100
-    corruptions: List[str] = field(default_factory=lambda: list(CORRUPTIONS))
-    source: str = "real"               # real | synthetic (CORRUPTED_SOURCES)
+    num_images: Count = 100
+    corruptions: Annotated[List[str], Valid(choices=tuple(CORRUPTIONS))] = field(
+        default_factory=lambda: list(CORRUPTIONS))
+    source: Annotated[str, Valid(choices=CORRUPTED_SOURCES, why=(
+        "real: the benchmark's corrupted images, e.g. CIFAR-10-C; synthetic: ID validation images corrupted in "
+        "code"))] = "real"
 
 
 @dataclass
@@ -355,10 +359,6 @@ def get_strategy(name: str) -> Strategy:
     return STRATEGIES[name]
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def strategy_params(name: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The parameters strategy ``name`` reads (its own and the filter's), from ``params`` where given and
     not None, else their defaults; checked.
@@ -374,30 +374,14 @@ def strategy_params(name: str, params: Mapping[str, Any] | None = None) -> dict[
     resolved = {key: default if params.get(key) is None else params[key]
                 for key, default in {**strategy.params, **FILTER_PARAMS}.items()}
 
-    def bad(key: str, expected: str) -> ValueError:
-        return ValueError(f"prototype strategy {name!r}: {key}={resolved[key]!r}; expected {expected}")
-
-    if "mixup_lambda" in resolved:
-        lam = resolved["mixup_lambda"]
-        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not 0.0 < float(lam) < 1.0:
-            raise bad("mixup_lambda", "a number in (0, 1) (eq. 9's λ; 0 or 1 mixes nothing)")
-    if resolved.get("num_images") is not None and not (_is_int(resolved["num_images"]) and resolved["num_images"] >= 1):
-        raise bad("num_images", "an integer >= 1" + (" or None (every training image)" if name == "mixup" else ""))
-    if "keep" in resolved and not (_is_int(resolved["keep"]) and 1 <= resolved["keep"] <= resolved["num_images"]):
-        raise bad("keep", f"an integer in 1..num_images ({resolved['num_images']})")
-    if "corruptions" in resolved:
-        corruptions = resolved["corruptions"]
-        if isinstance(corruptions, str) or not corruptions or any(c not in CORRUPTIONS for c in corruptions):
-            raise bad("corruptions", f"a non-empty list of {', '.join(CORRUPTIONS)}")
-    if "source" in resolved and resolved["source"] not in CORRUPTED_SOURCES:
-        raise bad("source", f"one of {', '.join(CORRUPTED_SOURCES)} (real: the benchmark's corrupted images, e.g. "
-                            "CIFAR-10-C; synthetic: ID validation images corrupted in code)")
-    quantile = resolved["filter_quantile"]
-    if quantile is not None and (isinstance(quantile, bool) or not isinstance(quantile, (int, float))
-                                 or not 0.0 <= float(quantile) <= 1.0):
-        raise bad("filter_quantile", "None (no proximity filter) or a number in [0, 1]")
-    if not (_is_int(resolved["min_keep"]) and resolved["min_keep"] >= 0):
-        raise bad("min_keep", "an integer >= 0")
+    rules = {**declared_rules(FilterParams), **declared_rules(strategy.parameters)}
+    for key, rule in rules.items():
+        problem = rule.problem(resolved[key])
+        if problem is not None:
+            raise ValueError(f"prototype strategy {name!r}: {key}={resolved[key]!r}: {problem.split('; got ')[0]}")
+    if "keep" in resolved and resolved["keep"] > resolved["num_images"]:
+        raise ValueError(f"prototype strategy {name!r}: keep={resolved['keep']!r}: must be at most num_images "
+                         f"({resolved['num_images']})")
     return resolved
 
 

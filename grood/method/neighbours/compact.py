@@ -13,24 +13,22 @@ shortlist (a float16 code is off by at most ``2^-11`` of its row's largest entry
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Annotated
 
 import torch
 
 from grood.method.neighbours.base import _direct_distances
+from grood.valid_values import Valid
 
 #: How the "torch" and "ivf" indexes store their vectors (``storage``).
 STORAGES = ("float32", "float16")
+#: The annotation of an index's ``storage`` parameter.
+Storage = Annotated[str, Valid(choices=STORAGES)]
 #: ``storage="float16"``: candidates kept per query and per neighbour asked, re-ranked by true distances.
 SHORTLIST_PER_NEIGHBOUR = 4
 
 #: ``exact_source(ids [M]) -> [M, dim]``: the exact float32 vectors of the indexed rows ``ids`` (add order).
 ExactSource = Callable[[torch.Tensor], torch.Tensor]
-
-
-def check_storage(storage: str) -> str:
-    if storage not in STORAGES:
-        raise ValueError(f"storage must be one of {', '.join(STORAGES)}; got {storage!r}")
-    return storage
 
 
 class HalfVectors:

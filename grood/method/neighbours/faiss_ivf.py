@@ -30,6 +30,7 @@ import torch
 from grood.method._checks import check_finite, check_matrix
 from grood.method.neighbours.base import NeighbourIndex, _faiss, _to_faiss, log
 from grood.method.neighbours.exact import _FaissIndex
+from grood.valid_values import Count, checked_arguments
 
 #: OpenOOD v1.5's ``Evaluator`` default batch size: the loader batches the author's rule counts.
 AUTHOR_LOADER_BATCH_SIZE = 200
@@ -69,23 +70,16 @@ class FaissIVFIndex(_FaissIndex):
     faiss_type = "IndexIVFFlat"
     incremental_add = False  # the cells are trained on the first add
 
+    @checked_arguments
     def __init__(
         self,
         dim: int,
-        nprobe: int = AUTHOR_NPROBE,
-        nlist: int | None = None,
-        train_batches: int | None = None,
-        loader_batch_size: int = AUTHOR_LOADER_BATCH_SIZE,
+        nprobe: Count = AUTHOR_NPROBE,
+        nlist: Count | None = None,
+        train_batches: Count | None = None,
+        loader_batch_size: Count = AUTHOR_LOADER_BATCH_SIZE,
     ) -> None:
         super().__init__(dim)
-        for key, value, optional in (("nprobe", nprobe, False), ("nlist", nlist, True),
-                                     ("train_batches", train_batches, True),
-                                     ("loader_batch_size", loader_batch_size, False)):
-            if value is None and optional:
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"faiss_ivf: {key} must be an integer >= 1{' or None' if optional else ''}; "
-                                 f"got {value!r}")
         self.nprobe = int(nprobe)
         self.nlist = nlist
         self.train_batches = train_batches

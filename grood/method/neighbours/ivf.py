@@ -5,17 +5,19 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterator
+from typing import Annotated
 
 import torch
 
 from grood.method._checks import check_finite
 from grood.progress import phase
+from grood.valid_values import Count, Valid, checked_arguments
 from grood.io import atomic_file
 from grood.method.neighbours.compact import (
     SHORTLIST_PER_NEIGHBOUR,
     ExactSource,
     HalfVectors,
-    check_storage,
+    Storage,
     exact_rerank,
 )
 from grood.method.kmeans import balanced_centroids, direction_projection, nearest_cells, routing_coordinates
@@ -44,6 +46,8 @@ DEFAULT_KMEANS_ITERATIONS = 10
 DEFAULT_ROUTING_DIM = 128
 #: How a probed cell is compared with its queries (``scan``): float32 products, or int8 codes (see :class:`IVFIndex`).
 SCANS = ("float32", "int8")
+#: The annotation of the ``scan`` parameter.
+Scan = Annotated[str, Valid(choices=SCANS)]
 #: ``scan="int8"``: candidates kept per query and per neighbour asked, whose true distances then decide.
 INT8_CANDIDATES_PER_NEIGHBOUR = 2
 #: ``scan="int8"``: the largest dimension whose int8 products (each at most 127^2) sum without overflowing int32.
@@ -143,38 +147,29 @@ class IVFIndex(NeighbourIndex):
     kind = "ivf"
     incremental_add = False  # the cells are trained on the first add
 
+    @checked_arguments
     def __init__(
         self,
         dim: int,
-        nlist: int | None = None,
-        nprobe: int = DEFAULT_NPROBE,
-        niter: int = DEFAULT_KMEANS_ITERATIONS,
-        routing_dim: int = DEFAULT_ROUTING_DIM,
-        scan: str = "float32",
+        nlist: Count | None = None,
+        nprobe: Count = DEFAULT_NPROBE,
+        niter: Count = DEFAULT_KMEANS_ITERATIONS,
+        routing_dim: Count = DEFAULT_ROUTING_DIM,
+        scan: Scan = "float32",
         device: str | torch.device | None = None,
-        storage: str = "float32",
+        storage: Storage = "float32",
     ) -> None:
         super().__init__(dim)
-        self.storage = check_storage(storage)
+        self.storage = storage
         if storage == "float16" and scan != "float32":
             raise ValueError("the 'ivf' index's storage='float16' works with scan='float32' only; got scan="
                              f"{scan!r}")
         #: storage="float16": the exact vectors of indexed rows, for the re-ranking (see the class docstring).
         self.exact_source: ExactSource | None = None
-        if scan not in SCANS:
-            raise ValueError(f"scan must be one of {', '.join(SCANS)}; got {scan!r}")
         if scan == "int8" and self.dim > MAX_INT8_DIM:
             raise ValueError(f"scan='int8' handles dim <= {MAX_INT8_DIM} (int32 sums of int8 products); got dim="
                              f"{self.dim}: use scan='float32'")
         self.scan = scan
-        if nlist is not None and (isinstance(nlist, bool) or int(nlist) < 1):
-            raise ValueError(f"nlist must be >= 1 (or None for the default); got {nlist}")
-        if nprobe is None or int(nprobe) < 1:
-            raise ValueError(f"nprobe must be >= 1; got {nprobe}")
-        if int(niter) < 1:
-            raise ValueError(f"niter must be >= 1; got {niter}")
-        if isinstance(routing_dim, bool) or int(routing_dim) < 1:
-            raise ValueError(f"routing_dim must be >= 1; got {routing_dim}")
         self.routing_dim = int(routing_dim)
         self.nlist = None if nlist is None else int(nlist)
         self.nprobe = int(nprobe)

@@ -12,10 +12,11 @@ from grood.method.neighbours.compact import (
     SHORTLIST_PER_NEIGHBOUR,
     ExactSource,
     HalfVectors,
-    check_storage,
+    Storage,
     exact_rerank,
 )
 from grood.method._checks import check_finite
+from grood.valid_values import Count, checked_arguments
 from grood.method.neighbours.base import (
     NeighbourIndex,
     _direct_distances,
@@ -59,20 +60,19 @@ class TorchIndex(NeighbourIndex):
 
     kind = "torch"
 
+    @checked_arguments
     def __init__(
         self,
         dim: int,
         device: str | torch.device | None = None,
-        max_chunk_elements: int = 2**26,
+        max_chunk_elements: Count = 2**26,
         norm_pruning: bool = False,
-        storage: str = "float32",
+        storage: Storage = "float32",
     ) -> None:
         super().__init__(dim)
-        self.storage = check_storage(storage)
+        self.storage = storage
         #: storage="float16": the exact vectors of indexed rows, for the re-ranking (see the class docstring).
         self.exact_source: ExactSource | None = None
-        if int(max_chunk_elements) < 1:
-            raise ValueError(f"max_chunk_elements must be >= 1; got {max_chunk_elements}")
         if not isinstance(norm_pruning, bool):
             raise ValueError(f"norm_pruning must be true or false; got {norm_pruning!r}")
         self.device = None if device is None else torch.device(device)
