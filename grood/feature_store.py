@@ -6,8 +6,9 @@ One entry is a folder named by its key::
     <key>/features.npy            [N, D] float32 }  created at full size before the first shard (sparse), the
     <key>/logits.npy              [N, C] float32 }  rows of each shard written in place (``os.pwrite`` of
     <key>/labels.npy              [N] int64      }  disjoint byte ranges: several processes may fill one entry)
-    <key>/shards/00003.json       shard 3 is complete: its rows and the sha256 of its bytes in every array
-    <key>/shards/00003.<name>.npy small per-shard arrays (the early-layer class sums of that shard's rows)
+    <key>/shards/00003.json       shard 3 is complete: its rows, K and the sha256 of its bytes in every array
+    <key>/shards/00003.<name>.npy a shard's own small arrays ``[K, *row_shape]``, ``K`` rows chosen per shard
+                                  (the early-layer class sums of the K classes among that shard's rows)
 
 Why ``.npy`` (and not safetensors): ``np.load(..., allow_pickle=False)`` refuses object arrays, so loading an
 entry cannot execute code (a torch file can); ``np.load(mmap_mode="r")`` maps it, so a warm run reads
@@ -98,13 +99,19 @@ class ArraySpec:
 @dataclass(frozen=True)
 class EntryLayout:
     """Rows ``0..rows-1`` in shards of ``shard_rows`` (the last one shorter); ``arrays``: name -> spec of the
-    row-indexed arrays; ``shard_arrays``: name -> spec of the small arrays each shard stores on its own
-    (``row_shape`` is then the whole array's shape)."""
+    row-indexed arrays; ``own_arrays``: name -> spec of the small arrays each shard stores on its own, each
+    ``[K, *row_shape]`` with ``K`` chosen per shard (the same for all of one shard's own arrays, written in its
+    record); ``num_classes``: ``C``, the classes the rows of the own arrays belong to (0 without own arrays).
+
+    The entry of a split with early-layer class sums has own arrays ``early_classes [K]``, ``early_sums
+    [K, *S]`` and ``early_counts [K]``: only the ``K`` classes among the shard's rows (a few at ImageNet size
+    when the image list is sorted by class, instead of ``C = 1000`` maps of ``[256, 56, 56]`` float64: 6.4 GB)."""
 
     rows: int
     shard_rows: int
     arrays: Mapping[str, ArraySpec]
-    shard_arrays: Mapping[str, ArraySpec]
+    own_arrays: Mapping[str, ArraySpec]
+    num_classes: int = 0
 
     @property
     def num_shards(self) -> int:
@@ -114,17 +121,21 @@ class EntryLayout:
         start = shard * self.shard_rows
         return start, min(self.rows, start + self.shard_rows)
 
-    def shard_bytes(self, shard: int) -> int:
+    def shard_bytes(self, shard: int, own_rows: int = 0) -> int:
+        """Bytes shard ``shard`` writes: its rows of every array and ``own_rows`` (``K``) rows of each own array."""
         start, stop = self.shard_range(shard)
         return ((stop - start) * sum(spec.row_bytes for spec in self.arrays.values())
-                + sum(spec.row_bytes for spec in self.shard_arrays.values()))
+                + own_rows * sum(spec.row_bytes for spec in self.own_arrays.values()))
 
     def to_json(self) -> dict[str, Any]:
         def specs(arrays: Mapping[str, ArraySpec]) -> dict[str, Any]:
             return {name: {"row_shape": list(s.row_shape), "dtype": s.dtype} for name, s in arrays.items()}
 
-        return {"format": STORE_FORMAT, "rows": self.rows, "shard_rows": self.shard_rows,
-                "arrays": specs(self.arrays), "shard_arrays": specs(self.shard_arrays)}
+        blob = {"format": STORE_FORMAT, "rows": self.rows, "shard_rows": self.shard_rows,
+                "arrays": specs(self.arrays), "own_arrays": specs(self.own_arrays), "num_classes": self.num_classes}
+        if not self.own_arrays:  # what the whole-array layout wrote: an entry without own arrays reads in both
+            blob["shard_arrays"] = {}
+        return blob
 
     @classmethod
     def from_json(cls, blob: Mapping[str, Any]) -> "EntryLayout":
@@ -133,7 +144,14 @@ class EntryLayout:
 
         if blob.get("format") != STORE_FORMAT:
             raise ValueError(f"format {blob.get('format')!r}, this grood writes {STORE_FORMAT}")
-        return cls(int(blob["rows"]), int(blob["shard_rows"]), specs(blob["arrays"]), specs(blob["shard_arrays"]))
+        if blob.get("shard_arrays"):
+            raise ValueError(
+                f"its per-shard arrays {sorted(blob['shard_arrays'])} are in the old dense layout (early-layer class "
+                "sums [C, *S] of every class in every shard, GBs per shard at ImageNet size), which this grood no "
+                "longer reads: it stores the classes present in each shard only; delete the entry folder to free "
+                "its space, or let it be re-extracted")
+        return cls(int(blob["rows"]), int(blob["shard_rows"]), specs(blob["arrays"]), specs(blob.get("own_arrays", {})),
+                   int(blob.get("num_classes", 0)))
 
 
 def _sha256_of_range(path: Path, offset: int, length: int) -> str:
@@ -186,7 +204,7 @@ class ShardedEntry:
     def record_path(self, shard: int) -> Path:
         return self.folder / "shards" / f"{shard:05d}.json"
 
-    def shard_array_path(self, shard: int, name: str) -> Path:
+    def own_array_path(self, shard: int, name: str) -> Path:
         return self.folder / "shards" / f"{shard:05d}.{name}.npy"
 
     def create(self, layout: EntryLayout, parts: Mapping[str, Any]) -> EntryLayout:
@@ -230,11 +248,13 @@ class ShardedEntry:
         return {shard for shard in range(layout.num_shards) if self.record_path(shard).is_file()}
 
     def write_shard(self, layout: EntryLayout, shard: int, arrays: Mapping[str, np.ndarray],
-                    shard_arrays: Mapping[str, np.ndarray], worker: str = "") -> None:
+                    own_arrays: Mapping[str, np.ndarray], worker: str = "") -> None:
         """Write shard ``shard``'s rows of every array in place, its own small arrays, then its record.
 
-        ``arrays``: name -> ``[rows of the shard, *row_shape]``; ``shard_arrays``: name -> whole array."""
+        ``arrays``: name -> ``[rows of the shard, *row_shape]``; ``own_arrays``: name -> ``[K, *row_shape]``, the
+        same ``K`` for all (recorded as ``own_rows``)."""
         start, stop = layout.shard_range(shard)
+        own_rows = _own_rows(self.folder, shard, layout, own_arrays)
         checksums: dict[str, str] = {}
         for name, spec in layout.arrays.items():
             array = np.asarray(arrays[name], dtype=spec.dtype)
@@ -253,12 +273,13 @@ class ShardedEntry:
             finally:
                 os.close(descriptor)
             checksums[name] = hashlib.sha256(payload).hexdigest()
-        for name, spec in layout.shard_arrays.items():
-            array = np.ascontiguousarray(np.asarray(shard_arrays[name], dtype=spec.dtype))
-            with atomic_write(self.shard_array_path(shard, name), "wb") as handle:
+        for name, spec in layout.own_arrays.items():
+            array = np.ascontiguousarray(np.asarray(own_arrays[name], dtype=spec.dtype))
+            with atomic_write(self.own_array_path(shard, name), "wb") as handle:
                 np.save(handle, array, allow_pickle=False)
             checksums[name] = hashlib.sha256(_bytes_of(array)).hexdigest()
-        write_json(self.record_path(shard), {"rows": [start, stop], "sha256": checksums, "worker": worker})
+        write_json(self.record_path(shard), {"rows": [start, stop], "own_rows": own_rows, "sha256": checksums,
+                                             "worker": worker})
 
     def read_record(self, shard: int) -> dict[str, Any] | None:
         try:
@@ -294,14 +315,17 @@ class ShardedEntry:
                                            (stop - start) * spec.row_bytes)
                     if got != record["sha256"].get(name):
                         bad.append(f"{name}.npy")
-                for name in layout.shard_arrays:
+                own_rows = record.get("own_rows")
+                for name, spec in layout.own_arrays.items():
                     try:
-                        array = np.load(self.shard_array_path(shard, name), allow_pickle=False)
+                        array = np.load(self.own_array_path(shard, name), allow_pickle=False)
                         got = hashlib.sha256(_bytes_of(array)).hexdigest()
+                        if array.shape != (own_rows, *spec.row_shape) or array.dtype != np.dtype(spec.dtype):
+                            got = None
                     except (OSError, ValueError):
                         got = None
                     if got != record["sha256"].get(name):
-                        bad.append(f"{self.shard_array_path(shard, name).name}")
+                        bad.append(f"{self.own_array_path(shard, name).name}")
             if bad:
                 problems.append(f"shard {shard} (rows {start}-{stop - 1}): {', '.join(bad)} does not match its "
                                 "sha256 checksum")
@@ -318,14 +342,20 @@ class ShardedEntry:
                 tensors[name] = torch.from_numpy(mapped)
         return tensors
 
-    def shard_array_sum(self, layout: EntryLayout, name: str) -> torch.Tensor:
-        """The sum over shards, in shard order, of per-shard array ``name`` (a fixed order: the same bits
-        whichever process computed which shard)."""
-        total = None
-        for shard in range(layout.num_shards):
-            array = torch.from_numpy(np.load(self.shard_array_path(shard, name), allow_pickle=False))
-            total = array.clone() if total is None else total + array
-        return total
+    def own_arrays(self, layout: EntryLayout, shard: int) -> dict[str, np.ndarray]:
+        """Shard ``shard``'s own arrays, name -> ``[K, *row_shape]`` (read whole: they are small)."""
+        return {name: np.load(self.own_array_path(shard, name), allow_pickle=False) for name in layout.own_arrays}
+
+
+def _own_rows(folder: Path, shard: int, layout: EntryLayout, own_arrays: Mapping[str, np.ndarray]) -> int:
+    """``K``, the rows of every own array of a shard, after checking each one's shape against ``layout``."""
+    shapes = {name: tuple(np.shape(own_arrays[name])) for name in layout.own_arrays}
+    rows = {shape[0] for shape in shapes.values() if shape}
+    for name, spec in layout.own_arrays.items():
+        if not shapes[name] or shapes[name][1:] != spec.row_shape or len(rows) != 1:
+            raise ValueError(f"shard {shard} of {folder}: own arrays of shapes {shapes}; each must be "
+                             f"[K, *row_shape] with the same K ({name}: row_shape {spec.row_shape})")
+    return rows.pop() if rows else 0
 
 
 def is_no_space(error: BaseException) -> bool:

@@ -32,7 +32,7 @@ from grood.feature_store import (ArraySpec, CacheSpaceError, EntryLayout, Sharde
                                  is_no_space, no_space_message)
 from grood.featureset import FeatureSet
 from grood.io import atomic_write, write_json
-from grood.method.prototypes import ClassMeanAccumulator
+from grood.method.prototypes import PresentClassSums
 from grood.progress import track
 from grood.resources import loader_workers
 
@@ -82,7 +82,9 @@ def cache_key(parts: Mapping[str, Any]) -> str:
 #: ``shard_batches * batch_size`` rows, written to disk as soon as they are computed.
 DEFAULT_SHARD_BATCHES = 64
 _ROW_ARRAYS = ("logits", "features", "labels")
-_EARLY_ARRAYS = ("early_sums", "early_counts")
+#: A shard's own arrays with early-layer sums: ``early_classes [K]`` (the classes among its rows), ``early_sums
+#: [K, *S]`` float64 and ``early_counts [K]`` int64 (rows of ``early_classes``).
+_EARLY_ARRAYS = ("early_classes", "early_sums", "early_counts")
 
 
 class FeatureCache:
@@ -93,7 +95,11 @@ class FeatureCache:
     (what the network's pass produces; every split's logits are read: the ID accuracy and every logit-based
     baseline read the test and OOD sets', GROOD's predictions and OpenMax's class means the training set's,
     ReAct and the parameter search the validation sets'; float16 would change the scores), labels ``[N]`` as
-    int64, and for the training split the per-shard float64 early-layer class sums and int64 counts.
+    int64, and for the training split each shard's float64 early-layer class sums and int64 counts, of the
+    classes among that shard's rows only (``early_classes [K]``, ``early_sums [K, *S]``, ``early_counts [K]``).
+
+    Entries whose shards hold dense early-layer sums ``[C, *S]`` (the layout before this one) are not read: the
+    log says so and the entry is extracted again.
 
     Entries of the old format (``<key>.pt``, a torch file that can execute code on load) are never loaded:
     the entry is recomputed in this format, with a note.
@@ -135,24 +141,30 @@ class FeatureCache:
             return None
         arrays = entry.open_arrays(layout)
         outputs = SplitOutputs(FeatureSet(arrays["logits"], arrays["features"], arrays["labels"]))
-        if "early_sums" in layout.shard_arrays:
-            outputs.early_sums = entry.shard_array_sum(layout, "early_sums")
-            outputs.early_counts = entry.shard_array_sum(layout, "early_counts")
+        if "early_sums" in layout.own_arrays:
+            outputs.early_sums, outputs.early_counts = _early_class_sums(entry, layout)
         return outputs
 
     def save(self, key: str, outputs: SplitOutputs, parts: Mapping[str, Any] | None = None) -> Path:
-        """Write in-memory ``outputs`` as one complete entry of one shard (checked for space first)."""
+        """Write in-memory ``outputs`` as one complete entry of one shard (checked for space first); of the
+        early-layer sums ``[C, *S]``, the rows of the classes with samples are stored."""
         features = outputs.features
-        early = {} if outputs.early_sums is None else {"early_sums": outputs.early_sums,
-                                                       "early_counts": outputs.early_counts}
-        layout = _layout(len(features), len(features), features.num_classes, features.dim,
-                         None if outputs.early_sums is None else tuple(outputs.early_sums.shape))
+        early: dict[str, np.ndarray] = {}
+        early_shape = None
+        if outputs.early_sums is not None:
+            counts = outputs.early_counts.cpu()
+            classes = (counts != 0).nonzero().flatten()
+            early = {"early_classes": classes.numpy(), "early_sums": outputs.early_sums.cpu()[classes].numpy(),
+                     "early_counts": counts[classes].numpy()}
+            early_shape = (int(counts.shape[0]), tuple(outputs.early_sums.shape[1:]))
+        layout = _layout(len(features), len(features), features.num_classes, features.dim, early_shape)
+        needed = layout.shard_bytes(0, len(early.get("early_classes", ())))
         entry = self.entry(key)
-        check_free_space(self.root, layout.shard_bytes(0), f"feature cache entry {key}")
-        with _space_errors(self.root, layout.shard_bytes(0), f"feature cache entry {key}"):
+        check_free_space(self.root, needed, f"feature cache entry {key}")
+        with _space_errors(self.root, needed, f"feature cache entry {key}"):
             entry.create(layout, parts or {})
             entry.write_shard(layout, 0, {name: getattr(features, name).cpu().numpy() for name in _ROW_ARRAYS},
-                              {name: value.cpu().numpy() for name, value in early.items()})
+                              early)
         return entry.folder
 
     def prototype_path(self, key: str) -> Path:
@@ -192,13 +204,54 @@ class FeatureCache:
 
 
 def _layout(rows: int, shard_rows: int, num_classes: int, dim: int,
-            early_shape: tuple[int, ...] | None) -> EntryLayout:
-    """The entry layout of a split of ``rows`` samples (see :class:`FeatureCache` for what is stored)."""
+            early: tuple[int, tuple[int, ...]] | None) -> EntryLayout:
+    """The entry layout of a split of ``rows`` samples (see :class:`FeatureCache` for what is stored);
+    ``early``: ``(C, S)`` of the early-layer class sums, or None."""
     arrays = {"logits": ArraySpec((num_classes,), "float32"), "features": ArraySpec((dim,), "float32"),
               "labels": ArraySpec((), "int64")}
-    shard_arrays = {} if early_shape is None else {"early_sums": ArraySpec(tuple(early_shape), "float64"),
-                                                  "early_counts": ArraySpec((early_shape[0],), "int64")}
-    return EntryLayout(rows, shard_rows, arrays, shard_arrays)
+    if early is None:
+        return EntryLayout(rows, shard_rows, arrays, {})
+    own = {"early_classes": ArraySpec((), "int64"), "early_sums": ArraySpec(tuple(early[1]), "float64"),
+           "early_counts": ArraySpec((), "int64")}
+    return EntryLayout(rows, shard_rows, arrays, own, num_classes=int(early[0]))
+
+
+def _early_class_sums(entry: ShardedEntry, layout: EntryLayout) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[C, *S]`` float64 early-layer sums and ``[C]`` int64 counts of the whole split, from every shard's
+    ``K`` classes.
+
+    Added shard by shard in shard order (the same bits whichever process computed which shard), and the same
+    bits as adding dense ``[C, *S]`` per-shard sums: a class gets the same additions in the same order, and
+    the zeros of a shard without the class change no bit (a sum that starts at +0.0 is never -0.0).
+    """
+    spec = layout.own_arrays["early_sums"]
+    sums = torch.zeros((layout.num_classes, *spec.row_shape), dtype=torch.float64)
+    counts = torch.zeros(layout.num_classes, dtype=torch.long)
+    for shard in range(layout.num_shards):
+        own = {name: torch.from_numpy(array) for name, array in entry.own_arrays(layout, shard).items()}
+        classes = own["early_classes"]
+        if classes.numel() and (int(classes.min()) < 0 or int(classes.max()) >= layout.num_classes
+                                or torch.unique(classes).numel() != classes.numel()):
+            raise ValueError(f"feature cache entry {entry.folder}: {entry.own_array_path(shard, 'early_classes')} "
+                             f"holds {classes.tolist()[:10]}, not distinct classes in 0..{layout.num_classes - 1}; "
+                             "delete the entry folder to extract it again")
+        sums.index_add_(0, classes, own["early_sums"])
+        counts.index_add_(0, classes, own["early_counts"])
+    return sums, counts
+
+
+def _own_rows_estimate(dataset: Dataset, layout: EntryLayout, shard: int) -> int:
+    """``K``, the early-layer class rows shard ``shard`` will store: the distinct labels among its rows when
+    ``dataset`` has a ``labels`` attribute ``[N]`` (as :class:`~grood.data.imagelist.ImageListDataset`),
+    else the bound ``min(C, rows of the shard)``; 0 without early-layer sums."""
+    if not layout.own_arrays:
+        return 0
+    start, stop = layout.shard_range(shard)
+    bound = min(layout.num_classes, stop - start)
+    labels = getattr(dataset, "labels", None)
+    if isinstance(labels, (torch.Tensor, np.ndarray, Sequence)) and len(labels) == len(dataset):
+        return min(bound, int(np.unique(np.asarray(labels[start:stop])).size))
+    return bound
 
 
 @contextmanager
@@ -212,7 +265,6 @@ def _space_errors(folder: Path, needed: int, what: str) -> Iterator[None]:
         raise CacheSpaceError(no_space_message(folder, needed, free_bytes(folder), what)) from None
 
 
-@torch.no_grad()
 def forward_pass(
     network: torch.nn.Module,
     loader: DataLoader,
@@ -231,14 +283,41 @@ def forward_pass(
         num_classes: ``C``; required with ``accumulate_early``.
         accumulate_early: also sum the early feature maps per true label (ID training split).
     Returns:
-        :class:`SplitOutputs` on the CPU.
+        :class:`SplitOutputs` on the CPU (early-layer sums ``[C, *S]``, zero for a class without samples).
+    """
+    features, early = forward_pass_sparse(network, loader, num_classes=num_classes,
+                                          accumulate_early=accumulate_early, device=device, progress=progress,
+                                          description=description)
+    outputs = SplitOutputs(features)
+    if early is not None:
+        outputs.early_sums, outputs.early_counts = early.dense(device="cpu")
+    return outputs
+
+
+@torch.no_grad()
+def forward_pass_sparse(
+    network: torch.nn.Module,
+    loader: DataLoader,
+    *,
+    num_classes: int | None = None,
+    accumulate_early: bool = False,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    description: str = "forward pass",
+) -> tuple[FeatureSet, PresentClassSums | None]:
+    """:func:`forward_pass` with the early-layer sums of the classes present only: what a cache shard stores.
+
+    Returns:
+        the :class:`~grood.featureset.FeatureSet` on the CPU, and with ``accumulate_early`` a
+        :class:`~grood.method.prototypes.PresentClassSums` (``classes [K]``, ``sums [K, *S]``, ``counts [K]``,
+        on ``device``), else None.
     """
     if accumulate_early and num_classes is None:
         raise ValueError("forward_pass(accumulate_early=True) needs num_classes")
     device = resolve_device(device)
     network = network.to(device).eval()
     logits, features, labels = [], [], []
-    accumulator: ClassMeanAccumulator | None = None
+    accumulator: PresentClassSums | None = None
     for images, batch_labels in track(loader, description, progress):
         images = images.to(device, non_blocking=True)
         h_early = network.early(images)
@@ -248,15 +327,11 @@ def forward_pass(
         labels.append(torch.as_tensor(batch_labels).long().cpu())
         if accumulate_early:
             if accumulator is None:
-                accumulator = ClassMeanAccumulator(num_classes, tuple(h_early.shape[1:]), device=device)
+                accumulator = PresentClassSums(num_classes, tuple(h_early.shape[1:]), device=device)
             accumulator.update(h_early, torch.as_tensor(batch_labels).to(device))
     if not features:
         raise ValueError(f"{description}: the data loader yielded no batch (empty image list?)")
-    outputs = SplitOutputs(FeatureSet(torch.cat(logits), torch.cat(features), torch.cat(labels)))
-    if accumulator is not None:
-        outputs.early_sums = accumulator.sums.cpu()
-        outputs.early_counts = accumulator.counts.cpu()
-    return outputs
+    return FeatureSet(torch.cat(logits), torch.cat(features), torch.cat(labels)), accumulator
 
 
 @dataclass(frozen=True)
@@ -299,7 +374,9 @@ def extract_shards(
 
     Shard ``s`` holds rows ``[s * R, (s + 1) * R)`` with ``R = shard_batches * batch_size``: its batches are
     those of one pass over the whole split, so the outputs do not depend on how the shards are shared out.
-    Before the first shard, the free space the remaining shards need is checked (:class:`CacheSpaceError`).
+    Before the first shard, the free space the remaining shards need is checked (:class:`CacheSpaceError`):
+    their rows, and their early-layer sums of the classes among their rows (known from a ``labels`` attribute
+    of ``dataset``, else bounded by ``min(C, rows per shard)``).
     """
     parts = {**dict(key_parts), "accumulate_early": bool(accumulate_early)}
     key = cache_key(parts)
@@ -315,12 +392,13 @@ def extract_shards(
     todo = [shard for shard in range(num_shards) if jobs.owns(shard) and shard not in done]
     if todo:
         if layout is None:  # the arrays' shapes, from one image
-            probe = forward_pass(network, DataLoader(Subset(dataset, [0]), batch_size=1), num_classes=num_classes,
-                                 accumulate_early=accumulate_early, device=device, progress=False,
-                                 description=f"{description} (array shapes)")
-            layout = _layout(rows, shard_rows, probe.features.num_classes, probe.features.dim,
-                             None if probe.early_sums is None else tuple(probe.early_sums.shape))
-        needed = sum(layout.shard_bytes(shard) for shard in todo)
+            probe, early = forward_pass_sparse(network, DataLoader(Subset(dataset, [0]), batch_size=1),
+                                               num_classes=num_classes, accumulate_early=accumulate_early,
+                                               device=device, progress=False, description=f"{description} (array shapes)")
+            layout = _layout(rows, shard_rows, probe.num_classes, probe.dim,
+                             None if early is None else (early.num_classes, early.feature_shape))
+        own_rows = {shard: _own_rows_estimate(dataset, layout, shard) for shard in todo}
+        needed = sum(layout.shard_bytes(shard, own_rows[shard]) for shard in todo)
         what = f"{description} ({len(todo)} of {num_shards} shards of entry {key})"
         check_free_space(cache.root, needed, what)
         if done:
@@ -333,15 +411,16 @@ def extract_shards(
             loader = DataLoader(Subset(dataset, range(start, stop)), batch_size=batch_size, shuffle=False,
                                 num_workers=loader_workers(num_workers),
                                 pin_memory=resolve_device(device).type == "cuda")
-            outputs = forward_pass(network, loader, num_classes=num_classes, accumulate_early=accumulate_early,
-                                   device=device, progress=progress,
-                                   description=f"{description} [shard {shard + 1}/{num_shards}]")
-            early = {} if outputs.early_sums is None else {"early_sums": outputs.early_sums.numpy(),
-                                                           "early_counts": outputs.early_counts.numpy()}
-            remaining = sum(layout.shard_bytes(s) for s in todo[todo.index(shard):])
+            features, early = forward_pass_sparse(network, loader, num_classes=num_classes,
+                                                  accumulate_early=accumulate_early, device=device, progress=progress,
+                                                  description=f"{description} [shard {shard + 1}/{num_shards}]")
+            own = {} if early is None else {"early_classes": early.classes.cpu().numpy(),
+                                            "early_sums": early.sums.cpu().numpy(),
+                                            "early_counts": early.counts.cpu().numpy()}
+            remaining = sum(layout.shard_bytes(s, own_rows[s]) for s in todo[todo.index(shard):])
             with _space_errors(cache.root, remaining, what):
-                entry.write_shard(layout, shard, {name: getattr(outputs.features, name).numpy() for name in _ROW_ARRAYS},
-                                  early, worker=jobs.describe())
+                entry.write_shard(layout, shard, {name: getattr(features, name).numpy() for name in _ROW_ARRAYS},
+                                  own, worker=jobs.describe())
     return layout is not None and len(entry.complete_shards(layout)) == layout.num_shards
 
 

@@ -134,10 +134,10 @@ def _counting(network: TinySplitNet) -> list[int]:
 
 
 class FailingDataset(torch.utils.data.Dataset):
-    """``_dataset()`` whose item ``fail_at`` raises once (a crash of the loader mid-extraction)."""
+    """``inner`` (default ``_dataset()``) whose item ``fail_at`` raises once (a crash of the loader mid-extraction)."""
 
-    def __init__(self, fail_at: int) -> None:
-        self.inner, self.fail_at = _dataset(), fail_at
+    def __init__(self, fail_at: int, inner: torch.utils.data.Dataset | None = None) -> None:
+        self.inner, self.fail_at = _dataset() if inner is None else inner, fail_at
 
     def __len__(self) -> int:
         return len(self.inner)
@@ -238,7 +238,7 @@ def test_a_damaged_early_sum_is_found_too(tmp_path: Path, caplog) -> None:
     cache = FeatureCache(tmp_path)
     extract_split(_net(), _dataset(), cache=cache, key_parts={}, **SHARDED)
     entry = cache.entry(cache_key({"accumulate_early": True}))
-    path = entry.shard_array_path(4, "early_sums")
+    path = entry.own_array_path(4, "early_sums")
     data = bytearray(path.read_bytes())
     data[-3] ^= 0xFF
     path.write_bytes(bytes(data))
@@ -256,8 +256,9 @@ def test_a_full_disk_stops_before_the_pass_in_one_line(tmp_path: Path, monkeypat
         extract_split(network, _dataset(), cache=cache, key_parts={}, **SHARDED)
     message = str(raised.value)
     assert "\n" not in message and f"feature cache folder {tmp_path / 'cache'}" in message
-    # 20 rows * (3 + 6 float32 + one int64) + 5 shards * ([3, 4, 8, 8] float64 early sums + [3] int64 counts)
-    assert "needs 31.7 KB, 100 B free" in message
+    # 20 rows * (3 + 6 float32 + one int64) + 5 shards * K * (int64 class + [4, 8, 8] float64 sums + int64 count),
+    # K = min(C = 3, 4 rows of a shard): the dataset has no labels attribute to count a shard's classes
+    assert "needs 31.8 KB, 100 B free" in message
     assert rows == [1]  # only the one-image probe of the arrays' shapes
     assert not (tmp_path / "cache").exists() or list((tmp_path / "cache").rglob("*")) == []
 
@@ -324,8 +325,8 @@ def test_a_full_disk_stops_a_pipeline_run_in_one_line_before_any_pass(tiny_root,
                                  f"dataset.checkpoint={resnet20_checkpoint}"])
     monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**12, 10**12 - 5000, 5000))
     passes: list[str] = []
-    original = features_module.forward_pass
-    monkeypatch.setattr(features_module, "forward_pass",
+    original = features_module.forward_pass_sparse  # what forward_pass and the cache's shards run
+    monkeypatch.setattr(features_module, "forward_pass_sparse",
                         lambda *a, **k: passes.append(k["description"]) or original(*a, **k))
     with pytest.raises(CacheSpaceError) as raised:
         run_evaluation(config, tmp_path / "out")
@@ -334,3 +335,142 @@ def test_a_full_disk_stops_a_pipeline_run_in_one_line_before_any_pass(tiny_root,
     assert "cifar10_smoke/train" in message and "needs 1.4 MB, 5.0 KB free;" in message
     assert passes == ["cifar10_smoke/train (array shapes)"]  # the one-image probe, no pass over the split
     assert not (tmp_path / "out" / "grood" / "metrics.csv").exists()
+
+
+# -- early-layer class sums: each shard stores the classes among its rows only -------------------------------------
+
+#: 20 rows in runs of 3 per class, 7 classes: the shards of 4 rows hold classes {0, 1}, {1, 2}, {2, 3}, {4, 5},
+#: {5, 6} (classes 1, 2 and 5 span two shards)
+RUN_LABELS = torch.arange(20) // 3
+RUNS = {**SHARDED, "num_classes": 7}
+
+
+class LabelledDataset(TensorDataset):
+    """Images and labels, with the labels also as an attribute ``labels [N]`` (as ImageListDataset has)."""
+
+    def __init__(self, labels: torch.Tensor) -> None:
+        super().__init__(_dataset(len(labels)).tensors[0], labels)
+        self.labels = labels
+
+
+def _dense_reference(network: TinySplitNet, dataset: TensorDataset, num_classes: int,
+                     shard_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The previous format's result: per shard a dense ``[C, *S]`` float64 ClassMeanAccumulator over the shard's
+    batches (here one batch per shard), summed shard after shard starting from shard 0's array."""
+    from grood.method.prototypes import ClassMeanAccumulator
+
+    images, labels = dataset.tensors
+    total_sums = total_counts = None
+    with torch.no_grad():
+        for start in range(0, len(labels), shard_rows):
+            maps = network.early(images[start : start + shard_rows])
+            accumulator = ClassMeanAccumulator(num_classes, tuple(maps.shape[1:]))
+            accumulator.update(maps, labels[start : start + shard_rows])
+            if total_sums is None:
+                total_sums, total_counts = accumulator.sums.clone(), accumulator.counts.clone()
+            else:
+                total_sums, total_counts = total_sums + accumulator.sums, total_counts + accumulator.counts
+    return total_sums, total_counts
+
+
+def _assert_bits_equal(a: torch.Tensor, b: torch.Tensor) -> None:
+    assert a.shape == b.shape and a.dtype == b.dtype == torch.float64
+    assert torch.equal(a.view(torch.int64), b.view(torch.int64))  # the same bits (+0.0 and -0.0 differ here)
+
+
+def test_a_shard_stores_the_early_sums_of_its_own_classes_only(tmp_path: Path) -> None:
+    cache = FeatureCache(tmp_path)
+    dataset = TensorDataset(_dataset().tensors[0], RUN_LABELS)
+    outputs = extract_split(_net(), dataset, cache=cache, key_parts={}, **RUNS)
+    entry = cache.entry(cache_key({"accumulate_early": True}))
+    layout = entry.layout()
+    images = dataset.tensors[0]
+    with torch.no_grad():
+        maps = _net().early(images).double()
+    for shard in range(5):
+        own = entry.own_arrays(layout, shard)
+        shard_labels = RUN_LABELS[4 * shard : 4 * shard + 4]
+        classes = torch.unique(shard_labels)
+        assert own["early_classes"].tolist() == classes.tolist()  # K = 2 distinct classes, not C = 7 rows
+        assert own["early_sums"].shape == (len(classes), 4, 8, 8) and own["early_sums"].dtype == "float64"
+        assert own["early_counts"].tolist() == [int((shard_labels == c).sum()) for c in classes]
+        assert entry.read_record(shard)["own_rows"] == len(classes)
+        shard_maps = maps[4 * shard : 4 * shard + 4]
+        expected = torch.stack([shard_maps[shard_labels == c].sum(0) for c in classes])
+        assert torch.allclose(torch.from_numpy(own["early_sums"]), expected, rtol=1e-12, atol=1e-12)
+    sums, counts = _dense_reference(_net(), dataset, 7, 4)
+    _assert_bits_equal(outputs.early_sums, sums)
+    assert torch.equal(outputs.early_counts, counts) and counts.tolist() == [3] * 6 + [2]
+
+
+def test_the_early_sums_of_a_resumed_extraction_equal_the_dense_sums(tmp_path: Path) -> None:
+    dataset = TensorDataset(_dataset().tensors[0], RUN_LABELS)
+    cache = FeatureCache(tmp_path)
+    with pytest.raises(RuntimeError, match="the loader died"):  # row 13 is in shard 3 (rows 12..15)
+        extract_split(_net(), FailingDataset(fail_at=13, inner=dataset), cache=cache, key_parts={}, **RUNS)
+    entry = cache.entry(cache_key({"accumulate_early": True}))
+    assert entry.complete_shards(entry.layout()) == {0, 1, 2}
+    network = _net()
+    rows = _counting(network)
+    resumed = extract_split(network, dataset, cache=cache, key_parts={}, **RUNS)
+    assert rows == [4, 4]  # shards 3 and 4 only
+    sums, counts = _dense_reference(_net(), dataset, 7, 4)
+    _assert_bits_equal(resumed.early_sums, sums)
+    assert torch.equal(resumed.early_counts, counts)
+
+
+def test_the_early_sums_of_every_class_in_every_shard_equal_the_dense_sums(tmp_path: Path) -> None:
+    """Labels 0, 1, 2, 0, 1, ...: every shard holds all three classes (K = C); the sums are those of the
+    previous dense layout, bit for bit."""
+    cache = FeatureCache(tmp_path)
+    outputs = extract_split(_net(), _dataset(), cache=cache, key_parts={}, **SHARDED)
+    entry = cache.entry(cache_key({"accumulate_early": True}))
+    assert all(entry.own_arrays(entry.layout(), s)["early_sums"].shape[0] == 3 for s in range(5))
+    sums, counts = _dense_reference(_net(), _dataset(), 3, 4)
+    _assert_bits_equal(outputs.early_sums, sums)
+    assert torch.equal(outputs.early_counts, counts)
+
+
+def test_the_free_space_check_counts_the_classes_of_each_shard(tmp_path: Path, monkeypatch) -> None:
+    from grood.feature_store import _size
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 100, 100))
+    with pytest.raises(CacheSpaceError) as raised:
+        extract_split(_net(), LabelledDataset(RUN_LABELS), cache=FeatureCache(tmp_path), key_parts={}, **RUNS)
+    # 20 rows * (3 logits + 6 features float32 + one int64 label)
+    # + 5 shards * 2 classes * (int64 class + [4, 8, 8] float64 sums + int64 count): not C = 7 nor 4 rows per shard
+    needed = 20 * (3 * 4 + 6 * 4 + 8) + 5 * 2 * (8 + 4 * 8 * 8 * 8 + 8)
+    assert f"needs {_size(needed)}, 100 B free" in str(raised.value)
+
+
+def test_an_entry_of_the_dense_early_layout_is_refused_and_extracted_again(tmp_path: Path, caplog) -> None:
+    """An entry written before early sums were stored per present class: never read as if it were the new one."""
+    import json
+
+    cache = FeatureCache(tmp_path)
+    reference = extract_split(_net(), _dataset(), cache=cache, key_parts={}, **SHARDED)
+    reference_sums = reference.early_sums.clone()
+    entry = cache.entry(cache_key({"accumulate_early": True}))
+    blob = json.loads((entry.folder / "entry.json").read_text())
+    del blob["own_arrays"], blob["num_classes"]
+    blob["shard_arrays"] = {"early_sums": {"row_shape": [3, 4, 8, 8], "dtype": "float64"},
+                            "early_counts": {"row_shape": [3], "dtype": "int64"}}
+    (entry.folder / "entry.json").write_text(json.dumps(blob))
+    with caplog.at_level(logging.WARNING, logger="grood.feature_store"):
+        assert cache.load(entry.folder.name) is None
+    assert "in the old dense layout" in caplog.text and "delete the entry folder" in caplog.text
+    network = _net()
+    rows = _counting(network)
+    again = extract_split(network, _dataset(), cache=cache, key_parts={}, **SHARDED)
+    assert sum(rows) == 20 + 1  # every row, and the probe
+    _assert_bits_equal(again.early_sums, reference_sums)
+    assert entry.layout() is not None and "early_classes" in entry.layout().own_arrays
+
+
+def test_forward_pass_gives_dense_early_sums_with_zeros_for_absent_classes() -> None:
+    dataset = TensorDataset(_dataset().tensors[0], RUN_LABELS)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=4)
+    outputs = forward_pass(_net(), loader, num_classes=9, accumulate_early=True, progress=False)
+    sums, counts = _dense_reference(_net(), dataset, 9, 20)
+    assert outputs.early_sums.shape == (9, 4, 8, 8) and outputs.early_counts.tolist() == [3] * 6 + [2, 0, 0]
+    assert torch.allclose(outputs.early_sums, sums, rtol=1e-12, atol=0) and not outputs.early_sums[7:].any()

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from grood.method import prototypes
 from grood.method.prototypes import (
     ClassMeanAccumulator,
+    PresentClassSums,
     class_prototypes,
     mean_of_class_prototypes,
     nearest_prototype_distance,
@@ -135,3 +137,60 @@ def test_proximity_filter_bad_arguments() -> None:
         proximity_filter(torch.empty(0, 3), protos, quantile=0.5)
     with pytest.raises(ValueError, match=r"class_prototypes has feature dimension 2 but 3"):
         proximity_filter(candidates, torch.zeros(1, 2), quantile=0.5)
+
+
+def _varied_batches(num_batches: int, rows: int, shape: tuple[int, ...], classes: list[int]):
+    """float32 batches whose values span many magnitudes (float64 sums then round), labels drawn from ``classes``."""
+    generator = torch.Generator().manual_seed(3)
+    for _ in range(num_batches):
+        scale = 10.0 ** torch.randint(-6, 7, (rows, *shape), generator=generator)
+        features = (torch.randn(rows, *shape, generator=generator) * scale).float()
+        labels = torch.tensor(classes)[torch.randint(len(classes), (rows,), generator=generator)]
+        yield features, labels
+
+
+def test_present_class_sums_hold_the_seen_classes_only_with_the_dense_bits() -> None:
+    shape = (3, 4, 5)
+    present = PresentClassSums(50, shape)
+    dense = ClassMeanAccumulator(50, shape)
+    batches = list(_varied_batches(4, 33, shape, [7, 41]))
+    batches += list(_varied_batches(6, 33, shape, [41, 3, 19, 7]))  # new classes in later batches: room grows
+    for features, labels in batches:
+        present.update(features, labels)
+        dense.update(features, labels)
+    assert present.classes.tolist() == [7, 41, 3, 19]  # in the order first seen, ascending within a batch
+    assert present.sums.shape == (4, *shape) and present.counts.tolist() == dense.counts[present.classes].tolist()
+    sums, counts = present.dense()
+    assert sums.dtype == torch.float64 and torch.equal(sums.view(torch.int64), dense.sums.view(torch.int64))
+    assert torch.equal(counts, dense.counts) and sums.shape == (50, *shape)
+    assert float((dense.sums.double() - dense.sums.float().double()).abs().max()) > 0  # the sums are not float32 values
+
+
+def test_present_class_sums_check_their_inputs() -> None:
+    present = PresentClassSums(3, 4)
+    with pytest.raises(ValueError, match=r"per-sample shape \(5,\)"):
+        present.update(torch.zeros(2, 5), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match=r"value\(s\) \[3\] outside the valid class range 0..2"):
+        present.update(torch.zeros(2, 4), torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match=r"features contains NaN or inf in 1 of 2 row\(s\) \(first rows: \[1\]\)"):
+        present.update(torch.tensor([[0.0] * 4, [float("nan")] * 4]), torch.tensor([0, 1]))
+    assert present.classes.numel() == 0 and present.dense()[1].tolist() == [0, 0, 0]
+
+
+def test_float64_blocks_are_bounded_by_elements_and_do_not_change_the_sums(monkeypatch) -> None:
+    features, labels = next(_varied_batches(1, 40, (6, 5), [0, 1, 2]))
+    whole = ClassMeanAccumulator(3, (6, 5))
+    whole.update(features, labels)
+    converted: list[int] = []
+    original = torch.Tensor.index_add_
+
+    def recording(self, dim, index, source, *args, **kwargs):
+        converted.append(source.numel())
+        return original(self, dim, index, source, *args, **kwargs)
+
+    monkeypatch.setattr(prototypes, "_BLOCK_ELEMENTS", 100)  # 3 rows of 30 elements per block
+    monkeypatch.setattr(torch.Tensor, "index_add_", recording)
+    blocked = ClassMeanAccumulator(3, (6, 5))
+    blocked.update(features, labels)
+    assert max(converted) == 90 and len(converted) == 14
+    assert torch.equal(blocked.sums.view(torch.int64), whole.sums.view(torch.int64))

@@ -13,6 +13,7 @@ import torch
 from grood.detectors.base import Detector
 from grood.device import resolve_device
 from grood.featureset import FeatureSet, LinearHead
+from grood.method._checks import check_finite
 from grood.valid_values import Count, checked_arguments
 
 #: Rows per chunk when scoring; bounds the memory of every ``[chunk, C]`` / ``[chunk, D]`` temporary.
@@ -58,8 +59,8 @@ class BaselineDetector(Detector):
         if len(train) == 0:
             raise ValueError(f"{name}.fit: the {self.fit_split} FeatureSet is empty")
         self._check_data(train, num_classes, dim, f"{name}.fit ({self.fit_split} split)")
-        _check_finite(f"{name}.fit: head.weight", head.weight)
-        _check_finite(f"{name}.fit: head.bias", head.bias)
+        check_finite(f"{name}.fit: head.weight", head.weight)
+        check_finite(f"{name}.fit: head.bias", head.bias)
         if self.uses_labels:
             bad = (train.labels < 0) | (train.labels >= num_classes)
             if bool(bad.any()):
@@ -74,8 +75,8 @@ class BaselineDetector(Detector):
             raise ValueError(f"{where}: logits have {data.num_classes} classes but the head has {num_classes}")
         if data.dim != dim:
             raise ValueError(f"{where}: features have dimension {data.dim} but the head expects {dim}")
-        _check_finite(f"{where}: features", data.features)
-        _check_finite(f"{where}: logits", data.logits)
+        check_finite(f"{where}: features", data.features)
+        check_finite(f"{where}: logits", data.logits)
 
     def _start_fit(self, train: FeatureSet, head: LinearHead) -> None:
         """Check the fit inputs and remember the head's shape (``C``, ``D``) for :meth:`_start_score`."""
@@ -102,30 +103,6 @@ class BaselineDetector(Detector):
         if not parts:
             return torch.empty(0)
         return torch.cat(parts)
-
-
-def _check_finite(what: str, x: torch.Tensor) -> None:
-    """Raise naming ``what`` and its first rows holding NaN or inf; reads ``x`` a chunk of rows at a time (a
-    memory-mapped split is never held whole: :mod:`grood.method.streaming`)."""
-    from grood.method.streaming import DEFAULT_CHUNK_ROWS, is_file_mapped, release_pages
-
-    if x.dim() < 2:
-        finite = torch.isfinite(x)
-        if not bool(finite.all()):
-            raise ValueError(f"{what} contains {int((~finite).sum())} NaN/inf value(s)")
-        return
-    mapped = is_file_mapped(x)
-    bad_count, first = 0, []
-    for start in range(0, x.shape[0], DEFAULT_CHUNK_ROWS):
-        part = x[start : start + DEFAULT_CHUNK_ROWS]
-        if not bool(torch.isfinite(part.sum())):
-            bad_rows = (~torch.isfinite(part)).reshape(part.shape[0], -1).any(dim=1)
-            bad_count += int(bad_rows.sum())
-            first += (bad_rows.nonzero()[:, 0] + start)[: 5 - len(first)].tolist()
-        if mapped:
-            release_pages(x)  # the whole map: a fault maps the pages around it too
-    if bad_count:
-        raise ValueError(f"{what} contain NaN/inf in {bad_count} row(s) (first rows: {first}); fix those rows")
 
 
 def head_to(head: LinearHead, device: torch.device, dtype: torch.dtype = torch.float32) -> LinearHead:

@@ -27,23 +27,40 @@ def check_vector(name: str, x: torch.Tensor, dim: int) -> None:
         raise ValueError(f"{name} must be a floating-point tensor; got dtype {x.dtype}")
 
 
-def check_finite(name: str, x: torch.Tensor) -> None:
-    """Raise when any row of ``x`` (``[N, ...]``, or a vector) holds NaN or inf, saying how many rows.
+#: Elements of a tensor checked for NaN/inf at once by :func:`check_finite`: bounds its temporaries (a boolean
+#: mask of a block, 16 MB) whatever the size of the tensor (a 1,281,167 x 2048 training split: 2.6 GB of mask).
+FINITE_BLOCK_ELEMENTS = 2**24
 
-    A memory-mapped ``x`` is read a chunk of rows at a time, its pages released after each
-    (:mod:`grood.method.streaming`), so checking a split larger than memory keeps the resident set small."""
-    from grood.method.streaming import DEFAULT_CHUNK_ROWS, is_file_mapped, release_pages
+
+def finite_block_rows(x: torch.Tensor, block_elements: int | None = None) -> int:
+    """Rows of ``x`` (``[N, ...]``) per block of at most ``block_elements`` (default
+    :data:`FINITE_BLOCK_ELEMENTS`) elements; one row at least."""
+    block = FINITE_BLOCK_ELEMENTS if block_elements is None else int(block_elements)
+    row = 1
+    for size in x.shape[1:]:
+        row *= int(size)
+    return max(1, block // max(1, row))
+
+
+def check_finite(name: str, x: torch.Tensor) -> None:
+    """Raise ``ValueError`` naming ``name`` when any row of ``x`` (``[N, ...]``, or a vector) holds NaN or inf,
+    saying how many rows and which come first (for a vector: how many values).
+
+    ``x`` is read a block of rows at a time (:func:`finite_block_rows`): no temporary is larger than a block,
+    and a memory-mapped ``x`` has its pages released after each block (:mod:`grood.method.streaming`), so
+    checking a split larger than memory keeps the resident set small."""
+    from grood.method.streaming import is_file_mapped, release_pages
 
     if x.numel() == 0:
         return
     if x.dim() == 0:
         x = x.reshape(1)
-    chunk_rows = DEFAULT_CHUNK_ROWS if x.dim() >= 2 and is_file_mapped(x) else max(1, x.shape[0])
+    step = finite_block_rows(x)
+    mapped = step < x.shape[0] and is_file_mapped(x)
     bad_count, first = 0, []
-    for start in range(0, x.shape[0], chunk_rows):
-        part = x[start : start + chunk_rows]
-        bad_rows = _non_finite_rows(part)
-        if chunk_rows < x.shape[0]:
+    for start in range(0, x.shape[0], step):
+        bad_rows = _non_finite_rows(x[start : start + step])
+        if mapped:
             release_pages(x)  # the whole map: a fault maps the pages around it too
         if bad_rows is not None:
             bad_count += int(bad_rows.sum())

@@ -13,8 +13,38 @@ import torch
 from grood.method._checks import check_finite, check_labels, check_matrix
 
 
-#: Rows converted to the accumulator's dtype at once (bounds the float64 temporary).
+#: Rows converted to the accumulator's dtype at once, at most (bounds the float64 temporary).
 _ROW_BLOCK = 1024
+#: Elements converted to the accumulator's dtype at once, at most (an early-layer map has ~800k per row).
+_BLOCK_ELEMENTS = 2**24
+
+
+def _block_rows(feature_shape: Sequence[int]) -> int:
+    """Rows per float64 block: at most ``_ROW_BLOCK`` and ``_BLOCK_ELEMENTS`` elements (one row at least)."""
+    row = 1
+    for size in feature_shape:
+        row *= int(size)
+    return max(1, min(_ROW_BLOCK, _BLOCK_ELEMENTS // max(1, row)))
+
+
+def _check_batch(features: torch.Tensor, labels: torch.Tensor, feature_shape: tuple[int, ...],
+                 num_classes: int) -> None:
+    """A batch ``features [B, *S]``, ``labels [B]`` for an accumulator of ``feature_shape`` and ``num_classes``."""
+    if tuple(features.shape[1:]) != feature_shape:
+        raise ValueError(
+            f"features have per-sample shape {tuple(features.shape[1:])} but the accumulator was built "
+            f"for {feature_shape}"
+        )
+    check_labels("labels", labels, features.shape[0], num_classes)
+    check_finite("features", features)
+
+
+def _add_rows(sums: torch.Tensor, rows: torch.Tensor, features: torch.Tensor) -> None:
+    """``sums[rows[i]] += features[i]`` in ``sums``' dtype, in row order, a bounded block of rows at a time."""
+    step = _block_rows(features.shape[1:])
+    for start in range(0, features.shape[0], step):
+        block = features[start : start + step].to(device=sums.device, dtype=sums.dtype)
+        sums.index_add_(0, rows[start : start + step], block)
 
 
 class ClassMeanAccumulator:
@@ -45,18 +75,9 @@ class ClassMeanAccumulator:
 
     def update(self, features: torch.Tensor, labels: torch.Tensor) -> None:
         """Add a batch: ``features [B, *S]``, ``labels [B]`` integer classes in ``0..C-1``."""
-        if tuple(features.shape[1:]) != self.feature_shape:
-            raise ValueError(
-                f"features have per-sample shape {tuple(features.shape[1:])} but the accumulator was built "
-                f"for {self.feature_shape}"
-            )
-        check_labels("labels", labels, features.shape[0], self.num_classes)
-        check_finite("features", features)
+        _check_batch(features, labels, self.feature_shape, self.num_classes)
         labels = labels.to(device=self.sums.device, dtype=torch.long)
-        # converted to the sums' dtype a block of rows at a time: no float64 copy of the whole batch
-        for start in range(0, features.shape[0], _ROW_BLOCK):
-            block = features[start : start + _ROW_BLOCK].to(device=self.sums.device, dtype=self.sums.dtype)
-            self.sums.index_add_(0, labels[start : start + _ROW_BLOCK], block)
+        _add_rows(self.sums, labels, features)  # no float64 copy of the whole batch
         self.counts += torch.bincount(labels, minlength=self.num_classes)
 
     def means(self, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -76,6 +97,87 @@ class ClassMeanAccumulator:
         counts = self.counts.to(self.sums.dtype).reshape(-1, *([1] * len(self.feature_shape)))
         means = self.sums / counts
         return means if dtype is None else means.to(dtype)
+
+
+class PresentClassSums:
+    """Per-class sums like :class:`ClassMeanAccumulator`'s, kept for the classes seen so far only.
+
+    For one shard of a split's rows (a few classes when the image list is sorted by class) it holds ``[K, *S]``
+    instead of ``[C, *S]``: at ImageNet size, ``C = 1000`` early-layer maps of ``[256, 56, 56]`` in float64 are
+    6.4 GB. Each class's row receives the same additions in the same order as in a
+    :class:`ClassMeanAccumulator` fed the same batches, so :meth:`dense` has the same bits.
+
+    Attributes:
+        classes: ``[K]`` int64, the classes seen, in the order first seen (ascending within a batch).
+        sums: ``[K, *S]`` their sums, ``dtype``.
+        counts: ``[K]`` int64, their samples.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        feature_shape: int | Sequence[int],
+        device: str | torch.device | None = None,
+        dtype: torch.dtype = torch.float64,
+    ) -> None:
+        if int(num_classes) < 1:
+            raise ValueError(f"num_classes must be >= 1; got {num_classes}")
+        shape = (int(feature_shape),) if isinstance(feature_shape, int) else tuple(int(s) for s in feature_shape)
+        self.num_classes = int(num_classes)
+        self.feature_shape: tuple[int, ...] = shape
+        self._slot = torch.full((self.num_classes,), -1, dtype=torch.long, device=device)  # class -> row, -1: none
+        self._classes = torch.zeros(0, dtype=torch.long, device=device)
+        self._sums = torch.zeros((0, *shape), dtype=dtype, device=device)  # rows past K: room to grow, zero
+        self._counts = torch.zeros(0, dtype=torch.long, device=device)
+
+    @property
+    def classes(self) -> torch.Tensor:
+        return self._classes
+
+    @property
+    def sums(self) -> torch.Tensor:
+        return self._sums[: self._classes.shape[0]]
+
+    @property
+    def counts(self) -> torch.Tensor:
+        return self._counts[: self._classes.shape[0]]
+
+    def update(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        """Add a batch: ``features [B, *S]``, ``labels [B]`` integer classes in ``0..C-1``."""
+        _check_batch(features, labels, self.feature_shape, self.num_classes)
+        labels = labels.to(device=self._slot.device, dtype=torch.long)
+        seen = torch.unique(labels)
+        new = seen[self._slot[seen] < 0]
+        if new.numel():
+            known = self._classes.shape[0]
+            self._grow(known + new.numel())
+            self._slot[new] = torch.arange(known, known + new.numel(), device=self._slot.device)
+            self._classes = torch.cat([self._classes, new])
+        rows = self._slot[labels]
+        _add_rows(self._sums, rows, features)
+        self._counts.index_add_(0, rows, torch.ones_like(rows))
+
+    def _grow(self, needed: int) -> None:
+        """Room for ``needed`` rows: at least doubled each time (few copies), never more than ``C``."""
+        capacity = self._sums.shape[0]
+        if needed <= capacity:
+            return
+        capacity = min(self.num_classes, max(needed, 2 * capacity))
+        sums = torch.zeros((capacity, *self.feature_shape), dtype=self._sums.dtype, device=self._sums.device)
+        sums[: self._sums.shape[0]] = self._sums
+        counts = torch.zeros(capacity, dtype=torch.long, device=self._counts.device)
+        counts[: self._counts.shape[0]] = self._counts
+        self._sums, self._counts = sums, counts
+
+    def dense(self, device: str | torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``([C, *S] sums, [C] counts)`` on ``device`` (default: the accumulator's), zero for unseen classes."""
+        device = self._sums.device if device is None else torch.device(device)
+        sums = torch.zeros((self.num_classes, *self.feature_shape), dtype=self._sums.dtype, device=device)
+        counts = torch.zeros(self.num_classes, dtype=torch.long, device=device)
+        classes = self._classes.to(device)
+        sums.index_copy_(0, classes, self.sums.to(device))
+        counts.index_copy_(0, classes, self.counts.to(device))
+        return sums, counts
 
 
 def class_prototypes(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
