@@ -121,10 +121,11 @@ class FeatureCache:
                         "execute code on load) and is recomputed as %s; delete the .pt file to free its space",
                         legacy, legacy.with_suffix(""))
 
-    def load(self, key: str) -> SplitOutputs | None:
+    def load(self, key: str, early: bool = True) -> SplitOutputs | None:
         """The complete entry for ``key`` as memory-mapped, read-only tensors, after every shard's checksum
         is verified; None when absent, incomplete or damaged (a damaged shard is reported and only it is
-        recomputed)."""
+        recomputed). ``early=False``: leave an entry's early-layer class sums unread (``early_sums`` None;
+        their dense ``[C, *S]`` float64 sum is GBs at ImageNet size)."""
         entry = self.entry(key)
         layout = entry.layout()
         if layout is None:
@@ -141,7 +142,7 @@ class FeatureCache:
             return None
         arrays = entry.open_arrays(layout)
         outputs = SplitOutputs(FeatureSet(arrays["logits"], arrays["features"], arrays["labels"]))
-        if "early_sums" in layout.own_arrays:
+        if early and "early_sums" in layout.own_arrays:
             outputs.early_sums, outputs.early_counts = _early_class_sums(entry, layout)
         return outputs
 

@@ -474,3 +474,23 @@ def test_forward_pass_gives_dense_early_sums_with_zeros_for_absent_classes() -> 
     sums, counts = _dense_reference(_net(), dataset, 9, 20)
     assert outputs.early_sums.shape == (9, 4, 8, 8) and outputs.early_counts.tolist() == [3] * 6 + [2, 0, 0]
     assert torch.allclose(outputs.early_sums, sums, rtol=1e-12, atol=0) and not outputs.early_sums[7:].any()
+
+
+def test_a_plain_request_leaves_the_early_sums_of_an_entry_unread(tmp_path: Path, monkeypatch) -> None:
+    """The pipeline serves a features-only request from an entry with early sums (``load(early=False)``):
+    the dense ``[C, *S]`` float64 sum (GBs at ImageNet size) is not built; a request for them still gets them."""
+    import grood.features as features_module
+
+    cache = FeatureCache(tmp_path)
+    dataset = TensorDataset(_dataset().tensors[0], RUN_LABELS)
+    extracted = extract_split(_net(), dataset, cache=cache, key_parts={}, **RUNS)
+    key = cache_key({"accumulate_early": True})
+    calls = []
+    original = features_module._early_class_sums
+    monkeypatch.setattr(features_module, "_early_class_sums", lambda *a: calls.append(1) or original(*a))
+    plain = cache.load(key, early=False)
+    assert plain.early_sums is None and plain.early_counts is None and calls == []
+    assert torch.equal(plain.features.features, extracted.features.features)
+    full = cache.load(key)
+    assert calls == [1]
+    _assert_bits_equal(full.early_sums, extracted.early_sums)

@@ -119,7 +119,7 @@ class BenchmarkRun:
         key_parts = self.cache_key_parts(split)
         started = time.perf_counter()
         if not accumulate_early:  # an entry with early sums (from a GROOD run) serves a plain request too
-            with_early = self.cache.load(cache_key({**key_parts, "accumulate_early": True}))
+            with_early = self.cache.load(cache_key({**key_parts, "accumulate_early": True}), early=False)
             if with_early is not None:
                 self.outputs[split] = with_early
                 return with_early
