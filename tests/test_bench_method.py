@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -79,3 +80,24 @@ def test_bench_true_size_at_a_toy_size_runs_every_method_over_memory_maps(tmp_pa
     assert re.search(r"GROOD IVF    recall@1 [01]\.\d{4} in [0-9.]+ s  target >= 0.98 in <= 600 s: (met|NOT met)", out)
     assert re.search(r"GROOD exact  completed in [0-9.]+ s", out)
     assert not any(tmp_path.iterdir())  # the features are removed without --keep
+
+
+def test_bench_true_size_resume_reuses_what_an_earlier_run_measured(tmp_path: Path) -> None:
+    """``--keep`` leaves each method's measurement beside the features; ``--resume`` prints it again instead of
+    measuring, and measures only what is missing or was measured with other settings."""
+    tiny = [sys.executable, *TRUE_SIZE_COMMAND, "--train", "600", "--queries", "90", "--dim", "8", "--classes", "3",
+            "--recall-queries", "30", "--workdir", str(tmp_path), "--keep"]
+    first = subprocess.run([*tiny, "--methods", "knn"], capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    (folder,) = tmp_path.iterdir()
+    record = json.loads((folder / "measured-knn.json").read_text())
+    assert record["spec"]["method"] == "knn" and record["result"]["score_s"] > 0
+    again = subprocess.run([*tiny, "--methods", "knn", "grood-exact", "--resume"], capture_output=True, text=True,
+                           timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "(knn: measured earlier" in again.stdout and "(grood-exact: measured earlier" not in again.stdout
+    knn_row = re.search(r"^\| knn \| ([0-9.]+) \|", again.stdout, flags=re.MULTILINE)
+    assert knn_row and float(knn_row.group(1)) == round(record["result"]["fit_s"], 1)
+    other_k = subprocess.run([*tiny, "--methods", "knn", "--resume", "--knn-k", "5"], capture_output=True, text=True,
+                             timeout=600)
+    assert other_k.returncode == 0 and "measured earlier" not in other_k.stdout  # other settings: measured anew

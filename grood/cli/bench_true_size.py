@@ -30,6 +30,7 @@ Usage::
 
     grood bench-true-size                                  # true size, every method (hours)
     grood bench-true-size --methods grood-ivf              # true size, GROOD IVF only
+    grood bench-true-size --keep --resume                  # go on after a stopped run: what it measured is reused
     grood bench-true-size --quick                          # the 200,000-row variant
     grood bench-true-size --train 20000 --queries 3000 --dim 64 --classes 10   # a toy size
 """
@@ -245,13 +246,30 @@ def _run_faiss(method: str, spec: dict, train: torch.Tensor, labels: torch.Tenso
 
 
 def measure(method: str, folder: Path, args: argparse.Namespace) -> dict:
+    """``method``'s times and peak RSS from its own subprocess; each success is also written to
+    ``measured-<method>.json`` in ``folder`` (with its settings and the git commit), which ``--resume``
+    reads back instead of measuring again."""
     spec = {"method": method, "folder": str(folder), "classes": args.classes, "nlist": args.nlist,
             "nprobe": args.nprobe, "knn_k": args.knn_k, "faiss_nprobe": args.faiss_nprobe}
+    record = folder / f"measured-{method}.json"
+    if args.resume and record.is_file():
+        earlier = json.loads(record.read_text())
+        if earlier.get("spec") == spec:
+            print(f"  ({method}: measured earlier, {earlier['finished']}, commit {earlier['commit']}; --resume "
+                  "reuses it)", flush=True)
+            return earlier["result"]
     command = [sys.executable, "-m", "grood.cli.bench_true_size", "--child", json.dumps(spec)]
     completed = subprocess.run(command, capture_output=True, text=True, check=False)
     if completed.returncode != 0:
         return {"method": method, "error": (completed.stderr.strip().splitlines() or ["(no output)"])[-1]}
-    return json.loads(completed.stdout.strip().splitlines()[-1])
+    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    from grood.io import atomic_write
+    from grood.provenance import git_commit
+
+    with atomic_write(record) as handle:
+        json.dump({"spec": spec, "result": result, "commit": git_commit() or "unknown",
+                   "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z")}, handle)
+    return result
 
 
 # ------------------------------------------------------------------------------------- table
@@ -277,6 +295,9 @@ def _bench(argv: list[str] | None) -> None:
     parser.add_argument("--recall-queries", type=int, default=1000)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp"), help="where the features are written")
     parser.add_argument("--keep", action="store_true", help="keep the features (reused by the next run)")
+    parser.add_argument("--resume", action="store_true",
+                        help="with --keep: reuse each method measured by an earlier run with the same settings "
+                             "(its measured-<method>.json in the features folder) instead of measuring it again")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.child:
