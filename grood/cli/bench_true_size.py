@@ -337,7 +337,7 @@ def _bench(argv: list[str] | None) -> None:
         if not args.keep:
             shutil.rmtree(folder, ignore_errors=True)
 
-    print(f"\n| method | fit (s) | score (s) | total (s) | peak RSS (GB) | recall@1 (ID / OOD) |")
+    print("\n| method | fit (s) | score (s) | total (s) | peak RSS (GB) | recall@1 (ID / OOD) |")
     print("|---|---:|---:|---:|---:|---|")
     for method, r in results.items():
         if "error" in r:
