@@ -21,8 +21,8 @@ Not a test: it prints figures. For each scale it times, on the same features:
 shared machine, a single run can be 20% slower than the same run a minute later.
 
 Each measurement runs in its own subprocess (``--child``) that loads the features from ``.npy`` files
-written once by the parent, so each gets a fresh process. Memory: ``peak RSS`` is the child's
-``ru_maxrss`` (peak resident set size, features and torch/faiss libraries included); ``extra`` is that
+written once by the parent, so each gets a fresh process. Memory: ``peak RSS`` is the child's own
+``VmHWM`` (:mod:`grood.peak_memory`: peak resident set size, features and torch/faiss libraries included); ``extra`` is that
 peak minus the resident size right after loading the features (VmRSS), i.e. about the memory the
 method itself added at its peak (transient copies made while loading can hide part of it).
 IVF recall@1 (both scans) is measured (untimed) on a random subset of the queries: the fraction whose nearest
@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -54,6 +53,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from grood.peak_memory import peak_rss_mb
 
 METHODS = ("faiss-flat", "grood-exact", "grood-faiss-flat", "grood-ivf", "grood-ivf-int8", "grood-torch", "knn")
 #: The IVF runs: method -> the ``scan`` of its index.
@@ -69,9 +70,6 @@ TARGETS = (
 IVF_RECALL_TARGET = 0.98
 
 
-def _peak_rss_mb() -> float:
-    """High-water mark of this process's resident set size (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _current_rss_mb() -> float:
@@ -82,7 +80,7 @@ def _current_rss_mb() -> float:
                 return float(line.split()[1]) / 1024.0
     except OSError:
         pass
-    return _peak_rss_mb()
+    return peak_rss_mb()
 
 
 # --------------------------------------------------------------------------------------- data
@@ -190,7 +188,7 @@ def run_child(spec: dict) -> dict:
     else:
         raise ValueError(f"unknown method {method!r}; valid: {METHODS}")
     result["total_s"] = result["fit_s"] + result["score_s"]
-    result["peak_rss_mb"] = _peak_rss_mb()
+    result["peak_rss_mb"] = peak_rss_mb()
     result["extra_rss_mb"] = result["peak_rss_mb"] - rss_loaded
     if scores is not None:
         np.save(folder / f"scores-{method}.npy", scores.cpu().numpy())

@@ -4,7 +4,7 @@
 Not a test: it prints figures. It builds a synthetic ImageNet-1k feature set **on disk, shard by shard**
 (``np.lib.format.open_memmap``; 1,281,167 x 2048 float32 training features = 10.5 GB, ~130,000 queries: 2/3
 ID, 1/3 OOD) under ``--workdir``, then runs each method in its own subprocess over **read-only memory maps**
-of it (as the feature cache hands them to the detectors), so that each peak RSS (``ru_maxrss``) is the
+of it (as the feature cache hands them to the detectors), so that each peak RSS (``VmHWM``, :mod:`grood.peak_memory`) is the
 method's own:
 
 - ``grood-exact``: ``GROOD(index="torch", norm_pruning, storage="float16")``: exact search over float16 codes
@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import resource
 import shutil
 import subprocess
 import sys
@@ -49,6 +48,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from grood.peak_memory import peak_rss_mb
 
 IMAGENET_TRAIN = 1_281_167
 METHODS = ("grood-ivf", "grood-exact", "knn", "faiss-ivf-author", "faiss-ivf-tuned", "faiss-hnsw")
@@ -59,8 +60,6 @@ IVF_TIME_TARGET_S = 600.0
 SHARD_ROWS = 65536
 
 
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 # --------------------------------------------------------------------------------------- data
@@ -156,7 +155,7 @@ def run_child(spec: dict) -> dict:
             started = time.perf_counter()
             scores = detector.score(queries)
             result["score_s"] = time.perf_counter() - started
-            result["peak_rss_mb"] = _peak_rss_mb()
+            result["peak_rss_mb"] = peak_rss_mb()
             np.save(folder / f"scores-{method}.npy", scores.numpy())
             if method == "grood-ivf":
                 index = detector.index
@@ -178,14 +177,14 @@ def run_child(spec: dict) -> dict:
         started = time.perf_counter()
         scores = detector.score(feature_set(queries))
         result["score_s"] = time.perf_counter() - started
-        result["peak_rss_mb"] = _peak_rss_mb()
+        result["peak_rss_mb"] = peak_rss_mb()
         np.save(folder / f"scores-{method}.npy", scores.numpy())
     elif method.startswith("faiss-"):
         result.update(_run_faiss(method, spec, train, labels, queries, sample, folder))
     else:
         raise ValueError(f"unknown method {method!r}; valid: {METHODS}")
     result["total_s"] = result["fit_s"] + result["score_s"]
-    result.setdefault("peak_rss_mb", _peak_rss_mb())
+    result.setdefault("peak_rss_mb", peak_rss_mb())
     return result
 
 
@@ -235,7 +234,7 @@ def _run_faiss(method: str, spec: dict, train: torch.Tensor, labels: torch.Tenso
         h = query_reader.rows(slice(first, min(first + chunk, queries.shape[0])))
         index.search(np.ascontiguousarray(detector._gradient(h, None).numpy()), 1)
     info["score_s"] = time.perf_counter() - started
-    info["peak_rss_mb"] = _peak_rss_mb()
+    info["peak_rss_mb"] = peak_rss_mb()
     # untimed: the true distances of the neighbours returned to the recall queries
     query_gradients = detector.gradients(queries[sample])
     found = torch.from_numpy(index.search(np.ascontiguousarray(query_gradients.numpy()), 1)[1][:, 0])
