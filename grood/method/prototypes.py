@@ -47,6 +47,14 @@ def _add_rows(sums: torch.Tensor, rows: torch.Tensor, features: torch.Tensor) ->
         sums.index_add_(0, rows[start : start + step], block)
 
 
+def _class_count_and_shape(num_classes: int, feature_shape: int | Sequence[int]) -> tuple[int, tuple[int, ...]]:
+    """``(C, S)`` of a per-class accumulator, checked: ``C >= 1``; ``S`` a tuple of ints."""
+    if int(num_classes) < 1:
+        raise ValueError(f"num_classes must be >= 1; got {num_classes}")
+    shape = (int(feature_shape),) if isinstance(feature_shape, int) else tuple(int(s) for s in feature_shape)
+    return int(num_classes), shape
+
+
 class ClassMeanAccumulator:
     """Streaming per-class feature means (eq. 7), fed batch by batch.
 
@@ -65,11 +73,8 @@ class ClassMeanAccumulator:
         device: str | torch.device | None = None,
         dtype: torch.dtype = torch.float64,
     ) -> None:
-        if int(num_classes) < 1:
-            raise ValueError(f"num_classes must be >= 1; got {num_classes}")
-        shape = (int(feature_shape),) if isinstance(feature_shape, int) else tuple(int(s) for s in feature_shape)
-        self.num_classes = int(num_classes)
-        self.feature_shape: tuple[int, ...] = shape
+        self.num_classes, self.feature_shape = _class_count_and_shape(num_classes, feature_shape)
+        shape = self.feature_shape
         self.sums = torch.zeros((self.num_classes, *shape), dtype=dtype, device=device)
         self.counts = torch.zeros(self.num_classes, dtype=torch.long, device=device)
 
@@ -120,11 +125,8 @@ class PresentClassSums:
         device: str | torch.device | None = None,
         dtype: torch.dtype = torch.float64,
     ) -> None:
-        if int(num_classes) < 1:
-            raise ValueError(f"num_classes must be >= 1; got {num_classes}")
-        shape = (int(feature_shape),) if isinstance(feature_shape, int) else tuple(int(s) for s in feature_shape)
-        self.num_classes = int(num_classes)
-        self.feature_shape: tuple[int, ...] = shape
+        self.num_classes, self.feature_shape = _class_count_and_shape(num_classes, feature_shape)
+        shape = self.feature_shape
         self._slot = torch.full((self.num_classes,), -1, dtype=torch.long, device=device)  # class -> row, -1: none
         self._classes = torch.zeros(0, dtype=torch.long, device=device)
         self._sums = torch.zeros((0, *shape), dtype=dtype, device=device)  # rows past K: room to grow, zero
