@@ -125,11 +125,8 @@ def _is_int_type(annotation: Any) -> bool:
 
 def declared_rules(function: Callable[..., Any]) -> dict[str, Valid]:
     """Parameter name -> its :class:`Valid`, for the parameters of ``function`` (or a dataclass: its fields)
-    that declare one."""
-    try:
-        hints = typing.get_type_hints(function, include_extras=True)
-    except Exception:  # noqa: BLE001 - hints that do not resolve declare nothing
-        return {}
+    that declare one. An annotation that does not resolve raises (``NameError``): a rule is never dropped."""
+    hints = typing.get_type_hints(function, include_extras=True)
     return {name: rule for name, hint in hints.items() if (rule := rule_of(hint)) is not None}
 
 

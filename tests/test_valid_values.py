@@ -144,3 +144,13 @@ def test_a_plugin_declares_its_rules_the_same_way() -> None:
     schema = parameters_schema("PluginParams", declared_parameters(PluginMethod, "method"))
     assert field_problems(schema(temperature=0.0), "method.params") == [
         "method.params.temperature=0.0: must be a number > 0"]
+
+
+def test_an_annotation_that_does_not_resolve_is_an_error_not_a_dropped_rule() -> None:
+    from grood.valid_values import declared_rules
+
+    def constructor(self, k: "Undefined" = 1) -> None:  # noqa: F821 - the name is missing on purpose
+        pass
+
+    with pytest.raises(NameError, match="Undefined"):
+        declared_rules(constructor)
